@@ -1,0 +1,295 @@
+"""Google's ViT checkpoints (.npz): load into `vit.Model`, download by name, export back.
+
+Two published layouts are understood (shared/reference/checkpoints.md):
+  * vision_transformer: pre-Linen block names (MultiHeadDotProductAttention_1, LayerNorm_2,
+    MlpBlock_3), `Transformer/posembed_input/pos_embedding` with the class token's row,
+    optional `pre_logits`. The VPT papers use imagenet21k/ViT-B_16.npz of this layout.
+  * big_vision: `params/` prefix, Linen names, a top-level `pos_embedding` without a class-token row
+    (added before the class token is prepended), blocks per layer or scanned (stacked on axis 0).
+
+Both are converted to the model's tree (see `vpt_jax.models.vit`) and then compared against it
+strictly: any key or shape that does not fit is reported, all of them in one error.
+"""
+
+import http.client
+import logging
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+
+import flax.traverse_util
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.ndimage
+
+from vpt_jax.models import vit
+
+BASE_URL = "https://storage.googleapis.com/vit_models/"
+# Published name -> path under BASE_URL.
+PUBLISHED = {
+    "ViT-B_16": "imagenet21k/ViT-B_16.npz",
+    "ViT-B_32": "imagenet21k/ViT-B_32.npz",
+    "ViT-L_16": "imagenet21k/ViT-L_16.npz",
+    "ViT-L_32": "imagenet21k/ViT-L_32.npz",
+    "ViT-H_14": "imagenet21k/ViT-H_14.npz",
+    "augreg_B_16_i21k":
+        "augreg/B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz",
+}
+_OLD_BLOCK_NAMES = {"MultiHeadDotProductAttention_1": "MultiHeadDotProductAttention_0",
+                    "LayerNorm_2": "LayerNorm_1", "MlpBlock_3": "MlpBlock_0"}
+_POSEMB = "Transformer/posembed_input/pos_embedding"
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be used as asked; the message says what to do."""
+
+
+def default_cache_dir() -> str:
+  return os.environ.get("VPT_JAX_CACHE",
+                        os.path.join(os.path.expanduser("~"), ".cache", "vpt_jax", "checkpoints"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and writing files.
+
+def read_npz(path: str) -> dict[str, np.ndarray]:
+  """Reads every array of an .npz eagerly, so that a truncated file fails here, naming itself."""
+  if not os.path.exists(path):
+    raise CheckpointError(f"Checkpoint file {path} does not exist.")
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      return {key: np.asarray(npz[key]) for key in npz.files}
+  except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+    raise CheckpointError(
+        f"Checkpoint file {path} is not a readable .npz ({type(e).__name__}: {e}); it is probably "
+        "truncated or corrupt: delete it and download it again.") from None
+
+
+def write_npz_atomic(flat: dict[str, np.ndarray], path: str) -> None:
+  """Writes to a temporary file beside `path` and renames it, so a crash never leaves half a file."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, **flat)
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Published names and downloads.
+
+def resolve(name_or_path: str, cache_dir: str | None = None, base_url: str = BASE_URL) -> str:
+  """Returns a local path: an existing file as is, a published name downloaded once into the cache."""
+  if os.path.exists(name_or_path):
+    return name_or_path
+  name = name_or_path.removesuffix(".npz")
+  relative = PUBLISHED.get(name) or next(
+      (rel for rel in PUBLISHED.values() if rel.removesuffix(".npz") == name), None)
+  if relative is None:
+    raise CheckpointError(
+        f"Checkpoint {name_or_path!r} is neither a file nor a published name; published names: "
+        f"{', '.join(PUBLISHED)}.")
+  local = os.path.join(cache_dir or default_cache_dir(), relative)
+  if not os.path.exists(local):
+    download(base_url + relative, local)
+  return local
+
+
+def download(url: str, dest: str, timeout_s: float = 30.0) -> None:
+  """Streams `url` into `dest` atomically; a short or failed transfer leaves nothing at `dest`."""
+  directory = os.path.dirname(os.path.abspath(dest))
+  os.makedirs(directory, exist_ok=True)
+  logging.info("Downloading %s to %s", url, dest)
+  fd, tmp = tempfile.mkstemp(dir=directory, suffix=".download")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+          expected = response.headers.get("Content-Length")
+          received = 0
+          while chunk := response.read(1 << 20):
+            f.write(chunk)
+            received += len(chunk)
+      except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+        raise CheckpointError(
+            f"Could not download {url} ({e}). Without network access, download it elsewhere and "
+            f"place it at {dest}.") from None
+    if expected is not None and received != int(expected):
+      raise CheckpointError(
+          f"Download of {url} stopped after {received} of {expected} bytes; nothing was saved. "
+          f"Try again, or place the file at {dest} by hand.")
+    read_npz(tmp)  # A server error page is not a checkpoint.
+    os.replace(tmp, dest)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout conversion.
+
+def _rename_blocks(flat: dict[str, np.ndarray], renames: dict[str, str]) -> dict[str, np.ndarray]:
+  """Renames the modules directly inside each encoder block (the only place the layouts differ)."""
+  def rename(key):
+    match = re.fullmatch(r"(Transformer/encoderblock_\d+/)([^/]+)(/.*)", key)
+    return match.group(1) + renames.get(match.group(2), match.group(2)) + match.group(3) if match else key
+  return {rename(k): v for k, v in flat.items()}
+
+
+def _unstack_scanned(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  prefix = "Transformer/encoderblock/"
+  out = {}
+  for key, value in flat.items():
+    if key.startswith(prefix):
+      for i, layer_value in enumerate(value):
+        out[f"Transformer/encoderblock_{i}/{key[len(prefix):]}"] = layer_value
+    else:
+      out[key] = value
+  return out
+
+
+def to_model_layout(flat: dict[str, np.ndarray], has_class_token: bool) -> dict[str, np.ndarray]:
+  """Maps either published layout onto the model's '/'-joined keys (no shape checks yet)."""
+  if any(k.startswith("params/") for k in flat):
+    flat = {k.removeprefix("params/"): v for k, v in flat.items()}
+    flat = _unstack_scanned(flat)
+    if "pos_embedding" in flat:
+      posemb = flat.pop("pos_embedding")
+      if "cls" in flat:
+        # big_vision adds the embedding before prepending the class token: the same as a zero row.
+        posemb = np.concatenate([np.zeros_like(posemb[:, :1]), posemb], axis=1)
+      flat[_POSEMB] = posemb
+  renamed = _rename_blocks(flat, _OLD_BLOCK_NAMES)
+  if not has_class_token and "cls" in renamed:
+    # A class-token checkpoint used with pool_type "gap": the token and its row go unused.
+    logging.info("Dropping the checkpoint's class token: the model pools without one.")
+    del renamed["cls"]
+    if _POSEMB in renamed:
+      renamed[_POSEMB] = renamed[_POSEMB][:, 1:]
+  return renamed
+
+
+def describe(flat: dict[str, np.ndarray]) -> dict:
+  """The `vit.Model` arguments a checkpoint was written for, read off its shapes."""
+  flat = to_model_layout(flat, has_class_token=True)
+  try:
+    patch, _, _, width = flat["embedding/kernel"].shape
+    depth = len({k.split("/")[1] for k in flat if k.startswith("Transformer/encoderblock_")})
+    mlp_dim = flat["Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel"].shape[1]
+    num_heads = flat["Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel"].shape[1]
+  except (KeyError, ValueError) as e:
+    raise CheckpointError(f"Not a ViT checkpoint: no usable {e} entry.") from None
+  size = next((name for name, arch in ((n, vit.decode_variant(f"{n}/{patch}")) for n in vit.SIZES)
+               if (arch.width, arch.mlp_dim, arch.num_heads) == (width, mlp_dim, num_heads)), None)
+  if size is None:
+    raise CheckpointError(f"No named ViT variant has width {width}, MLP {mlp_dim} and {num_heads} "
+                          "heads.")
+  kwargs = dict(variant=f"{size}/{patch}", pool_type="tok" if "cls" in flat else "gap",
+                num_classes=flat["head/kernel"].shape[1] if "head/kernel" in flat else 0,
+                representation_size=(flat["pre_logits/kernel"].shape[1]
+                                     if "pre_logits/kernel" in flat else None))
+  if depth != vit.decode_variant(kwargs["variant"]).depth:
+    kwargs["depth"] = depth
+  return kwargs
+
+
+def resample_posemb(posemb: np.ndarray, num_tokens: int, has_class_token: bool) -> np.ndarray:
+  """Bilinearly resamples the square grid to hold `num_tokens` rows; the class-token row is kept."""
+  cls_row, grid = (posemb[:, :1], posemb[0, 1:]) if has_class_token else (posemb[:, :0], posemb[0])
+  old_side = int(round(np.sqrt(len(grid))))
+  new_side = int(round(np.sqrt(num_tokens - cls_row.shape[1])))
+  if old_side ** 2 != len(grid) or new_side ** 2 + cls_row.shape[1] != num_tokens:
+    raise CheckpointError(f"Cannot resample a position embedding of {posemb.shape[1]} tokens to "
+                          f"{num_tokens}: only square patch grids are supported.")
+  logging.info("Resampling the position embedding grid %dx%d -> %dx%d",
+               old_side, old_side, new_side, new_side)
+  grid = grid.reshape(old_side, old_side, -1)
+  zoom = (new_side / old_side, new_side / old_side, 1)
+  grid = scipy.ndimage.zoom(grid, zoom, order=1).reshape(1, new_side * new_side, -1)
+  return np.concatenate([cls_row, grid.astype(posemb.dtype)], axis=1)
+
+
+def _describe_mismatch(path, flat, expected) -> str:
+  missing = sorted(set(expected) - set(flat))
+  unexpected = sorted(set(flat) - set(expected))
+  mismatched = sorted(k for k in set(flat) & set(expected) if flat[k].shape != expected[k].shape)
+  if not (missing or unexpected or mismatched):
+    return ""
+
+  def listing(title, keys, shape_of):
+    shown = ", ".join(f"{k} {shape_of(k)}" for k in keys[:8])
+    more = f" and {len(keys) - 8} more" if len(keys) > 8 else ""
+    return f"{len(keys)} {title} ({shown}{more})"
+
+  parts = []
+  if missing:
+    parts.append(listing("missing", missing, lambda k: tuple(expected[k].shape)))
+  if unexpected:
+    parts.append(listing("unexpected", unexpected, lambda k: tuple(flat[k].shape)))
+  if mismatched:
+    parts.append(listing("mismatched", mismatched,
+                         lambda k: f"{tuple(flat[k].shape)} vs model {tuple(expected[k].shape)}"))
+  return (f"Checkpoint {path} does not fit the model: " + "; ".join(parts) +
+          ". Check the variant, pool_type and representation_size against the checkpoint.")
+
+
+def model_param_shapes(model, image_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+  """'/'-joined parameter paths and shapes of `model` at `image_size`, without computing weights."""
+  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), images)
+  return flax.traverse_util.flatten_dict(variables["params"], sep="/")
+
+
+def load_pretrained(name_or_path: str, model, image_size: int = 224, keep_head: bool = False,
+                    cache_dir: str | None = None, base_url: str = BASE_URL) -> dict:
+  """Returns `model`'s parameters (nested dict of float32 arrays) from a Google ViT checkpoint.
+
+  Args:
+    name_or_path: an .npz path or a published name from `PUBLISHED` (downloaded once, cached).
+    model: a `vit.Model`; its variant, pool_type and representation_size must fit the checkpoint.
+    image_size: input resolution; the position embedding grid is resampled to fit it.
+    keep_head: keep the checkpoint's head when its shape fits; otherwise the head is zeros.
+  """
+  path = resolve(name_or_path, cache_dir, base_url)
+  expected = model_param_shapes(model, image_size)
+  flat = to_model_layout(read_npz(path), model.has_class_token)
+
+  if "pre_logits/kernel" not in expected:
+    flat.pop("pre_logits/kernel", None)
+    flat.pop("pre_logits/bias", None)
+  if _POSEMB in flat and _POSEMB in expected:
+    num_tokens = expected[_POSEMB].shape[1]
+    if flat[_POSEMB].shape[1] != num_tokens and flat[_POSEMB].shape[2] == expected[_POSEMB].shape[2]:
+      flat[_POSEMB] = resample_posemb(flat[_POSEMB], num_tokens, model.has_class_token)
+  head = {k: v for k, v in expected.items() if k.startswith("head/")}
+  head_fits = all(k in flat and flat[k].shape == v.shape for k, v in head.items())
+  if head and not (keep_head and head_fits):
+    if keep_head:
+      logging.warning("The checkpoint's head does not fit %d classes: re-initialised to zeros.",
+                      model.num_classes)
+    for k, v in head.items():
+      flat[k] = np.zeros(v.shape, np.float32)
+  if not head:
+    flat.pop("head/kernel", None)
+    flat.pop("head/bias", None)
+
+  if error := _describe_mismatch(path, flat, expected):
+    raise CheckpointError(error)
+  params = {k: jnp.asarray(v, dtype=expected[k].dtype) for k, v in flat.items()}
+  return flax.traverse_util.unflatten_dict(params, sep="/")
+
+
+def export_npz(params, path: str) -> None:
+  """Writes parameters in the vision_transformer layout (opens in timm and Google's code)."""
+  flat = flax.traverse_util.flatten_dict(jax.device_get(params), sep="/")
+  flat = {k: np.asarray(v, dtype=np.float32) for k, v in flat.items()}
+  write_npz_atomic(_rename_blocks(flat, {new: old for old, new in _OLD_BLOCK_NAMES.items()}), path)

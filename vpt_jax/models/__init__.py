@@ -1,0 +1,1 @@
+"""Model definitions, looked up by name."""
