@@ -53,10 +53,26 @@ def decode_variant(variant: str) -> Architecture:
   return Architecture(_WIDTH[size], _DEPTH[size], _MLP_DIM[size], _HEADS[size], (patch, patch))
 
 
+class ScaleShift(nn.Module):
+  """SSF (Lian et al. 2022): a learned per-channel affine map, initialised to the identity."""
+
+  @nn.compact
+  def __call__(self, x):
+    features = x.shape[-1:]
+    scale = self.param("scale", nn.initializers.ones, features, jnp.float32)
+    shift = self.param("shift", nn.initializers.zeros, features, jnp.float32)
+    return x * scale.astype(x.dtype) + shift.astype(x.dtype)
+
+
+def _maybe_ssf(enabled: bool, name: str):
+  return ScaleShift(name=f"ssf_{name}") if enabled else (lambda x: x)
+
+
 class MlpBlock(nn.Module):
   mlp_dim: int
   dropout: float = 0.0
   dtype: Any = None
+  ssf: bool = False
 
   @nn.compact
   def __call__(self, x, train=False):
@@ -65,15 +81,36 @@ class MlpBlock(nn.Module):
         features, dtype=self.dtype, name=name,
         kernel_init=nn.initializers.xavier_uniform(),
         bias_init=nn.initializers.normal(stddev=1e-6))
-    x = nn.gelu(dense(self.mlp_dim, "Dense_0")(x))  # tanh approximation, as Google's ViTs.
+    x = _maybe_ssf(self.ssf, "Dense_0")(dense(self.mlp_dim, "Dense_0")(x))
+    x = nn.gelu(x)  # tanh approximation, as Google's ViTs.
     x = nn.Dropout(rate=self.dropout)(x, deterministic=not train)
-    return dense(width, "Dense_1")(x)
+    return _maybe_ssf(self.ssf, "Dense_1")(dense(width, "Dense_1")(x))
+
+
+class Adapter(nn.Module):
+  """Houlsby bottleneck adapter; the up-projection starts at zero so the block starts unchanged."""
+  dim: int
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.Dense(self.dim, dtype=self.dtype, name="down")(x)
+    y = nn.Dense(x.shape[-1], dtype=self.dtype, kernel_init=nn.initializers.zeros, name="up")(
+        nn.gelu(y))
+    return x + y
 
 
 class Attention(nn.Module):
-  """Multi-head self-attention with the parameter names of Linen's MultiHeadDotProductAttention."""
+  """Multi-head self-attention with the parameter names of Linen's MultiHeadDotProductAttention.
+
+  `lora_rank` > 0 adds a low-rank update `x A B * lora_alpha / lora_rank` to the query and value
+  projections (Hu et al. 2021); B starts at zero, so the output starts unchanged.
+  """
   num_heads: int
   dtype: Any = None
+  lora_rank: int = 0
+  lora_alpha: float = 0.0
+  ssf: bool = False
 
   @nn.compact
   def __call__(self, x, return_weights=False):
@@ -81,9 +118,21 @@ class Attention(nn.Module):
     if width % self.num_heads:
       raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
     head_dim = width // self.num_heads
-    project = lambda name: nn.DenseGeneral(
-        (self.num_heads, head_dim), dtype=self.dtype, name=name,
-        kernel_init=nn.initializers.xavier_uniform())(x)
+
+    def project(name):
+      y = nn.DenseGeneral((self.num_heads, head_dim), dtype=self.dtype, name=name,
+                          kernel_init=nn.initializers.xavier_uniform())(x)
+      if self.lora_rank and name in ("query", "value"):
+        a = self.param(f"lora_{name}_a", nn.initializers.he_uniform(), (width, self.lora_rank),
+                       jnp.float32)
+        b = self.param(f"lora_{name}_b", nn.initializers.zeros,
+                       (self.lora_rank, self.num_heads, head_dim), jnp.float32)
+        scale = (self.lora_alpha or self.lora_rank) / self.lora_rank
+        y = y + scale * jnp.einsum("ntd,dr,rhk->nthk", x, a.astype(x.dtype), b.astype(x.dtype))
+      if self.ssf:
+        y = ScaleShift(name=f"ssf_{name}")(y.reshape(y.shape[:2] + (width,))).reshape(y.shape)
+      return y
+
     q, k, v = project("query"), project("key"), project("value")  # (N, T, H, D)
     logits = jnp.einsum("nqhd,nkhd->nhqk", q, k) / jnp.sqrt(head_dim).astype(q.dtype)
     # Softmax in float32 so that bfloat16 compute keeps the attention distribution accurate.
@@ -91,25 +140,41 @@ class Attention(nn.Module):
     y = jnp.einsum("nhqk,nkhd->nqhd", weights.astype(v.dtype), v)
     y = nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name="out",
                         kernel_init=nn.initializers.xavier_uniform())(y)
-    return y, (weights if return_weights else None)
+    return _maybe_ssf(self.ssf, "out")(y), (weights if return_weights else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Extras:
+  """Parameter-efficient modules inside every block; all start as the identity."""
+  lora_rank: int = 0
+  lora_alpha: float = 0.0
+  adapter_dim: int = 0
+  ssf: bool = False
 
 
 class Encoder1DBlock(nn.Module):
-  """Pre-norm transformer block."""
+  """Pre-norm transformer block; adapters sit on both branches before the residual sum."""
   mlp_dim: int
   num_heads: int
   dropout: float = 0.0
   dtype: Any = None
+  extras: Extras = Extras()
 
   @nn.compact
   def __call__(self, x, train=False, return_attention=False):
-    y = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_0")(x)
-    y, attention = Attention(self.num_heads, dtype=self.dtype,
+    ssf = self.extras.ssf
+    y = _maybe_ssf(ssf, "LayerNorm_0")(nn.LayerNorm(dtype=self.dtype, name="LayerNorm_0")(x))
+    y, attention = Attention(self.num_heads, dtype=self.dtype, lora_rank=self.extras.lora_rank,
+                             lora_alpha=self.extras.lora_alpha, ssf=ssf,
                              name="MultiHeadDotProductAttention_0")(y, return_attention)
+    if self.extras.adapter_dim:
+      y = Adapter(self.extras.adapter_dim, dtype=self.dtype, name="adapter_attention")(y)
     y = nn.Dropout(rate=self.dropout)(y, deterministic=not train)
     x = x + y
-    y = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_1")(x)
-    y = MlpBlock(self.mlp_dim, self.dropout, dtype=self.dtype, name="MlpBlock_0")(y, train)
+    y = _maybe_ssf(ssf, "LayerNorm_1")(nn.LayerNorm(dtype=self.dtype, name="LayerNorm_1")(x))
+    y = MlpBlock(self.mlp_dim, self.dropout, dtype=self.dtype, ssf=ssf, name="MlpBlock_0")(y, train)
+    if self.extras.adapter_dim:
+      y = Adapter(self.extras.adapter_dim, dtype=self.dtype, name="adapter_mlp")(y)
     y = nn.Dropout(rate=self.dropout)(y, deterministic=not train)
     return x + y, attention
 
@@ -124,24 +189,70 @@ class AddPositionEmbs(nn.Module):
     return x + pos_embedding.astype(x.dtype)
 
 
+def insert_prompts(x, prompts, start: int, replace: bool):
+  """The prompt-prepending wrapper around a layer: puts `prompts` (N, P, D) at token `start`.
+
+  With `replace`, the P tokens already there (the previous layer's prompt outputs) are discarded.
+  """
+  rest = x[:, start + prompts.shape[1]:] if replace else x[:, start:]
+  return jnp.concatenate([x[:, :start], prompts.astype(x.dtype), rest], axis=1)
+
+
 class Encoder(nn.Module):
+  """Position embedding, blocks and final norm; optionally with visual prompts (VPT).
+
+  `prompts` is (layers, N, P, D) or None. Layer 0's prompts go after the class token (if any) and
+  before the patches, after the position embedding (prompts get none). With more than one set
+  (VPT-deep), set i replaces the prompt outputs of layer i-1 before layer i.
+  """
   depth: int
   mlp_dim: int
   num_heads: int
   dropout: float = 0.0
   dtype: Any = None
+  extras: Extras = Extras()
 
   @nn.compact
-  def __call__(self, x, train=False, return_attention=False):
+  def __call__(self, x, prompts=None, prompt_start=0, train=False, return_attention=False):
     x = AddPositionEmbs(name="posembed_input")(x)
     x = nn.Dropout(rate=self.dropout)(x, deterministic=not train)
     attentions = []
     for i in range(self.depth):
+      if prompts is not None and i < len(prompts):
+        x = insert_prompts(x, prompts[i], prompt_start, replace=i > 0)
       x, attention = Encoder1DBlock(self.mlp_dim, self.num_heads, self.dropout, dtype=self.dtype,
-                                    name=f"encoderblock_{i}")(x, train, return_attention)
+                                    extras=self.extras, name=f"encoderblock_{i}")(
+                                        x, train, return_attention)
       attentions.append(attention)
     x = nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
     return x, (attentions if return_attention else None)
+
+
+class VisualPrompts(nn.Module):
+  """Learned prompt tokens (Jia et al. 2022): one set for VPT-shallow, one per layer for VPT-deep.
+
+  Initialised uniform(-v, v) with v = sqrt(6 / (3 * patch_h * patch_w + prompt_dim)), as the
+  reference code does; an optional linear projection maps prompt_dim to the model width.
+  """
+  num_tokens: int
+  num_sets: int
+  width: int
+  patch_size: tuple[int, int]
+  dropout: float = 0.0
+  project_dim: int | None = None
+
+  @nn.compact
+  def __call__(self, batch_size, train=False):
+    prompt_dim = self.project_dim or self.width
+    bound = (6.0 / (3 * self.patch_size[0] * self.patch_size[1] + prompt_dim)) ** 0.5
+    symmetric_uniform = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
+    prompts = self.param("embeddings", symmetric_uniform,
+                         (self.num_sets, self.num_tokens, prompt_dim), jnp.float32)
+    if self.project_dim:
+      prompts = nn.Dense(self.width, name="projection")(prompts)
+    prompts = jnp.broadcast_to(prompts[:, None], (self.num_sets, batch_size) + prompts.shape[1:])
+    # Expanded to the batch first, so each example gets its own dropout mask.
+    return nn.Dropout(rate=self.dropout)(prompts, deterministic=not train)
 
 
 class Model(nn.Module):
@@ -154,11 +265,19 @@ class Model(nn.Module):
   Attributes:
     num_classes: classes of the head; 0 means no head (logits are the pre-logit features).
     variant: "SIZE/PATCH" as big_vision names them, e.g. "Ti/16", "B/16", "L/16", "H/14".
-    pool_type: "tok" (class token) or "gap" (mean of all tokens after the final norm; no class token).
+    pool_type: "tok" (class token) or "gap" (mean of the patch tokens after the final norm, prompt
+      tokens excluded; no class token).
     representation_size: width of the tanh pre-logits layer, or None for none.
-    dropout: dropout rate after the position embedding, inside the MLPs and on both residual branches.
+    dropout: dropout rate after the position embedding, inside the MLPs and on both residual
+      branches.
     dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32.
     depth: overrides the variant's depth (small models for tests and demos).
+    prompt_tokens: number of visual prompt tokens (0: no prompts). Sequence: [CLS, prompts, patches].
+    prompt_deep: a prompt set for every layer (VPT-deep) rather than one after the embedding.
+    prompt_dropout: dropout on the prompt tokens while training.
+    prompt_project: prompt width before a learned projection to the model width (None: no
+      projection).
+    extras: LoRA, adapters and SSF inside the blocks.
   """
   num_classes: int
   variant: str = "B/16"
@@ -167,6 +286,11 @@ class Model(nn.Module):
   dropout: float = 0.0
   dtype: Any = None
   depth: int | None = None
+  prompt_tokens: int = 0
+  prompt_deep: bool = False
+  prompt_dropout: float = 0.0
+  prompt_project: int | None = None
+  extras: Extras = Extras()
 
   @property
   def architecture(self) -> Architecture:
@@ -184,16 +308,28 @@ class Model(nn.Module):
     arch = self.architecture
     x = nn.Conv(arch.width, arch.patch_size, strides=arch.patch_size, padding="VALID",
                 dtype=self.dtype, name="embedding")(images)
+    x = _maybe_ssf(self.extras.ssf, "embedding")(x)
     n, h, w, c = x.shape
     x = jnp.reshape(x, (n, h * w, c))
 
     if self.has_class_token:
       cls = self.param("cls", nn.initializers.zeros, (1, 1, c), jnp.float32)
       x = jnp.concatenate([jnp.tile(cls, (n, 1, 1)).astype(x.dtype), x], axis=1)
+    prompts = None
+    if self.prompt_tokens:
+      prompts = VisualPrompts(self.prompt_tokens, arch.depth if self.prompt_deep else 1, c,
+                              arch.patch_size, self.prompt_dropout, self.prompt_project,
+                              name="prompt")(n, train)
+
     x, attentions = Encoder(arch.depth, arch.mlp_dim, arch.num_heads, self.dropout,
-                            dtype=self.dtype, name="Transformer")(x, train, return_attention)
+                            dtype=self.dtype, extras=self.extras, name="Transformer")(
+                                x, prompts, int(self.has_class_token), train, return_attention)
+    x = _maybe_ssf(self.extras.ssf, "encoder_norm")(x)
     aux = {"encoded": x}
-    pooled = x[:, 0] if self.has_class_token else jnp.mean(x, axis=1)
+    if self.has_class_token:
+      pooled = x[:, 0]
+    else:
+      pooled = jnp.mean(x[:, self.prompt_tokens:], axis=1)
     if self.representation_size:
       pooled = jnp.tanh(nn.Dense(self.representation_size, dtype=self.dtype,
                                  name="pre_logits")(pooled))

@@ -1,0 +1,46 @@
+"""Optimizers over the trainable parameter subtree only (frozen ones never reach optax).
+
+SGD with momentum and coupled L2 weight decay (PyTorch's `weight_decay`, as the VPT code used):
+g <- g + wd * p before the momentum trace. Each trainable group gets lr * lr_mults.get(group, 1).
+"""
+
+import re
+
+import flax.traverse_util
+import jax
+import optax
+
+
+def learning_rate(base_lr: float, batch_size: int) -> float:
+  """The VPT protocol's linear scaling: lr = base_lr * batch / 256."""
+  return base_lr * batch_size / 256
+
+
+def warmup_cosine(peak_lr: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
+  return optax.warmup_cosine_decay_schedule(0.0, peak_lr, warmup_steps, max(total_steps, 1), 0.0)
+
+
+def decay_mask(trainable, decay_rules) -> dict:
+  """True where weight decay applies; (regex, bool) rules over '/'-joined paths, first match wins."""
+  compiled = [(re.compile(pattern), decay) for pattern, decay in decay_rules]
+  flat = flax.traverse_util.flatten_dict(trainable, sep="/")
+  mask = {path: next((d for regex, d in compiled if regex.fullmatch(path)), False) for path in flat}
+  return flax.traverse_util.unflatten_dict(mask, sep="/")
+
+
+def sgd(trainable_groups, schedule: optax.Schedule, *, momentum: float, weight_decay: float,
+        lr_mults=None, decay_rules=((".*", True),)) -> optax.GradientTransformation:
+  """`trainable_groups`: group name per trainable leaf (the trainable part of `methods.labels`)."""
+  lr_mults = dict(lr_mults or {})
+  groups = set(jax.tree.leaves(trainable_groups))
+  if unknown := set(lr_mults) - groups:
+    raise ValueError(f"lr_mults names groups {sorted(unknown)} that this method does not train; "
+                     f"its groups: {sorted(groups)}.")
+
+  def group_tx(group):
+    scale = lr_mults.get(group, 1.0)
+    return optax.sgd(lambda step: schedule(step) * scale, momentum=momentum or None)
+
+  return optax.chain(
+      optax.add_decayed_weights(weight_decay, mask=lambda p: decay_mask(p, decay_rules)),
+      optax.multi_transform({g: group_tx(g) for g in groups}, trainable_groups))
