@@ -1,0 +1,40 @@
+"""Download and prepare VTAB-1k datasets through TFDS; ends with a table of which tasks are ready.
+
+  python launch/prepare_data.py --tasks=all                       # or dtd,svhn or a group name
+  python launch/prepare_data.py --tasks=all --status_only         # only report, download nothing
+  python launch/prepare_data.py --tasks=resisc45 --manual_dir=DIR # after placing the files by hand
+
+The data directory defaults to $TFDS_DATA_DIR, else ~/tensorflow_datasets. Exits with status 1
+when a requested task is not ready.
+"""
+
+import sys
+
+from absl import app, flags, logging
+
+from vpt_jax.data import pipeline, prepare
+
+_TASKS = flags.DEFINE_string("tasks", "all", "'all', a group, or comma-separated task names.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
+_MANUAL_DIR = flags.DEFINE_string("manual_dir", None,
+                                  "Where manually downloaded files are (default: TFDS's).")
+_STATUS_ONLY = flags.DEFINE_bool("status_only", False, "Report readiness without downloading.")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # TFDS logs every lookup; the table says what matters.
+  try:
+    names = prepare.expand(_TASKS.value)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+  data_dir = _DATA_DIR.value or pipeline.default_data_dir()
+  rows = prepare.prepare(names, data_dir, _MANUAL_DIR.value, download=not _STATUS_ONLY.value)
+  print(f"\nData directory: {data_dir}\n" + prepare.table(rows))
+  ready = sum(r.status == "ready" for r in rows)
+  print(f"\n{ready} of {len(rows)} tasks ready.")
+  sys.exit(0 if ready == len(rows) else 1)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,199 @@
+"""The 19 VTAB-1k tasks: TFDS builders, where their train/val/test examples come from, labels.
+
+Each task names two regions of its TFDS splits, VTAB's train and validation sets (see
+shared/reference/vtab1k.md). VTAB-1k takes the first 800 examples of the train region (train800) and
+the first 200 of the validation region (val200); the data-scale protocol takes larger prefixes of
+both at 4:1. Label functions map a decoded TFDS example to an int label, in TensorFlow ops.
+"""
+
+import dataclasses
+import re
+from typing import Callable
+
+import tensorflow as tf
+
+NATURAL, SPECIALIZED, STRUCTURED = "natural", "specialized", "structured"
+GROUPS = (NATURAL, SPECIALIZED, STRUCTURED)
+
+
+@dataclasses.dataclass(frozen=True)
+class Region:
+  """Examples [start, stop) of a TFDS split; stop None means to the end of the split."""
+  split: str
+  start: int = 0
+  stop: int | None = None
+
+  def size(self, split_sizes: dict[str, int]) -> int:
+    return (self.stop if self.stop is not None else split_sizes[self.split]) - self.start
+
+  def take(self, n: int) -> str:
+    return f"{self.split}[{self.start}:{self.start + n}]" if self.start else f"{self.split}[:{n}]"
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  name: str
+  builder: str  # TFDS name with the version VTAB pins, e.g. "cifar100:3.*.*".
+  num_classes: int
+  group: str
+  train: Region
+  val: Region
+  test: str  # TFDS split string.
+  label: Callable[[dict], tf.Tensor] = lambda example: example["label"]
+  image_key: str = "image"
+  binary_image: bool = False  # Pixels are 0/1 (dsprites): scaled by 255.
+  manual_download: str | None = None  # What the user must place in TFDS's manual_dir, if anything.
+
+
+def _bin_of(value, thresholds):
+  """Index of the largest threshold below `value`."""
+  below = tf.cast(tf.constant(thresholds, tf.float32) < tf.cast(value, tf.float32), tf.int64)
+  return tf.reduce_sum(below) - 1
+
+
+def clevr_count(example):
+  return tf.cast(tf.size(example["objects"]["size"]), tf.int64) - 3
+
+
+def clevr_dist(example):
+  nearest = tf.reduce_min(example["objects"]["pixel_coords"][:, 2])
+  return _bin_of(nearest, [0.0, 8.0, 8.5, 9.0, 9.5, 10.0, 100.0])
+
+
+def kitti_dist(example):
+  objects = example["objects"]
+  vehicles = objects["type"] < 3  # car, van, truck
+  depths = tf.boolean_mask(objects["location"][:, 2], vehicles)
+  nearest = tf.reduce_min(tf.concat([depths, [1000.0]], axis=0))  # No vehicle: the last bin.
+  return _bin_of(nearest, [-100.0, 8.0, 20.0, 999.0])
+
+
+def dsprites_loc(example):
+  return example["label_x_position"] // 2  # 32 positions -> 16 bins.
+
+
+def dsprites_ori(example):
+  orientation = tf.cast(example["label_orientation"], tf.float32)
+  return tf.cast(tf.math.floor(orientation / 2.5), tf.int64)  # 40 orientations -> 16 bins.
+
+
+_RESISC45_MANUAL = (
+    "resisc45 needs NWPU-RESISC45.rar placed by hand in TFDS's manual_dir "
+    "(<data_dir>/downloads/manual or --manual_dir): download it from the dataset authors' page "
+    "(OneDrive link on the NWPU-RESISC45 website), then rerun prepare_data.")
+_RETINOPATHY_MANUAL = (
+    "diabetic_retinopathy needs the Kaggle 'Diabetic Retinopathy Detection' files (train.zip.*, "
+    "test.zip.*, trainLabels.csv, sample.zip, sampleSubmission.csv, retinopathy_solution.csv) "
+    "placed by hand in TFDS's manual_dir (<data_dir>/downloads/manual or --manual_dir): "
+    "'kaggle competitions download -c diabetic-retinopathy-detection', then rerun prepare_data.")
+
+TASKS: dict[str, Task] = {}
+
+
+def register(task: Task) -> Task:
+  TASKS[task.name] = task
+  return task
+
+
+for _task in [
+    Task("cifar100", "cifar100:3.*.*", 100, NATURAL, Region("train", 0, 45000),
+         Region("train", 45000), "test"),
+    Task("caltech101", "caltech101:3.*.*", 102, NATURAL, Region("train", 0, 2754),
+         Region("train", 2754), "test"),
+    Task("dtd", "dtd:3.*.*", 47, NATURAL, Region("train"), Region("validation"), "test"),
+    Task("oxford_flowers102", "oxford_flowers102:2.*.*", 102, NATURAL, Region("train"),
+         Region("validation"), "test"),
+    # VTAB pinned 3.*, which TFDS no longer serves; 4.0.0 has the same images and labels.
+    Task("oxford_iiit_pet", "oxford_iiit_pet:4.*.*", 37, NATURAL, Region("train", 0, 2944),
+         Region("train", 2944), "test"),
+    Task("svhn", "svhn_cropped:3.*.*", 10, NATURAL, Region("train", 0, 65931),
+         Region("train", 65931), "test"),
+    Task("sun397", "sun397/tfds:4.*.*", 397, NATURAL, Region("train"), Region("validation"), "test"),
+    Task("patch_camelyon", "patch_camelyon:2.*.*", 2, SPECIALIZED, Region("train"),
+         Region("validation"), "test"),
+    Task("eurosat", "eurosat/rgb:2.*.*", 10, SPECIALIZED, Region("train", 0, 16200),
+         Region("train", 16200, 21600), "train[21600:]"),
+    Task("resisc45", "resisc45:3.*.*", 45, SPECIALIZED, Region("train", 0, 18900),
+         Region("train", 18900, 25200), "train[25200:]", manual_download=_RESISC45_MANUAL),
+    Task("diabetic_retinopathy", "diabetic_retinopathy_detection/btgraham-300:3.*.*", 5,
+         SPECIALIZED, Region("train"), Region("validation"), "test",
+         manual_download=_RETINOPATHY_MANUAL),
+    Task("clevr_count", "clevr:3.*.*", 8, STRUCTURED, Region("train", 0, 63000),
+         Region("train", 63000), "validation", label=clevr_count),
+    Task("clevr_dist", "clevr:3.*.*", 6, STRUCTURED, Region("train", 0, 63000),
+         Region("train", 63000), "validation", label=clevr_dist),
+    Task("dmlab", "dmlab:2.0.1", 6, STRUCTURED, Region("train"), Region("validation"), "test"),
+    # VTAB used kitti 3.1.0 and 3.2.0 (same splits); TFDS's default is newer.
+    Task("kitti_dist", "kitti:3.2.0", 4, STRUCTURED, Region("train"), Region("validation"), "test",
+         label=kitti_dist),
+    Task("dsprites_loc", "dsprites:2.*.*", 16, STRUCTURED, Region("train", 0, 589824),
+         Region("train", 589824, 663552), "train[663552:]", label=dsprites_loc, binary_image=True),
+    Task("dsprites_ori", "dsprites:2.*.*", 16, STRUCTURED, Region("train", 0, 589824),
+         Region("train", 589824, 663552), "train[663552:]", label=dsprites_ori, binary_image=True),
+    Task("smallnorb_azi", "smallnorb:2.*.*", 18, STRUCTURED, Region("train"),
+         Region("test", 0, 12150), "test[50%:]", label=lambda example: example["label_azimuth"]),
+    Task("smallnorb_ele", "smallnorb:2.*.*", 9, STRUCTURED, Region("train"),
+         Region("test", 0, 12150), "test[50%:]", label=lambda example: example["label_elevation"]),
+]:
+  register(_task)
+
+VTAB_TASKS = tuple(TASKS)
+
+
+def get(name: str) -> Task:
+  if name not in TASKS:
+    raise ValueError(f"Unknown task {name!r}; choose one of: {', '.join(TASKS)}.")
+  return TASKS[name]
+
+
+def by_group(group: str) -> tuple[str, ...]:
+  return tuple(name for name in VTAB_TASKS if TASKS[name].group == group)
+
+
+# ---------------------------------------------------------------------------------------------
+# Named subsets: VTAB-1k's four, data-scale sets and k-shot sets.
+
+_SCALE = re.compile(r"scale(\d+)_(train|val|trainval)")
+_SHOT = re.compile(r"(\d+)shot_seed(\d+)")
+SUBSETS = ("train800", "val200", "train800val200", "test", "scale<N>_{train,val,trainval}",
+           "<k>shot_seed<s>")
+
+
+def parse_kshot(subset: str) -> tuple[int, int] | None:
+  """(k, seed) of a k-shot subset name such as "1shot_seed0", else None."""
+  match = _SHOT.fullmatch(subset)
+  return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def split_for(task: Task, subset: str, split_sizes: dict[str, int] | None = None) -> str:
+  """The TFDS split string of a named subset.
+
+  Data-scale subsets `scale<N>_train` / `_val` / `_trainval` hold 0.8 N / 0.2 N / N examples, taken
+  from the front of the train and validation regions; they need the real `split_sizes` to check
+  that the dataset has that many.
+  """
+  if subset == "train800":
+    return task.train.take(800)
+  if subset == "val200":
+    return task.val.take(200)
+  if subset == "train800val200":
+    return f"{task.train.take(800)}+{task.val.take(200)}"
+  if subset == "test":
+    return task.test
+  if match := _SCALE.fullmatch(subset):
+    size, part = int(match.group(1)), match.group(2)
+    if size % 5:
+      raise ValueError(f"Data-scale size {size} must be a multiple of 5 (train:val = 4:1).")
+    n_train, n_val = size * 4 // 5, size // 5
+    if split_sizes is None:
+      raise ValueError("Data-scale subsets need the dataset's split sizes: prepare it first.")
+    room_train, room_val = task.train.size(split_sizes), task.val.size(split_sizes)
+    if n_train > room_train or n_val > room_val:
+      largest = 5 * min(room_train // 4, room_val)
+      raise ValueError(
+          f"{task.name} cannot hold data-scale size {size} ({n_train} train + {n_val} val): its "
+          f"train region has {room_train} and its validation region {room_val} examples; the "
+          f"largest possible size is {largest}.")
+    train, val = task.train.take(n_train), task.val.take(n_val)
+    return {"train": train, "val": val, "trainval": f"{train}+{val}"}[part]
+  raise ValueError(f"Unknown subset {subset!r}; use one of {', '.join(SUBSETS)}.")
