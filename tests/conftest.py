@@ -37,6 +37,34 @@ def no_network(monkeypatch):
   monkeypatch.setattr(socket.socket, "connect", _loopback_only_connect)
 
 
+@pytest.fixture(scope="session")
+def fake_data_dir(tmp_path_factory):
+  """Small dtd and smallnorb datasets, written by TFDS under their real builder names."""
+  import fake_tfds
+  root = str(tmp_path_factory.mktemp("tfds"))
+  fake_tfds.prepare("dtd:3.*.*", root, {"train": 850, "validation": 250, "test": 37},
+                    fake_tfds.dtd_example)
+  fake_tfds.prepare("smallnorb:2.*.*", root, {"train": 810, "test": 400},
+                    fake_tfds.smallnorb_example)
+  return root
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory):
+  """A random 'pre-trained' Ti/16 of depth 2 in the vision_transformer layout."""
+  from vpt_jax import checkpoints
+  from vpt_jax.models import vit
+  model = vit.Model(num_classes=10, variant="Ti/16", depth=2)
+  params = model.init(jax.random.PRNGKey(0), jax.numpy.zeros((1, 32, 32, 3)))["params"]
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+  params = jax.tree.unflatten(tree, [x + 0.02 * jax.random.normal(k, x.shape)
+                                     for x, k in zip(leaves, keys)])
+  path = str(tmp_path_factory.mktemp("backbone") / "tiny.npz")
+  checkpoints.export_npz(params, path)
+  return path
+
+
 @functools.cache
 def jitted_apply(model):
   """One compiled forward pass per model configuration, shared by all tests of a worker."""

@@ -16,14 +16,9 @@ from vpt_jax.data import tasks as tasks_lib
 RES = 16
 
 
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-  root = str(tmp_path_factory.mktemp("tfds"))
-  fake_tfds.prepare("dtd:3.*.*", root, {"train": 850, "validation": 250, "test": 37},
-                    fake_tfds.dtd_example)
-  fake_tfds.prepare("smallnorb:2.*.*", root, {"train": 810, "test": 400},
-                    fake_tfds.smallnorb_example)
-  return root
+@pytest.fixture
+def data_dir(fake_data_dir):
+  return fake_data_dir
 
 
 def examples_of(data_dir, builder, split):

@@ -17,7 +17,11 @@ def learning_rate(base_lr: float, batch_size: int) -> float:
 
 
 def warmup_cosine(peak_lr: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
-  return optax.warmup_cosine_decay_schedule(0.0, peak_lr, warmup_steps, max(total_steps, 1), 0.0)
+  """Linear warm-up from 0 to `peak_lr`, then cosine decay to 0 at `total_steps`."""
+  if warmup_steps >= total_steps:
+    raise ValueError(f"The warm-up ({warmup_steps} steps) must be shorter than training "
+                     f"({total_steps} steps): lower optim.warmup_epochs or raise optim.epochs.")
+  return optax.warmup_cosine_decay_schedule(0.0, peak_lr, warmup_steps, total_steps, 0.0)
 
 
 def decay_mask(trainable, decay_rules) -> dict:

@@ -1,0 +1,75 @@
+"""One VTAB-1k run: a task, a tuning method, ViT-B/16 ImageNet-21k, the VPT protocol's schedule.
+
+  python launch/main.py --config=configs/vtab.py:task=dtd,method=vpt_deep --workdir=runs/dtd_vpt
+  python launch/main.py --config=configs/vtab.py:task=svhn,method=full,mode=search \
+      --config.optim.base_lr=0.05 --workdir=runs/svhn_full_search
+
+Arguments (after the colon): task (one of the 19), method (see vpt_jax.methods), mode ("final":
+train on train800val200 and score the test split; "search": train on train800 and score val200),
+seed, fsdp (shard large parameters over the data axis), bf16 (bfloat16 compute).
+
+Protocol (Jia et al. 2022; Han et al. 2024): 100 epochs with 10 of linear warm-up, batch 64, SGD
+with momentum 0.9, coupled L2 weight decay, lr = base_lr * batch / 256 with cosine decay; the paper
+picks base_lr x weight_decay per task on val200 (launch/sweep.py). Prompt lengths are the published
+per-task ones. Expected test top-1 with VPT-deep (VPT paper, Table 1): e.g. dtd 65.8, svhn 78.1,
+clevr_count 68.5; with full fine-tuning dtd 64.3, svhn 87.4, clevr_count 56.3 (all in
+vpt_jax/published.py).
+"""
+
+import ml_collections
+
+from vpt_jax import config_args
+
+PROMPT_TOKENS = {  # VPT-deep prompt length per task, as the published configs list them.
+    "cifar100": 10, "caltech101": 10, "dtd": 10, "oxford_flowers102": 1, "oxford_iiit_pet": 1,
+    "svhn": 50, "sun397": 5, "patch_camelyon": 100, "eurosat": 100, "resisc45": 10,
+    "diabetic_retinopathy": 1, "clevr_count": 100, "clevr_dist": 200, "dmlab": 100,
+    "kitti_dist": 100, "dsprites_loc": 100, "dsprites_ori": 100, "smallnorb_azi": 200,
+    "smallnorb_ele": 200}
+
+# Methods that move the whole backbone take smaller steps than those that train a few parameters.
+_BACKBONE_METHODS = ("full", "mixed", "lp_ft", "partial_k")
+
+
+def get_config(arg=None):
+  args = config_args.parse(arg, task="dtd", method="vpt_deep", mode="final", seed=0, fsdp=False,
+                           bf16=False)
+  if args["mode"] not in ("final", "search"):
+    raise ValueError(f"mode={args['mode']!r} must be 'final' or 'search'.")
+  if args["task"] not in PROMPT_TOKENS:
+    raise ValueError(f"task={args['task']!r} is not a VTAB-1k task; choose one of: "
+                     f"{', '.join(PROMPT_TOKENS)}.")
+  config = ml_collections.ConfigDict()
+  config.task = args["task"]
+  config.method = args["method"]
+  config.seed = args["seed"]
+
+  config.backbone = "ViT-B_16"  # Published name (downloaded once) or an .npz path.
+  config.checkpoint_cache_dir = None  # None: $VPT_JAX_CACHE/checkpoints.
+  config.model = ml_collections.ConfigDict(dict(
+      variant="B/16", pool_type="tok", representation_size=None, dropout=0.0,
+      depth=ml_collections.FieldReference(None, field_type=int)))
+  config.dtype = "bfloat16" if args["bf16"] else "float32"
+  config.method_kwargs = ml_collections.ConfigDict(dict(
+      prompt_tokens=PROMPT_TOKENS[args["task"]], prompt_dropout=0.1,
+      prompt_project=ml_collections.FieldReference(None, field_type=int),
+      lora_rank=8, lora_alpha=8.0, adapter_dim=8, partial_k=1))
+
+  config.data = ml_collections.ConfigDict(dict(
+      data_dir=ml_collections.FieldReference(None, field_type=str),
+      cache_dir=ml_collections.FieldReference(None, field_type=str),
+      resolution=224, normalization="imagenet", flip=False,
+      train_subset="train800val200" if args["mode"] == "final" else "train800",
+      eval_subset="test" if args["mode"] == "final" else "val200"))
+
+  config.optim = ml_collections.ConfigDict(dict(
+      base_lr=0.01 if args["method"] in _BACKBONE_METHODS else 0.5, weight_decay=1e-4,
+      momentum=0.9, batch_size=64, epochs=100, warmup_epochs=10,
+      lr_mults=ml_collections.ConfigDict(), decay_rules=((".*", True),)))
+
+  config.sharding_rules = ((".*", "fsdp"),) if args["fsdp"] else ((".*", "replicate"),)
+  config.eval_batch_size = 256
+  config.eval_every_epochs = 0  # >0: train and eval loss/accuracy every N epochs (curves).
+  config.checkpoint_every_epochs = 10
+  config.checkpoints_to_keep = 2
+  return config

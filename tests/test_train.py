@@ -1,0 +1,270 @@
+"""The training engine end to end on offline data: every method, devices, resume, faults."""
+
+import importlib.util
+import json
+import logging
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from vpt_jax import checkpoints, methods, metrics, steps, train
+from vpt_jax.models import vit
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("vtab_config", REPO / "configs" / "vtab.py")
+vtab_config = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(vtab_config)
+
+TINY_OVERRIDES = {
+    "model.variant": "Ti/16", "model.depth": 2, "data.resolution": 32, "optim.epochs": 2,
+    "optim.warmup_epochs": 1, "optim.batch_size": 32, "eval_batch_size": 16,
+    "checkpoint_every_epochs": 1, "method_kwargs.prompt_tokens": 2,
+}
+
+
+def tiny_config(fake_data_dir, tiny_backbone, tmp_path, arg="task=dtd,method=vpt_deep", **extra):
+  config = vtab_config.get_config(arg)
+  for key, value in {**TINY_OVERRIDES, "backbone": tiny_backbone, "data.data_dir": fake_data_dir,
+                     "data.cache_dir": str(tmp_path / "cache"), **extra}.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+def cli_overrides(config):
+  return [f"--config.{k}={v}" for k, v in {
+      **TINY_OVERRIDES, "backbone": config.backbone, "data.data_dir": config.data.data_dir,
+      "data.cache_dir": config.data.cache_dir}.items()]
+
+
+@pytest.mark.parametrize("method", methods.names())
+def test_every_method_trains_and_evaluates(method, fake_data_dir, tiny_backbone, tmp_path):
+  config = tiny_config(fake_data_dir, tiny_backbone, tmp_path, f"task=dtd,method={method}",
+                       **{"optim.epochs": 1, "optim.warmup_epochs": 0})
+  lines = []
+  result = train.train_and_evaluate(config, str(tmp_path / "run"), log=lines.append)
+  assert result["method"] == method and result["eval_examples"] == 37
+  assert 0.0 <= result["test_accuracy"] <= 1.0 and np.isfinite(result["test_loss"])
+  assert json.loads((tmp_path / "run" / "result.json").read_text()) == result
+  stage_dirs = sorted(p.name for p in (tmp_path / "run").glob("stage*"))
+  if method in ("ft_then_pt", "lp_ft"):
+    assert [s["method"] for s in result["stages"]] == [d.split("_", 1)[1] for d in stage_dirs]
+  else:
+    assert stage_dirs == []
+    assert any("trainable parameters" in line for line in lines)
+  assert len(metrics.read(str(tmp_path / "run" / (stage_dirs[-1] if stage_dirs else "")))) == 1
+
+
+def test_run_outputs_and_artifact(fake_data_dir, tiny_backbone, tmp_path):
+  config = tiny_config(fake_data_dir, tiny_backbone, tmp_path, eval_every_epochs=1)
+  workdir = tmp_path / "run"
+  result = train.train_and_evaluate(config, str(workdir), log=lambda *_: None)
+  assert {"config.json", "metrics.jsonl", "result.json", "artifact.npz", "checkpoints",
+          "tensorboard"} <= set(os.listdir(workdir))
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  rows = metrics.read(str(workdir))
+  assert [r["epoch"] for r in rows] == [1, 2] and [r["step"] for r in rows] == [31, 62]
+  assert rows[-1]["eval_loss"] == pytest.approx(result["test_loss"])
+  assert rows[-1]["eval_accuracy"] == pytest.approx(result["test_accuracy"])
+  assert result["trainable_parameters"] == 47 * 192 + 47 + 2 * 2 * 192  # head + 2 x 2 prompts
+  assert result["artifact_bytes"] < result["full_model_bytes"] / 20
+
+  # The artifact alone, on the pre-trained backbone, reproduces the evaluation.
+  trained, meta = methods.load_artifact(str(workdir / "artifact.npz"))
+  assert meta["method"] == "vpt_deep"
+  model = vit.Model(num_classes=47, variant="Ti/16", depth=2, prompt_tokens=2, prompt_deep=True)
+  backbone = checkpoints.load_pretrained(tiny_backbone, vit.Model(num_classes=47, variant="Ti/16",
+                                                                  depth=2), image_size=32)
+  params = methods.merge(backbone, trained)
+  from vpt_jax.data import device, pipeline
+  correct = total = 0
+  for batch in pipeline.eval_batches("dtd", "test", 32, 16, fake_data_dir):
+    logits, _ = model.apply({"params": params}, device.normalize(batch["image"], "imagenet"))
+    correct += int(((np.argmax(logits, -1) == batch["label"]) & batch["mask"]).sum())
+    total += int(batch["mask"].sum())
+  assert (total, correct / total) == (37, pytest.approx(result["test_accuracy"]))
+
+
+class Killed(Exception):
+  pass
+
+
+def _kill_at(monkeypatch, step):
+  original = metrics.MetricWriter.write
+
+  def write(self, at_step, **row):
+    if at_step == step:
+      raise Killed(f"killed at step {step}")
+    return original(self, at_step, **row)
+  monkeypatch.setattr(metrics.MetricWriter, "write", write)
+
+
+def _artifact(workdir):
+  return checkpoints.read_npz(str(workdir / "artifact.npz"))
+
+
+def test_kill_and_resume_is_bitwise_identical(fake_data_dir, tiny_backbone, tmp_path, monkeypatch,
+                                              caplog):
+  config = tiny_config(fake_data_dir, tiny_backbone, tmp_path, "task=dtd,method=mixed",
+                       **{"optim.epochs": 4})
+  reference = train.train_and_evaluate(config, str(tmp_path / "reference"), log=lambda *_: None)
+
+  workdir = tmp_path / "interrupted"
+  with monkeypatch.context() as patch:
+    _kill_at(patch, 3 * 31)  # During epoch 3, after the epoch-2 checkpoint.
+    with pytest.raises(Killed):
+      train.train_and_evaluate(config, str(workdir), log=lambda *_: None)
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["31", "62"]
+  assert not (workdir / "result.json").exists()
+  lines = []
+  resumed = train.train_and_evaluate(config, str(workdir), log=lines.append)
+  assert "Resuming mixed from step 62 of 124" in "\n".join(lines)
+  for key in ("test_accuracy", "test_loss", "trainable_parameters"):
+    assert resumed[key] == reference[key], key
+  assert metrics.read(str(workdir)) == metrics.read(str(tmp_path / "reference"))
+  for key, value in _artifact(tmp_path / "reference").items():
+    np.testing.assert_array_equal(_artifact(workdir)[key], value, err_msg=key)
+
+  # A corrupt newest checkpoint: fall back to the one before it, with a warning, same result.
+  second = tmp_path / "corrupt"
+  with monkeypatch.context() as patch:
+    _kill_at(patch, 3 * 31)
+    with pytest.raises(Killed):
+      train.train_and_evaluate(config, str(second), log=lambda *_: None)
+  for path in (second / "checkpoints" / "62").rglob("*"):
+    if path.is_file():
+      path.write_bytes(b"garbage")
+  lines = []
+  with caplog.at_level(logging.WARNING):
+    recovered = train.train_and_evaluate(config, str(second), log=lines.append)
+  assert "Checkpoint at step 62" in caplog.text and "falling back" in caplog.text
+  assert "Resuming mixed from step 31 of 124" in "\n".join(lines)
+  assert recovered["test_loss"] == reference["test_loss"]
+  assert [p.name.split("-")[0] for p in (second / "unreadable_checkpoints").iterdir()] == ["62"]
+
+
+def test_two_stage_method_resumes_in_its_second_stage(fake_data_dir, tiny_backbone, tmp_path,
+                                                      monkeypatch):
+  config = tiny_config(fake_data_dir, tiny_backbone, tmp_path, "task=dtd,method=lp_ft")
+  reference = train.train_and_evaluate(config, str(tmp_path / "reference"), log=lambda *_: None)
+  workdir = tmp_path / "run"
+  with monkeypatch.context() as patch:
+    calls = []  # Stage 1 logs twice; die at stage 2's second epoch.
+    original = metrics.MetricWriter.write
+
+    def write(self, step, **row):
+      calls.append(self.path)
+      if len(calls) == 4:
+        raise Killed()
+      return original(self, step, **row)
+    patch.setattr(metrics.MetricWriter, "write", write)
+    with pytest.raises(Killed):
+      train.train_and_evaluate(config, str(workdir), log=lambda *_: None)
+  assert (workdir / "stage1_linear" / "result.json").exists()
+  lines = []
+  result = train.train_and_evaluate(config, str(workdir), log=lines.append)
+  assert "Stage 1 (linear) already finished." in lines
+  assert result["test_loss"] == reference["test_loss"]
+
+
+def _nan_after(count_limit):
+  """A train step whose loss turns NaN once the optimizer has taken `count_limit` steps."""
+  original = steps.make_train_step
+
+  def make_train_step(model, tx):
+    step = original(model, tx)
+
+    def poisoned(trainable, opt_state, frozen, images, labels, rng):
+      counts = [x for path, x in jax.tree_util.tree_flatten_with_path(opt_state)[0]
+                if getattr(path[-1], "name", None) == "count"]
+      trainable, opt_state, out = step(trainable, opt_state, frozen, images, labels, rng)
+      out["loss"] = jnp.where(counts[0] >= count_limit, jnp.nan, out["loss"])
+      return trainable, opt_state, out
+    return poisoned
+  return make_train_step
+
+
+def test_non_finite_loss_stops_and_keeps_good_checkpoints(fake_data_dir, tiny_backbone, tmp_path,
+                                                          monkeypatch):
+  config = tiny_config(fake_data_dir, tiny_backbone, tmp_path, **{"optim.epochs": 3})
+  monkeypatch.setattr(steps, "make_train_step", _nan_after(40))
+  workdir = tmp_path / "run"
+  with pytest.raises(train.NonFiniteLossError,
+                     match=r"Loss became nan at step 40 \(epoch 2\); stopped. Last good checkpoint: "
+                           r"step 31"):
+    train.train_and_evaluate(config, str(workdir), log=lambda *_: None)
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["31"]
+  assert not (workdir / "result.json").exists()
+  assert [r["epoch"] for r in metrics.read(str(workdir))] == [1]
+
+
+def test_config_arguments():
+  config = vtab_config.get_config("task=svhn,method=full,mode=search,seed=3")
+  assert (config.task, config.method, config.seed) == ("svhn", "full", 3)
+  assert (config.data.train_subset, config.data.eval_subset) == ("train800", "val200")
+  assert config.method_kwargs.prompt_tokens == 50
+  assert config.optim.epochs == 100 and config.optim.warmup_epochs == 10
+  assert config.optim.batch_size == 64 and config.optim.momentum == 0.9
+  assert config.backbone == "ViT-B_16" and config.model.variant == "B/16"
+  with pytest.raises(ValueError, match="valid keys: task, method, mode, seed, fsdp, bf16"):
+    vtab_config.get_config("task=svhn,lr=0.1")
+  with pytest.raises(ValueError, match="seed='x' must be an int"):
+    vtab_config.get_config("seed=x")
+  with pytest.raises(ValueError, match="task='imagenet' is not a VTAB-1k task"):
+    vtab_config.get_config("task=imagenet")
+  with pytest.raises(ValueError, match="mode='test' must be 'final' or 'search'"):
+    vtab_config.get_config("mode=test")
+
+
+def test_unknown_method_and_bad_dtype(fake_data_dir, tiny_backbone, tmp_path):
+  config = tiny_config(fake_data_dir, tiny_backbone, tmp_path, "task=dtd,method=vtp_deep")
+  with pytest.raises(ValueError, match="Unknown method 'vtp_deep'"):
+    train.train_and_evaluate(config, str(tmp_path / "a"), log=lambda *_: None)
+  config = tiny_config(fake_data_dir, tiny_backbone, tmp_path, dtype="float16")
+  with pytest.raises(ValueError, match="dtype='float16' must be 'float32' or 'bfloat16'"):
+    train.train_and_evaluate(config, str(tmp_path / "b"), log=lambda *_: None)
+  config = tiny_config(fake_data_dir, tiny_backbone, tmp_path, **{"optim.warmup_epochs": 2})
+  with pytest.raises(ValueError, match=r"warm-up \(62 steps\) must be shorter than training"):
+    train.train_and_evaluate(config, str(tmp_path / "c"), log=lambda *_: None)
+
+
+def run_main(args, env_extra=None):
+  env = {**os.environ, **(env_extra or {})}
+  return subprocess.run([sys.executable, "launch/main.py", *args], capture_output=True, text=True,
+                        cwd=REPO, env=env, timeout=600)
+
+
+def test_one_device_and_eight_devices_agree(fake_data_dir, tiny_backbone, tmp_path):
+  config = tiny_config(fake_data_dir, tiny_backbone, tmp_path, "task=dtd,method=full,fsdp=true")
+  one = train.train_and_evaluate(config, str(tmp_path / "one"), log=lambda *_: None)
+  assert jax.device_count() == 1
+  process = run_main([f"--config={REPO}/configs/vtab.py:task=dtd,method=full,fsdp=true",
+                      f"--workdir={tmp_path / 'eight'}", *cli_overrides(config)],
+                     {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+  assert process.returncode == 0, process.stderr[-3000:]
+  assert "on 8 cpu device(s)" in process.stdout
+  eight = json.loads((tmp_path / "eight" / "result.json").read_text())
+  assert eight["test_loss"] == pytest.approx(one["test_loss"], abs=1e-4)
+  assert eight["test_accuracy"] == one["test_accuracy"]
+  for a, b in zip(metrics.read(str(tmp_path / "one")), metrics.read(str(tmp_path / "eight"))):
+    assert a["train_loss_running"] == pytest.approx(b["train_loss_running"], abs=1e-4)
+
+
+def test_command_line_errors_are_one_line(fake_data_dir, tiny_backbone, tmp_path):
+  config = tiny_config(fake_data_dir, tiny_backbone, tmp_path)
+  process = run_main([f"--config={REPO}/configs/vtab.py:task=svhn", f"--workdir={tmp_path / 'w'}",
+                      *cli_overrides(config)])
+  assert process.returncode == 1
+  last = process.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: Task svhn (svhn_cropped:3.*.*) is not prepared")
+  assert "python launch/prepare_data.py --tasks=svhn" in last
