@@ -7,6 +7,10 @@
 Arguments (after the colon): task (one of the 19), method (see vpt_jax.methods), mode ("final":
 train on train800val200 and score the test split; "search": train on train800 and score val200),
 seed, fsdp (shard large parameters over the data axis), bf16 (bfloat16 compute).
+For launch/sweep.py, task may also be "all", a group (natural, specialized, structured) or names
+joined by "+", and method names joined by "+"; `config.sweep` holds the grid and the protocol:
+
+  python launch/sweep.py --config=configs/vtab.py:task=all,method=vpt_deep+full --sweep_dir=sweeps/a
 
 Protocol (Jia et al. 2022; Han et al. 2024): 100 epochs with 10 of linear warm-up, batch 64, SGD
 with momentum 0.9, coupled L2 weight decay, lr = base_lr * batch / 256 with cosine decay; the paper
@@ -18,7 +22,8 @@ vpt_jax/published.py).
 
 import ml_collections
 
-from vpt_jax import config_args
+from vpt_jax import config_args, methods
+from vpt_jax.data import tasks as tasks_lib
 
 PROMPT_TOKENS = {  # VPT-deep prompt length per task, as the published configs list them.
     "cifar100": 10, "caltech101": 10, "dtd": 10, "oxford_flowers102": 1, "oxford_iiit_pet": 1,
@@ -36,9 +41,11 @@ def get_config(arg=None):
                            bf16=False)
   if args["mode"] not in ("final", "search"):
     raise ValueError(f"mode={args['mode']!r} must be 'final' or 'search'.")
-  if args["task"] not in PROMPT_TOKENS:
-    raise ValueError(f"task={args['task']!r} is not a VTAB-1k task; choose one of: "
-                     f"{', '.join(PROMPT_TOKENS)}.")
+  task_names = expand_tasks(args["task"])
+  for method in args["method"].split("+"):
+    if method not in methods.names():
+      raise ValueError(f"method={method!r} is not a tuning method; choose from: "
+                       f"{', '.join(methods.names())}.")
   config = ml_collections.ConfigDict()
   config.task = args["task"]
   config.method = args["method"]
@@ -51,7 +58,7 @@ def get_config(arg=None):
       depth=ml_collections.FieldReference(None, field_type=int)))
   config.dtype = "bfloat16" if args["bf16"] else "float32"
   config.method_kwargs = ml_collections.ConfigDict(dict(
-      prompt_tokens=PROMPT_TOKENS[args["task"]], prompt_dropout=0.1,
+      prompt_tokens=PROMPT_TOKENS[task_names[0]], prompt_dropout=0.1,
       prompt_project=ml_collections.FieldReference(None, field_type=int),
       lora_rank=8, lora_alpha=8.0, adapter_dim=8, partial_k=1))
 
@@ -62,8 +69,9 @@ def get_config(arg=None):
       train_subset="train800val200" if args["mode"] == "final" else "train800",
       eval_subset="test" if args["mode"] == "final" else "val200"))
 
+  moves_backbone = args["method"] in _BACKBONE_METHODS
   config.optim = ml_collections.ConfigDict(dict(
-      base_lr=0.01 if args["method"] in _BACKBONE_METHODS else 0.5, weight_decay=1e-4,
+      base_lr=0.01 if moves_backbone else 0.5, weight_decay=1e-4,
       momentum=0.9, batch_size=64, epochs=100, warmup_epochs=10,
       lr_mults=ml_collections.ConfigDict(), decay_rules=((".*", True),)))
 
@@ -72,4 +80,29 @@ def get_config(arg=None):
   config.eval_every_epochs = 0  # >0: train and eval loss/accuracy every N epochs (curves).
   config.checkpoint_every_epochs = 10
   config.checkpoints_to_keep = 2
+
+  # launch/sweep.py: pick base_lr x weight_decay on val200 (ties -> smaller lr), then `seeds` runs
+  # on train800val200 scored on test. protocol "data_scale" repeats that for each train size in
+  # `sizes` (with N/4 validation examples); "kshot" trains on `shots` examples per class.
+  config.sweep = ml_collections.ConfigDict(dict(
+      base_lrs=(0.1, 0.05, 0.01, 0.005, 0.001, 0.0005) if moves_backbone else
+      (50.0, 25.0, 10.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1, 0.05),
+      weight_decays=(0.01, 0.001, 0.0001, 0.0), seeds=5, protocol="vtab1k",
+      sizes=(400, 800, 2000, 5000, 10000, 20000), shots=1))
   return config
+
+
+def expand_tasks(spec: str) -> list[str]:
+  """"dtd", "all", "structured" or "dtd+svhn" -> task names."""
+  names = []
+  for item in spec.split("+"):
+    if item == "all":
+      names += tasks_lib.VTAB_TASKS
+    elif item in tasks_lib.GROUPS:
+      names += tasks_lib.by_group(item)
+    elif item in PROMPT_TOKENS:
+      names.append(item)
+    else:
+      raise ValueError(f"task={item!r} is not a VTAB-1k task; choose one of: "
+                       f"{', '.join(PROMPT_TOKENS)} (or all, a group, names joined by +).")
+  return list(dict.fromkeys(names))

@@ -186,18 +186,18 @@ def test_streamed_test_batches_count_every_example_once(data_dir):
 def test_data_scale_subsets(data_dir):
   task = tasks_lib.get("dtd")
   sizes = {"train": 850, "validation": 250, "test": 37}
-  assert tasks_lib.split_for(task, "scale1000_train", sizes) == "train[:800]"
-  assert tasks_lib.split_for(task, "scale1000_val", sizes) == "validation[:200]"
-  assert tasks_lib.split_for(task, "scale500_trainval", sizes) == "train[:400]+validation[:100]"
-  with pytest.raises(ValueError, match="largest possible size is 1060"):
-    tasks_lib.split_for(task, "scale1250_train", sizes)
-  with pytest.raises(ValueError, match="multiple of 5"):
+  assert tasks_lib.split_for(task, "scale800_train", sizes) == "train[:800]"
+  assert tasks_lib.split_for(task, "scale800_val", sizes) == "validation[:200]"
+  assert tasks_lib.split_for(task, "scale400_trainval", sizes) == "train[:400]+validation[:100]"
+  with pytest.raises(ValueError, match=r"\(1000 train \+ 250 val\).*largest possible size is 848"):
+    tasks_lib.split_for(task, "scale1000_train", sizes)
+  with pytest.raises(ValueError, match="multiple of 4"):
     tasks_lib.split_for(task, "scale1001_train", sizes)
   cifar = tasks_lib.get("cifar100")
-  assert tasks_lib.split_for(cifar, "scale20000_val", {"train": 50000}) == "train[45000:49000]"
-  with pytest.raises(ValueError, match="largest possible size is 25000"):
-    tasks_lib.split_for(cifar, "scale30000_train", {"train": 50000})
-  assert pipeline.num_examples("dtd", "scale400_trainval", data_dir) == 400
+  assert tasks_lib.split_for(cifar, "scale20000_val", {"train": 50000}) == "train[45000:50000]"
+  with pytest.raises(ValueError, match="largest possible size is 20000"):
+    tasks_lib.split_for(cifar, "scale24000_train", {"train": 50000})
+  assert pipeline.num_examples("dtd", "scale400_trainval", data_dir) == 500
 
 
 def test_kshot_indices_are_per_class_and_seeded():

@@ -26,3 +26,12 @@ def _convert(key, text, default):
       kind = "an int" if isinstance(default, int) else "a float"
       raise ValueError(f"Config argument {key}={text!r} must be {kind}.") from None
   return text
+
+
+def load_config_module(path: str):
+  """The module of a config file (for its helpers beside `get_config`)."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("vpt_jax_config_file", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

@@ -168,9 +168,9 @@ def parse_kshot(subset: str) -> tuple[int, int] | None:
 def split_for(task: Task, subset: str, split_sizes: dict[str, int] | None = None) -> str:
   """The TFDS split string of a named subset.
 
-  Data-scale subsets `scale<N>_train` / `_val` / `_trainval` hold 0.8 N / 0.2 N / N examples, taken
-  from the front of the train and validation regions; they need the real `split_sizes` to check
-  that the dataset has that many.
+  Data-scale subsets `scale<N>_train` / `_val` / `_trainval` hold N / N/4 / 5N/4 examples (train:val
+  = 4:1, so scale800 is VTAB-1k), taken from the front of the train and validation regions; they
+  need the real `split_sizes` to check that the dataset has that many.
   """
   if subset == "train800":
     return task.train.take(800)
@@ -182,14 +182,14 @@ def split_for(task: Task, subset: str, split_sizes: dict[str, int] | None = None
     return task.test
   if match := _SCALE.fullmatch(subset):
     size, part = int(match.group(1)), match.group(2)
-    if size % 5:
-      raise ValueError(f"Data-scale size {size} must be a multiple of 5 (train:val = 4:1).")
-    n_train, n_val = size * 4 // 5, size // 5
+    if size % 4:
+      raise ValueError(f"Data-scale size {size} must be a multiple of 4 (train:val = 4:1).")
+    n_train, n_val = size, size // 4
     if split_sizes is None:
       raise ValueError("Data-scale subsets need the dataset's split sizes: prepare it first.")
     room_train, room_val = task.train.size(split_sizes), task.val.size(split_sizes)
     if n_train > room_train or n_val > room_val:
-      largest = 5 * min(room_train // 4, room_val)
+      largest = 4 * min(room_train // 4, room_val)
       raise ValueError(
           f"{task.name} cannot hold data-scale size {size} ({n_train} train + {n_val} val): its "
           f"train region has {room_train} and its validation region {room_val} examples; the "

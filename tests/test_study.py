@@ -1,0 +1,257 @@
+"""The study: sweeps (selection, resume), reports, plots, data distance, attention maps."""
+
+import csv
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import matplotlib.image
+import numpy as np
+import pytest
+import scipy.linalg
+
+from vpt_jax import attention, distance, plots, report, runs, sweep
+from vpt_jax.data import device, pipeline
+from vpt_jax.models import vit
+
+from test_train import REPO, TINY_OVERRIDES, vtab_config
+
+SWEEP_OVERRIDES = {**TINY_OVERRIDES, "optim.epochs": 1, "optim.warmup_epochs": 0,
+                   "sweep.seeds": 2, "sweep.base_lrs": (0.5, 0.05), "sweep.weight_decays": (0.0,)}
+
+
+def planner_for(arg, fake_data_dir, tiny_backbone, tmp_path, **extra):
+  config = vtab_config.get_config(arg)
+  for path, value in {**SWEEP_OVERRIDES, "backbone": tiny_backbone,
+                      "data.data_dir": fake_data_dir, "data.cache_dir": str(tmp_path / "cache"),
+                      **extra}.items():
+    sweep._set(config, path, value)
+  return sweep.Planner(vtab_config.get_config, config, arg), config
+
+
+def write_result(sweep_dir, run, **result):
+  workdir = pathlib.Path(sweep_dir) / run.workdir
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "result.json").write_text(json.dumps(result))
+
+
+def test_selection_picks_the_planted_best_and_breaks_ties(tmp_path):
+  config = vtab_config.get_config("task=dtd")
+  config.sweep.base_lrs, config.sweep.weight_decays = (5.0, 1.0, 0.1), (0.01, 0.0)
+  grid = sweep.search_runs("vtab1k", "dtd", "vpt_deep", config.sweep)
+  planted = {(5.0, 0.01): 0.50, (5.0, 0.0): 0.61, (1.0, 0.01): 0.61, (1.0, 0.0): 0.40,
+             (0.1, 0.01): 0.61, (0.1, 0.0): 0.20}
+  for run in grid:
+    write_result(tmp_path, run, val_accuracy=planted[(run.base_lr, run.weight_decay)])
+  best = sweep.select_best(str(tmp_path), grid)
+  assert (best["base_lr"], best["weight_decay"]) == (0.1, 0.01)  # Three tie: smallest lr wins.
+  write_result(tmp_path, grid[0], val_accuracy=0.9)
+  assert sweep.select_best(str(tmp_path), grid)["base_lr"] == 5.0
+  assert [r.seed for r in sweep.final_runs("vtab1k", "dtd", "vpt_deep", best, config.sweep)] == \
+      [0, 1, 2, 3, 4]
+  with pytest.raises(RuntimeError, match="No grid run of vtab1k/dtd/full finished"):
+    sweep.select_best(str(tmp_path), sweep.search_runs("vtab1k", "dtd", "full", config.sweep))
+
+
+def test_subsets_per_protocol():
+  assert sweep.subsets("vtab1k", "search", 0) == ("train800", "val200")
+  assert sweep.subsets("vtab1k", "final", 3) == ("train800val200", "test")
+  assert sweep.subsets("scale2000", "search", 0) == ("scale2000_train", "scale2000_val")
+  assert sweep.subsets("scale2000", "final", 1) == ("scale2000_trainval", "test")
+  assert sweep.subsets("1shot", "final", 2) == ("1shot_seed2", "test")
+  config = vtab_config.get_config("task=dtd")
+  config.sweep.protocol = "data_scale"
+  assert sweep.settings(config.sweep) == ["scale400", "scale800", "scale2000", "scale5000",
+                                          "scale10000", "scale20000"]
+
+
+class Killed(Exception):
+  pass
+
+
+def test_sweep_runs_resumes_and_reports(fake_data_dir, tiny_backbone, tmp_path):
+  arg = "task=dtd+smallnorb_azi,method=linear+vpt_deep"
+  planner, config = planner_for(arg, fake_data_dir, tiny_backbone, tmp_path)
+  assert planner.overrides["optim.epochs"] == 1 and "task" not in planner.overrides
+  groups = sweep.plan(vtab_config.expand_tasks(config.task), config.method.split("+"),
+                      config.sweep)
+  assert len(groups) == 4
+  sweep_dir = str(tmp_path / "sweep")
+  completed = []
+
+  def runner(run_config, workdir, log=print):
+    if len(completed) == 5 and not os.environ.get("RESUMED"):
+      raise Killed()
+    sweep.run_in_process(run_config, workdir, log=lambda *_: None)
+    completed.append(os.path.relpath(workdir, sweep_dir))
+
+  with pytest.raises(Killed):
+    sweep.run_protocol(sweep_dir, groups, planner, runner=runner, log=lambda *_: None)
+  assert len(completed) == 5
+  os.environ["RESUMED"] = "1"
+  try:
+    counts = sweep.run_protocol(sweep_dir, groups, planner, runner=runner, log=lambda *_: None)
+  finally:
+    del os.environ["RESUMED"]
+  assert counts == {"skipped": 5, "ran": 11, "failed": 0}
+  assert len(completed) == len(set(completed)) == 16  # 4 x (2 grid + 2 seeds), none twice.
+  again = sweep.run_protocol(sweep_dir, groups, planner, runner=runner, log=lambda *_: None)
+  assert again == {"skipped": 16, "ran": 0, "failed": 0}
+
+  # Each run's config is the config file's for its task and method plus the overrides.
+  run_config = json.loads((tmp_path / "sweep/vtab1k/smallnorb_azi/vpt_deep/final/seed1/"
+                           "config.json").read_text())
+  assert run_config["seed"] == 1 and run_config["data.train_subset"] == "train800val200"
+  assert run_config["optim.epochs"] == 1 and run_config["data.eval_subset"] == "test"
+  best = json.loads((tmp_path / "sweep/vtab1k/smallnorb_azi/vpt_deep/best.json").read_text())
+  assert run_config["optim.base_lr"] == best["base_lr"]
+
+  # The report's numbers, recomputed from the result files.
+  cells, failed, unfinished = report.collect(sweep_dir)
+  assert failed == [] and unfinished == []
+  for (task, method), cell in cells["vtab1k"].items():
+    accuracies = [100 * json.loads((tmp_path / f"sweep/vtab1k/{task}/{method}/final/seed{s}/"
+                                    "result.json").read_text())["test_accuracy"] for s in (0, 1)]
+    assert cell.mean == pytest.approx(np.mean(accuracies))
+    assert cell.std == pytest.approx(np.std(accuracies))
+  text = report.write(sweep_dir, str(tmp_path / "report"), with_published=True)
+  vpt = cells["vtab1k"][("dtd", "vpt_deep")]
+  assert f"{vpt.mean:.1f} ± {vpt.std:.1f}" in text
+  assert "| vpt_deep (VPT paper) | 65.8 | 32.9 |" in text
+  rows = list(csv.DictReader(open(tmp_path / "report" / "vtab1k.csv")))
+  linear = next(r for r in rows if r["method"] == "linear" and r["source"] == "this sweep")
+  assert float(linear["natural"]) == pytest.approx(cells["vtab1k"][("dtd", "linear")].mean)
+  assert float(linear["structured"]) == pytest.approx(
+      cells["vtab1k"][("smallnorb_azi", "linear")].mean)
+
+  # A finished run loads back from its workdir and reproduces its test accuracy.
+  workdir = tmp_path / "sweep/vtab1k/dtd/vpt_deep/final/seed0"
+  model, params, run_config = runs.load_trained(str(workdir))
+  correct = 0
+  for batch in pipeline.eval_batches("dtd", "test", 32, 16, fake_data_dir):
+    logits, aux = model.apply({"params": params}, device.normalize(batch["image"], "imagenet"),
+                              return_attention=True)
+    correct += int(((np.argmax(logits, -1) == batch["label"]) & batch["mask"]).sum())
+  result = json.loads((workdir / "result.json").read_text())
+  assert correct / 37 == pytest.approx(result["test_accuracy"])
+  maps = attention.rollout_map(aux["attention"], model, (2, 2))
+  assert maps.shape == (16, 2, 2)
+
+
+def test_failed_runs_are_recorded_not_retried(tmp_path):
+  config = vtab_config.get_config("task=dtd")
+  config.sweep.base_lrs, config.sweep.weight_decays, config.sweep.seeds = (1.0,), (0.0,), 1
+  planner = sweep.Planner(vtab_config.get_config, config, "task=dtd")
+  runs_ = sweep.search_runs("vtab1k", "dtd", "vpt_deep", config.sweep)
+  calls = []
+
+  def runner(run_config, workdir, log=print):
+    calls.append(workdir)
+    raise sweep.train.NonFiniteLossError("Loss became nan at step 3")
+  (tmp_path / runs_[0].workdir).mkdir(parents=True)
+  assert sweep.execute(str(tmp_path), runs_, planner, runner=runner, log=lambda *_: None) == \
+      {"skipped": 0, "ran": 0, "failed": 1}
+  assert sweep.execute(str(tmp_path), runs_, planner, runner=runner, log=lambda *_: None) == \
+      {"skipped": 0, "ran": 0, "failed": 1}
+  assert len(calls) == 1
+  (tmp_path / runs_[0].workdir / "config.json").write_text("{}")
+  _, failed, _ = report.collect(str(tmp_path))
+  assert failed == ["vtab1k/dtd/vpt_deep/search/lr1_wd0"]
+
+
+def test_slurm_dry_run_prints_two_dependent_arrays(tmp_path):
+  process = subprocess.run(
+      [sys.executable, "launch/sweep.py", "--config=configs/vtab.py:task=dtd+svhn,method=vpt_deep",
+       f"--sweep_dir={tmp_path}", "--slurm", "--dry_run", "--config.sweep.seeds=3"],
+      capture_output=True, text=True, cwd=REPO, timeout=300)
+  assert process.returncode == 0, process.stderr[-2000:]
+  out = process.stdout
+  assert "#SBATCH --array=0-79" in out  # 2 tasks x 10 lrs x 4 wds
+  assert "#SBATCH --array=0-5" in out  # 2 tasks x 3 seeds
+  assert "--phase=final \\\n    --run_index=$SLURM_ARRAY_TASK_ID --config.sweep.seeds=3" in out
+  assert "sbatch --dependency=afterok:$search" in out
+  assert not (tmp_path / "slurm" / "submit.sh").exists()
+
+
+def _png_ok(path):
+  image = matplotlib.image.imread(path)
+  return image.ndim == 3 and image.shape[0] > 100 and np.ptp(image[..., :3]) > 0.5
+
+
+def test_figures(tmp_path):
+  sweep_dir = tmp_path / "sweep"
+  for method, offset in (("full", 0.0), ("vpt_deep", 0.3)):
+    workdir = sweep_dir / "vtab1k" / "dtd" / method / "final" / "seed0"
+    workdir.mkdir(parents=True)
+    with open(workdir / "metrics.jsonl", "w") as f:
+      for epoch in range(1, 6):
+        f.write(json.dumps({"step": epoch, "epoch": epoch, "train_loss": 2.0 / epoch,
+                            "eval_loss": 1.5 + offset + 0.1 * epoch}) + "\n")
+  assert plots.loss_curves(str(sweep_dir), str(tmp_path / "loss.png"))
+  assert _png_ok(tmp_path / "loss.png")
+
+  cells = {f"scale{n}": {("dtd", "full"): report.Cell([40 + n / 100, 42 + n / 100], 100.0),
+                         ("dtd", "vpt_deep"): report.Cell([45 + n / 200], 0.5)}
+           for n in (400, 800, 2000)}
+  assert plots.data_scale(cells, str(tmp_path / "scale.png"))
+  assert _png_ok(tmp_path / "scale.png")
+  vtab = {("dtd", "full"): report.Cell([60.0], 100), ("dtd", "vpt_deep"): report.Cell([65.0], 1),
+          ("svhn", "full"): report.Cell([87.0], 100), ("svhn", "vpt_deep"): report.Cell([78.0], 1)}
+  assert plots.distance_chart({"dtd": 30.0, "svhn": 90.0}, vtab, str(tmp_path / "dist.png"))
+  assert _png_ok(tmp_path / "dist.png")
+  assert not plots.data_scale({"vtab1k": vtab}, str(tmp_path / "none.png"))
+  assert not (tmp_path / "none.png").exists()
+
+
+def test_frechet_distance_matches_scipy():
+  rng = np.random.default_rng(0)
+  a = rng.normal(size=(400, 12))
+  b = rng.normal(loc=0.5, scale=1.7, size=(300, 12)) @ rng.normal(size=(12, 12))
+  mu_a, s_a = distance.gaussian(a)
+  mu_b, s_b = distance.gaussian(b)
+  direct = (np.sum((mu_a - mu_b) ** 2) + np.trace(s_a) + np.trace(s_b)
+            - 2 * np.trace(scipy.linalg.sqrtm(s_a @ s_b).real))
+  assert distance.frechet_distance(mu_a, s_a, mu_b, s_b) == pytest.approx(direct, rel=1e-8)
+  assert distance.features_distance(a, a) == pytest.approx(0.0, abs=1e-8)
+  assert distance.features_distance(a, a + 2.0) == pytest.approx(12 * 4.0, rel=1e-8)
+  with pytest.raises(ValueError, match="at least 2"):
+    distance.gaussian(a[:1])
+
+
+def test_vit_features_distance(fake_data_dir, tiny_backbone, tmp_path):
+  extract = distance.vit_extractor(tiny_backbone, "Ti/16", 32, "imagenet", depth=2)
+  images, _ = pipeline.load_arrays("dtd", "train800", 32, fake_data_dir, str(tmp_path))
+  gray, _ = pipeline.load_arrays("smallnorb_azi", "train800", 32, fake_data_dir, str(tmp_path))
+  features = extract(images)
+  assert features.shape == (800, 192)
+  near = distance.features_distance(features[:400], features[400:])
+  far = distance.features_distance(features, extract(gray))
+  assert 0 < near < far
+  with pytest.raises(FileNotFoundError, match="Inception weights"):
+    distance.inception_extractor(str(tmp_path / "missing.h5"))
+
+
+def test_attention_maps():
+  model = vit.Model(num_classes=3, variant="Ti/16", depth=2, prompt_tokens=2, prompt_deep=True)
+  tokens = 1 + 2 + 4
+  identity = [jnp.broadcast_to(jnp.eye(tokens), (1, 3, tokens, tokens))] * 2
+  np.testing.assert_allclose(attention.rollout_map(identity, model, (2, 2)), 0.0)
+  uniform = [jnp.full((1, 3, tokens, tokens), 1 / tokens)] * 2
+  np.testing.assert_allclose(attention.last_layer_map(uniform, model, (2, 2)), 1 / tokens,
+                             rtol=1e-6)
+  focused = jnp.zeros((1, 3, tokens, tokens)).at[:, :, 0, 5].set(1.0)
+  last = attention.last_layer_map([focused], model, (2, 2))
+  np.testing.assert_array_equal(last[0], [[0, 0], [1, 0]])
+  assert attention.rollout_map([focused], model, (2, 2))[0].argmax() == 2
+
+
+def test_attention_overlay_png(tmp_path):
+  images = (np.random.default_rng(0).uniform(size=(2, 32, 32, 3)) * 255).astype(np.uint8)
+  maps = {"full: rollout": np.random.default_rng(1).uniform(size=(2, 2, 2)),
+          "vpt_deep: rollout": np.random.default_rng(2).uniform(size=(2, 2, 2))}
+  attention.overlay_figure(images, maps, str(tmp_path / "att.png"))
+  assert _png_ok(tmp_path / "att.png")

@@ -1,0 +1,126 @@
+"""The paper's figures from a sweep directory, as PNG files."""
+
+import glob
+import json
+import os
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np
+
+from vpt_jax import metrics
+from vpt_jax.data import tasks as tasks_lib
+
+COLORS = {"full": "tab:blue", "vpt_deep": "tab:orange", "vpt_shallow": "tab:green",
+          "linear": "tab:gray", "mixed": "tab:purple", "ft_then_pt": "tab:brown",
+          "lp_ft": "tab:pink"}
+PROMPT_METHOD = "vpt_deep"
+
+
+def _color(method):
+  return COLORS.get(method, None)
+
+
+def loss_curves(sweep_dir: str, out_path: str, setting: str = "vtab1k",
+                methods=("full", PROMPT_METHOD)) -> bool:
+  """Per task, train and test loss per epoch of each method's seed-0 final run (over-fitting).
+
+  Needs runs made with eval_every_epochs > 0; returns False (and draws nothing) without them.
+  """
+  curves = {}
+  for method in methods:
+    for workdir in glob.glob(os.path.join(sweep_dir, setting, "*", method, "final", "seed0")):
+      rows = [r for r in metrics.read(workdir) if "eval_loss" in r]
+      if rows:
+        task = workdir.split(os.sep)[-4]
+        curves.setdefault(task, {})[method] = rows
+  tasks = sorted(curves)
+  if not tasks:
+    return False
+  fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.4), squeeze=False)
+  for ax, task in zip(axes[0], tasks):
+    for method, rows in curves[task].items():
+      epochs = [r["epoch"] for r in rows]
+      ax.plot(epochs, [r["train_loss"] for r in rows], "--", color=_color(method),
+              label=f"{method} train")
+      ax.plot(epochs, [r["eval_loss"] for r in rows], "-", color=_color(method),
+              label=f"{method} test")
+    ax.set_title(task)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("cross-entropy")
+    ax.legend(fontsize=7)
+  fig.suptitle("Train (dashed) and test (solid) loss per epoch")
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=110)
+  plt.close(fig)
+  return True
+
+
+def data_scale(cells_by_setting: dict, out_path: str) -> bool:
+  """Test accuracy against training-set size, one panel per task, one line per method."""
+  points = {}
+  for setting, cells in cells_by_setting.items():
+    match = re.fullmatch(r"scale(\d+)", setting)
+    if not match:
+      continue
+    for (task, method), cell in cells.items():
+      points.setdefault(task, {}).setdefault(method, []).append(
+          (int(match.group(1)), cell.mean, cell.std))
+  tasks = sorted(points)
+  if not tasks:
+    return False
+  fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.4), squeeze=False)
+  for ax, task in zip(axes[0], tasks):
+    for method, values in sorted(points[task].items()):
+      sizes, means, stds = map(np.asarray, zip(*sorted(values)))
+      ax.errorbar(sizes, means, yerr=stds, marker="o", capsize=3, color=_color(method),
+                  label=method)
+    ax.set_xscale("log")
+    ax.set_title(task)
+    ax.set_xlabel("training examples")
+    ax.set_ylabel("test top-1 (%)")
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=110)
+  plt.close(fig)
+  return True
+
+
+def distance_chart(distances: dict[str, float], cells: dict, out_path: str,
+                   prompt_method: str = PROMPT_METHOD, baseline: str = "full") -> bool:
+  """Tasks placed by data distance (x) and task disparity (y: the VTAB group, from objectives
+  like pre-training's to structured ones), coloured by the winner of `prompt_method` vs FT."""
+  levels = {"natural": 0, "specialized": 1, "structured": 2}
+  placed = []
+  for task, distance in distances.items():
+    if (task, prompt_method) in cells and (task, baseline) in cells:
+      winner = prompt_method if cells[(task, prompt_method)].mean > cells[(task, baseline)].mean \
+          else baseline
+      placed.append((task, distance, levels[tasks_lib.get(task).group], winner))
+  if not placed:
+    return False
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for winner in (prompt_method, baseline):
+    chosen = [p for p in placed if p[3] == winner]
+    if chosen:
+      ax.scatter([p[1] for p in chosen], [p[2] for p in chosen], s=70, color=_color(winner),
+                 label=f"{winner} wins", edgecolor="black")
+  for task, distance, level, _ in placed:
+    ax.annotate(task, (distance, level), textcoords="offset points", xytext=(5, 6), fontsize=8)
+  ax.set_yticks(list(levels.values()), [g.capitalize() for g in levels])
+  ax.set_ylim(-0.5, 2.5)
+  ax.set_xlabel("data distance to the pre-training images (Fréchet distance)")
+  ax.set_ylabel("task disparity")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=110)
+  plt.close(fig)
+  return True
+
+
+def read_distances(path: str) -> dict[str, float]:
+  with open(path) as f:
+    return {task: value["distance"] for task, value in json.load(f).items()}

@@ -1,0 +1,277 @@
+"""The paper's protocol over many runs: a base_lr x weight_decay grid scored on validation data,
+the best setting (ties -> smaller lr, then smaller weight decay) rerun with several seeds and
+scored on test.
+
+Every run has its own workdir under the sweep directory:
+
+  <sweep_dir>/<setting>/<task>/<method>/search/lr<lr>_wd<wd>/   grid runs
+  <sweep_dir>/<setting>/<task>/<method>/best.json                 the chosen setting
+  <sweep_dir>/<setting>/<task>/<method>/final/seed<s>/            final runs
+
+where <setting> is "vtab1k", "scale<N>" (data-scale, N training examples) or "<k>shot".
+A run with result.json is done and skipped; one with failed.json (non-finite loss) is reported
+and skipped; anything else is (re)started and resumes from its own checkpoints.
+"""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from concurrent import futures
+from typing import Callable
+
+import ml_collections
+
+from vpt_jax import train
+
+PHASES = ("search", "final")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  setting: str
+  task: str
+  method: str
+  phase: str
+  base_lr: float
+  weight_decay: float
+  seed: int
+
+  @property
+  def group_dir(self) -> str:
+    return os.path.join(self.setting, self.task, self.method)
+
+  @property
+  def workdir(self) -> str:
+    leaf = (f"lr{self.base_lr:g}_wd{self.weight_decay:g}" if self.phase == "search"
+            else f"seed{self.seed}")
+    return os.path.join(self.group_dir, self.phase, leaf)
+
+
+def _flatten(tree, prefix=""):
+  out = {}
+  for key, value in tree.items():
+    path = f"{prefix}.{key}" if prefix else key
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      out.update(_flatten(value, path))
+    else:
+      out[path] = value
+  return out
+
+
+def _set(config, path, value):
+  *parents, leaf = path.split(".")
+  for parent in parents:
+    config = config[parent]
+  with config.ignore_type():
+    config[leaf] = value
+
+
+def user_overrides(config, default) -> dict:
+  """The fields a user changed on the command line (`--config.x=y`), as flat paths."""
+  mine, theirs = _flatten(config.to_dict()), _flatten(default.to_dict())
+  return {k: v for k, v in mine.items() if k not in ("task", "method") and theirs.get(k) != v}
+
+
+def settings(sweep_config) -> list[str]:
+  protocol = sweep_config.protocol
+  if protocol == "vtab1k":
+    return ["vtab1k"]
+  if protocol == "data_scale":
+    return [f"scale{n}" for n in sweep_config.sizes]
+  if protocol == "kshot":
+    return [f"{sweep_config.shots}shot"]
+  raise ValueError(f"sweep.protocol={protocol!r} must be 'vtab1k', 'data_scale' or 'kshot'.")
+
+
+def subsets(setting: str, phase: str, seed: int) -> tuple[str, str]:
+  """(train subset, eval subset) of a run."""
+  final = phase == "final"
+  if setting == "vtab1k":
+    return ("train800val200", "test") if final else ("train800", "val200")
+  if setting.startswith("scale"):
+    return (f"{setting}_trainval", "test") if final else (f"{setting}_train", f"{setting}_val")
+  if setting.endswith("shot"):
+    return f"{setting}_seed{seed}", "test" if final else "val200"
+  raise ValueError(f"Unknown sweep setting {setting!r}.")
+
+
+def search_runs(setting, task, method, sweep_config) -> list[Run]:
+  return [Run(setting, task, method, "search", float(lr), float(wd), 0)
+          for lr in sweep_config.base_lrs for wd in sweep_config.weight_decays]
+
+
+def final_runs(setting, task, method, best, sweep_config) -> list[Run]:
+  return [Run(setting, task, method, "final", best["base_lr"], best["weight_decay"], seed)
+          for seed in range(sweep_config.seeds)]
+
+
+def status(sweep_dir: str, run: Run) -> str:
+  """"done", "failed" or "pending"."""
+  workdir = os.path.join(sweep_dir, run.workdir)
+  if os.path.exists(os.path.join(workdir, "result.json")):
+    return "done"
+  if os.path.exists(os.path.join(workdir, "failed.json")):
+    return "failed"
+  return "pending"
+
+
+def read_result(sweep_dir: str, run: Run) -> dict | None:
+  path = os.path.join(sweep_dir, run.workdir, "result.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def select_best(sweep_dir: str, runs: list[Run]) -> dict:
+  """The grid point with the best validation accuracy; ties -> smaller lr, then smaller wd."""
+  scored = []
+  for run in runs:
+    result = read_result(sweep_dir, run)
+    if result is not None:
+      scored.append((-result["val_accuracy"], run.base_lr, run.weight_decay, result))
+  if not scored:
+    raise RuntimeError(f"No grid run of {runs[0].group_dir} finished: nothing to choose from.")
+  scored.sort(key=lambda item: item[:3])
+  accuracy, base_lr, weight_decay, _ = scored[0]
+  return {"base_lr": base_lr, "weight_decay": weight_decay, "val_accuracy": -accuracy,
+          "grid_points": len(runs), "finished": len(scored)}
+
+
+class Planner:
+  """Builds each run's config from `get_config` (the config file) plus the user's overrides."""
+
+  def __init__(self, get_config: Callable, config: ml_collections.ConfigDict, arg: str | None):
+    self._get_config = get_config
+    self.overrides = user_overrides(config, get_config(arg))
+    self.sweep = config.sweep
+
+  def config(self, run: Run) -> ml_collections.ConfigDict:
+    mode = "final" if run.phase == "final" else "search"
+    config = self._get_config(f"task={run.task},method={run.method},mode={mode},seed={run.seed}")
+    for path, value in self.overrides.items():
+      if not path.startswith("sweep."):
+        _set(config, path, value)
+    config.optim.base_lr = run.base_lr
+    config.optim.weight_decay = run.weight_decay
+    config.data.train_subset, config.data.eval_subset = subsets(run.setting, run.phase, run.seed)
+    return config
+
+
+def run_in_process(config, workdir: str, log=print) -> None:
+  train.train_and_evaluate(config, workdir, log=log)
+
+
+def run_in_subprocess(config, workdir: str, env: dict | None = None, log=print) -> None:
+  """One `launch/main.py` process per run: own memory, own devices (via `env`)."""
+  os.makedirs(workdir, exist_ok=True)
+  requested = os.path.join(workdir, "requested_config.json")
+  with open(requested, "w") as f:
+    f.write(config.to_json(indent=2))
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  command = [sys.executable, os.path.join(repo, "launch", "main.py"),
+             f"--config={os.path.join(repo, 'configs', 'from_json.py')}:{requested}",
+             f"--workdir={workdir}"]
+  process = subprocess.run(command, env={**os.environ, **(env or {})}, capture_output=True,
+                           text=True)
+  if process.returncode:
+    message = (process.stderr.strip().splitlines() or ["no output"])[-1]
+    if "Loss became" in message:
+      raise train.NonFiniteLossError(message.removeprefix("error: "))
+    raise RuntimeError(f"Run {workdir} failed: {message}")
+
+
+def execute(sweep_dir: str, runs: list[Run], planner: Planner, runner=run_in_process,
+            parallel: int = 1, device_ids: tuple[str, ...] = (), log=print) -> dict:
+  """Runs what is not done yet; returns counts of skipped, ran and failed runs."""
+  counts = {"skipped": 0, "ran": 0, "failed": 0}
+  pending = []
+  for run in runs:
+    state = status(sweep_dir, run)
+    if state == "pending":
+      pending.append(run)
+    else:
+      counts["skipped" if state == "done" else "failed"] += 1
+
+  def one(slot_and_run):
+    slot, run = slot_and_run
+    workdir = os.path.join(sweep_dir, run.workdir)
+    kwargs = {}
+    if device_ids:
+      device = device_ids[slot % len(device_ids)]
+      share = device_ids.count(device)
+      kwargs["env"] = {"CUDA_VISIBLE_DEVICES": device,
+                       "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{0.9 / share:.2f}"}
+    try:
+      runner(planner.config(run), workdir, log=log, **kwargs)
+      return "ran"
+    except train.NonFiniteLossError as e:
+      with open(os.path.join(workdir, "failed.json"), "w") as f:
+        json.dump({"error": str(e)}, f)
+      log(f"FAILED {run.workdir}: {e}")
+      return "failed"
+
+  if parallel <= 1:
+    outcomes = [one((0, run)) for run in pending]
+  else:
+    with futures.ThreadPoolExecutor(parallel) as pool:
+      outcomes = list(pool.map(one, [(i % parallel, run) for i, run in enumerate(pending)]))
+  for outcome in outcomes:
+    counts[outcome] += 1
+  return counts
+
+
+def plan(tasks: list[str], methods: list[str], sweep_config) -> list[tuple[str, str, str]]:
+  return [(setting, task, method) for setting in settings(sweep_config) for task in tasks
+          for method in methods]
+
+
+def run_protocol(sweep_dir: str, groups, planner: Planner, log=print, **execute_kwargs) -> dict:
+  """Grid search, selection, then final seeds, for every (setting, task, method)."""
+  totals = {"skipped": 0, "ran": 0, "failed": 0}
+  grids = {group: search_runs(*group, planner.sweep) for group in groups}
+  counts = execute(sweep_dir, [r for runs in grids.values() for r in runs], planner, log=log,
+                   **execute_kwargs)
+  totals = {k: totals[k] + counts[k] for k in totals}
+  finals = []
+  for group, grid in grids.items():
+    best = select_best(sweep_dir, grid)
+    path = os.path.join(sweep_dir, grid[0].group_dir, "best.json")
+    with open(path + ".tmp", "w") as f:
+      json.dump(best, f, indent=2)
+    os.replace(path + ".tmp", path)
+    log(f"{grid[0].group_dir}: best base_lr={best['base_lr']:g} weight_decay="
+        f"{best['weight_decay']:g} (val accuracy {best['val_accuracy']:.4f})")
+    finals += final_runs(*group, best, planner.sweep)
+  counts = execute(sweep_dir, finals, planner, log=log, **execute_kwargs)
+  return {k: totals[k] + counts[k] for k in totals}
+
+
+SLURM_TEMPLATE = """#!/bin/bash
+#SBATCH --job-name=vpt-{phase}
+#SBATCH --array=0-{last}
+#SBATCH --gres=gpu:1
+#SBATCH --cpus-per-task=8
+#SBATCH --time=12:00:00
+#SBATCH --output={sweep_dir}/slurm/%x-%A_%a.out
+cd {repo}
+python launch/sweep.py --config={config} --sweep_dir={sweep_dir} --phase={phase} \\
+    --run_index=$SLURM_ARRAY_TASK_ID {extra}
+"""
+
+
+def slurm_scripts(config_arg: str, sweep_dir: str, num_search: int, num_final: int,
+                  extra_flags: str = "") -> dict[str, str]:
+  """Two job arrays: the grid, then (after it succeeds) the final seeds, which pick the best."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  scripts = {
+      phase: SLURM_TEMPLATE.format(phase=phase, last=count - 1, sweep_dir=sweep_dir, repo=repo,
+                                   config=config_arg, extra=extra_flags)
+      for phase, count in (("search", num_search), ("final", num_final))}
+  scripts["submit"] = (
+      "#!/bin/bash\nset -e\n"
+      f"search=$(sbatch --parsable {sweep_dir}/slurm/search.sbatch)\n"
+      f"sbatch --dependency=afterok:$search {sweep_dir}/slurm/final.sbatch\n")
+  return scripts
