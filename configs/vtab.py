@@ -51,10 +51,11 @@ def get_config(arg=None):
   config.method = args["method"]
   config.seed = args["seed"]
 
-  config.backbone = "ViT-B_16"  # Published name (downloaded once) or an .npz path.
+  config.backbone = "ViT-B_16"  # Published name (downloaded once), an .npz path, or None (scratch).
   config.checkpoint_cache_dir = None  # None: $VPT_JAX_CACHE/checkpoints.
   config.model = ml_collections.ConfigDict(dict(
-      variant="B/16", pool_type="tok", representation_size=None, dropout=0.0,
+      variant="B/16", pool_type="tok", representation_size=None, dropout=0.0, remat=False,
+      attention_impl=ml_collections.FieldReference(None, field_type=str),
       depth=ml_collections.FieldReference(None, field_type=int)))
   config.dtype = "bfloat16" if args["bf16"] else "float32"
   config.method_kwargs = ml_collections.ConfigDict(dict(
@@ -71,7 +72,7 @@ def get_config(arg=None):
 
   moves_backbone = args["method"] in _BACKBONE_METHODS
   config.optim = ml_collections.ConfigDict(dict(
-      base_lr=0.01 if moves_backbone else 0.5, weight_decay=1e-4,
+      name="sgd", base_lr=0.01 if moves_backbone else 0.5, weight_decay=1e-4,
       momentum=0.9, batch_size=64, epochs=100, warmup_epochs=10,
       lr_mults=ml_collections.ConfigDict(), decay_rules=((".*", True),)))
 

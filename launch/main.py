@@ -1,27 +1,45 @@
-"""Train and evaluate one run.
+"""Train and evaluate one run, or one run per task and method when the config names several.
 
   python launch/main.py --config=configs/vtab.py:task=dtd,method=vpt_deep --workdir=runs/dtd
   python launch/main.py --config=configs/vtab.py:task=dtd --config.optim.base_lr=2.5 --workdir=...
+  python launch/main.py --config=configs/demo.py      # offline demo: 5 tasks x (VPT, FT), table
 
 The config file's docstring says what it runs and what to expect. Running the same command again
 resumes an interrupted run from its last checkpoint; a finished run is reported, not retrained.
+--workdir defaults to config.workdir, else runs/<config name>_<arguments>.
 """
 
 import json
+import os
+import re
 import sys
+import time
 
 from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from vpt_jax import checkpoints, train
+from vpt_jax import checkpoints, config_args, report, sweep, train
 from vpt_jax.data import pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/vtab.py:task=dtd.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "Call jax.distributed.initialize() first (one process per host).")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["config"])
+
+
+def _config_file_and_arg():
+  raw = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("--config="))
+  path, _, arg = raw.partition(":")
+  return path, arg
+
+
+def _default_workdir(config, path, arg):
+  if config.get("workdir"):
+    return config.workdir
+  name = os.path.splitext(os.path.basename(path))[0]
+  return os.path.join("runs", re.sub(r"[^A-Za-z0-9_.+-]+", "_", f"{name}_{arg}" if arg else name))
 
 
 def main(argv):
@@ -30,15 +48,36 @@ def main(argv):
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
   config = _CONFIG.value
+  path, arg = _config_file_and_arg()
+  workdir = _WORKDIR.value or _default_workdir(config, path, arg)
   log = print if jax.process_index() == 0 else (lambda *_: None)
-  log(f"{config.task} / {config.method} / seed {config.seed} on {jax.device_count()} "
-      f"{jax.devices()[0].platform} device(s) -> {_WORKDIR.value}")
+  tasks, methods = config.task.split("+"), config.method.split("+")
+  started = time.time()
   try:
-    result = train.train_and_evaluate(config, _WORKDIR.value, log=log)
+    if len(tasks) * len(methods) == 1:
+      log(f"{config.task} / {config.method} / seed {config.seed} on {jax.device_count()} "
+          f"{jax.devices()[0].platform} device(s) -> {workdir}")
+      result = train.train_and_evaluate(config, workdir, log=log)
+      log(json.dumps({k: v for k, v in result.items() if k != "stages"}, indent=2))
+      return
+    # Several tasks or methods: one run each (no grid search: that is launch/sweep.py's job).
+    planner = sweep.Planner(config_args.load_config_module(path).get_config, config, arg)
+    results = []
+    for task in tasks:
+      for method in methods:
+        run_dir = os.path.join(workdir, task, method)
+        log(f"\n== {task} / {method} -> {run_dir}")
+        result = train.train_and_evaluate(planner.base(task=task, method=method), run_dir, log=log)
+        accuracy = result.get("test_accuracy", result.get("val_accuracy"))
+        log(f"   {result['eval_subset']} accuracy {100 * accuracy:.1f}% "
+            f"({result['wall_seconds']:.0f}s)")
+        results.append({**result, "test_accuracy": accuracy})
   except (ValueError, RuntimeError, checkpoints.CheckpointError,
           pipeline.DataNotPreparedError) as e:
     sys.exit(f"error: {e}")
-  log(json.dumps({k: v for k, v in result.items() if k != "stages"}, indent=2))
+  table, _ = report.tables(report.cells_from_results(results), with_chance=True)
+  log(f"\n{results[0]['eval_subset']} top-1 (%), one seed, {jax.devices()[0].platform}:\n{table}")
+  log(f"\nTotal wall time {time.time() - started:.0f}s; results in {workdir}/<task>/<method>/.")
 
 
 if __name__ == "__main__":

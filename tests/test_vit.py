@@ -129,3 +129,19 @@ def test_rejects_unknown_pool_type():
   model = vit.Model(num_classes=2, variant="mu/16", pool_type="map")
   with pytest.raises(ValueError, match="pool_type must be 'tok' or 'gap'"):
     model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+
+
+def test_fused_attention_and_remat_change_nothing(tiny):
+  _, params, images = tiny
+
+  def outputs(**kwargs):
+    model = vit.Model(num_classes=5, variant="Ti/16", depth=2, representation_size=24, **kwargs)
+    loss = lambda p: jnp.sum(model.apply({"params": p}, images, train=True)[0] ** 2)
+    return model.apply({"params": params}, images)[0], jax.grad(loss)(params)
+
+  logits, grads = outputs()
+  for kwargs in (dict(attention_impl="xla"), dict(remat=True), dict(attention_impl="xla",
+                                                                   remat=True)):
+    other_logits, other_grads = outputs(**kwargs)
+    np.testing.assert_allclose(other_logits, logits, atol=1e-5)
+    chex.assert_trees_all_close(other_grads, grads, atol=1e-5)

@@ -32,19 +32,37 @@ def decay_mask(trainable, decay_rules) -> dict:
   return flax.traverse_util.unflatten_dict(mask, sep="/")
 
 
-def sgd(trainable_groups, schedule: optax.Schedule, *, momentum: float, weight_decay: float,
-        lr_mults=None, decay_rules=((".*", True),)) -> optax.GradientTransformation:
-  """`trainable_groups`: group name per trainable leaf (the trainable part of `methods.labels`)."""
+def _per_group(trainable_groups, lr_mults, make_tx):
   lr_mults = dict(lr_mults or {})
   groups = set(jax.tree.leaves(trainable_groups))
   if unknown := set(lr_mults) - groups:
     raise ValueError(f"lr_mults names groups {sorted(unknown)} that this method does not train; "
                      f"its groups: {sorted(groups)}.")
+  return optax.multi_transform({g: make_tx(lr_mults.get(g, 1.0)) for g in groups},
+                               trainable_groups)
 
-  def group_tx(group):
-    scale = lr_mults.get(group, 1.0)
-    return optax.sgd(lambda step: schedule(step) * scale, momentum=momentum or None)
 
+def sgd(trainable_groups, schedule: optax.Schedule, *, momentum: float, weight_decay: float,
+        lr_mults=None, decay_rules=((".*", True),)) -> optax.GradientTransformation:
+  """`trainable_groups`: group name per trainable leaf (the trainable part of `methods.labels`)."""
   return optax.chain(
       optax.add_decayed_weights(weight_decay, mask=lambda p: decay_mask(p, decay_rules)),
-      optax.multi_transform({g: group_tx(g) for g in groups}, trainable_groups))
+      _per_group(trainable_groups, lr_mults, lambda scale: optax.sgd(
+          lambda step: schedule(step) * scale, momentum=momentum or None)))
+
+
+def adamw(trainable_groups, schedule: optax.Schedule, *, weight_decay: float, lr_mults=None,
+          decay_rules=((".*", True),), **_) -> optax.GradientTransformation:
+  """AdamW (decoupled weight decay), for training from scratch (launch/pretrain.py)."""
+  return _per_group(trainable_groups, lr_mults, lambda scale: optax.adamw(
+      lambda step: schedule(step) * scale, weight_decay=weight_decay,
+      mask=lambda p: decay_mask(p, decay_rules)))
+
+
+OPTIMIZERS = {"sgd": sgd, "adamw": adamw}
+
+
+def make(name: str, trainable_groups, schedule, **kwargs) -> optax.GradientTransformation:
+  if name not in OPTIMIZERS:
+    raise ValueError(f"optim.name={name!r} must be one of {', '.join(OPTIMIZERS)}.")
+  return OPTIMIZERS[name](trainable_groups, schedule, **kwargs)

@@ -20,6 +20,7 @@ BASELINE = "full"
 class Cell:
   accuracies: list[float]  # Percent, one per seed.
   tuned_percent: float
+  wall_seconds: float = 0.0  # Summed over seeds.
 
   @property
   def mean(self) -> float:
@@ -41,6 +42,7 @@ def collect(sweep_dir: str):
     key = (result["task"], result["method"])
     cell = cells[setting].setdefault(key, Cell([], result["tuned_percent"]))
     cell.accuracies.append(100 * result["test_accuracy"])
+    cell.wall_seconds += result["wall_seconds"]
   failed = sorted(os.path.relpath(os.path.dirname(p), sweep_dir) for p in glob.glob(
       os.path.join(sweep_dir, "*", "*", "*", "*", "*", "failed.json")))
   unfinished = sorted(
@@ -80,14 +82,24 @@ def _fmt(value, digits=1):
   return "—" if value is None else f"{value:.{digits}f}"
 
 
-def tables(cells: dict, with_published: bool = False):
+def cells_from_results(results: list[dict]) -> dict:
+  """Cells of one setting from result dicts (e.g. the runs launch/main.py just made)."""
+  cells = {}
+  for result in results:
+    cell = cells.setdefault((result["task"], result["method"]), Cell([], result["tuned_percent"]))
+    cell.accuracies.append(100 * result["test_accuracy"])
+    cell.wall_seconds += result["wall_seconds"]
+  return cells
+
+
+def tables(cells: dict, with_published: bool = False, with_chance: bool = False):
   """(markdown, csv rows) for one setting's cells."""
   tasks = _ordered({t for t, _ in cells}, list(tasks_lib.TASKS))
   methods = _ordered({m for _, m in cells}, ["linear", "full", "vpt_shallow", "vpt_deep", "mixed",
                                              "ft_then_pt", "lp_ft"])
   stats = summary(cells)
   header = ["method", *tasks, "Natural", "Specialized", "Structured", "Mean", "Wins vs FT",
-            "Tuned/Total %"]
+            "Tuned/Total %", "Time (s)"]
   markdown = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   rows = []
   for method in methods:
@@ -95,8 +107,9 @@ def tables(cells: dict, with_published: bool = False):
     per_task = [f"{cells[(t, method)].mean:.1f} ± {cells[(t, method)].std:.1f}"
                 if (t, method) in cells else "—" for t in tasks]
     wins = f"{s['wins']}/{s['compared']}" if method != BASELINE else "—"
+    wall = sum(cells[(t, method)].wall_seconds for t in tasks if (t, method) in cells)
     line = [method, *per_task, *(_fmt(s["groups"][g]) for g in tasks_lib.GROUPS),
-            _fmt(s["mean"]), wins, _fmt(s["tuned_percent"], 2)]
+            _fmt(s["mean"]), wins, _fmt(s["tuned_percent"], 2), f"{wall:.0f}"]
     markdown.append("| " + " | ".join(line) + " |")
     rows.append({"method": method, **{t: cells[(t, method)].mean if (t, method) in cells else None
                                       for t in tasks},
@@ -104,7 +117,11 @@ def tables(cells: dict, with_published: bool = False):
                     for t in tasks},
                  **{g: s["groups"][g] for g in tasks_lib.GROUPS}, "mean": s["mean"],
                  "wins_vs_full": s["wins"] if method != BASELINE else None,
-                 "tuned_percent": s["tuned_percent"], "source": "this sweep"})
+                 "tuned_percent": s["tuned_percent"], "wall_seconds": wall,
+                 "source": "this sweep"})
+  if with_chance:
+    line = ["chance", *(f"{100 / tasks_lib.get(t).num_classes:.1f}" for t in tasks)]
+    markdown.append("| " + " | ".join(line + [""] * (len(header) - len(line))) + " |")
   if with_published:
     for method, numbers in published.VPT_PAPER.items():
       if method not in methods:

@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 
 class Checkpointer:
   def __init__(self, directory: str, keep: int):
+    directory = os.path.abspath(directory)  # Orbax needs absolute paths.
     self._directory = directory
     self._manager = ocp.CheckpointManager(
         directory, options=ocp.CheckpointManagerOptions(

@@ -145,15 +145,22 @@ class Planner:
 
   def __init__(self, get_config: Callable, config: ml_collections.ConfigDict, arg: str | None):
     self._get_config = get_config
+    self._args = dict(item.split("=", 1) for item in filter(None, (arg or "").split(",")))
     self.overrides = user_overrides(config, get_config(arg))
-    self.sweep = config.sweep
+    self.sweep = config.get("sweep")
 
-  def config(self, run: Run) -> ml_collections.ConfigDict:
-    mode = "final" if run.phase == "final" else "search"
-    config = self._get_config(f"task={run.task},method={run.method},mode={mode},seed={run.seed}")
+  def base(self, **args) -> ml_collections.ConfigDict:
+    """The config file's config for these arguments (e.g. one task and method), overridden."""
+    merged = {**self._args, **{k: str(v) for k, v in args.items()}}
+    config = self._get_config(",".join(f"{k}={v}" for k, v in merged.items()))
     for path, value in self.overrides.items():
       if not path.startswith("sweep."):
         _set(config, path, value)
+    return config
+
+  def config(self, run: Run) -> ml_collections.ConfigDict:
+    mode = "final" if run.phase == "final" else "search"
+    config = self.base(task=run.task, method=run.method, mode=mode, seed=run.seed)
     config.optim.base_lr = run.base_lr
     config.optim.weight_decay = run.weight_decay
     config.data.train_subset, config.data.eval_subset = subsets(run.setting, run.phase, run.seed)

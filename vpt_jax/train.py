@@ -127,6 +127,36 @@ class _Evaluator:
     return self._finish(sums)
 
 
+def build_train_step(model, tx, mesh, state_shardings, steps_per_epoch: int, batch_size: int,
+                     normalization: str, train_rng, flip_rng=None):
+  """The jit-compiled step: (trainable, opt_state, frozen, images, labels, permutation, step) ->
+  (trainable, opt_state, metrics).
+
+  The whole uint8 train set and the epoch's permutation are device arrays: the step gathers its
+  own batch, normalises it and splits it over the data axis; parameters and optimizer state are
+  donated, so they are updated in place.
+  """
+  trainable_sharding, opt_sharding, frozen_sharding = state_shardings
+  replicated, batch = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  train_step = steps.make_train_step(model, tx)
+
+  def step_fn(trainable, opt_state, frozen, images, labels, permutation, step):
+    batch_images, batch_labels = device.take_batch(
+        images, labels, permutation, step % steps_per_epoch, batch_size,
+        None if flip_rng is None else jax.random.fold_in(flip_rng, step))
+    batch_images = jax.lax.with_sharding_constraint(
+        device.normalize(batch_images, normalization), batch)
+    batch_labels = jax.lax.with_sharding_constraint(batch_labels, batch)
+    return train_step(trainable, opt_state, frozen, batch_images, batch_labels,
+                      jax.random.fold_in(train_rng, step))
+
+  return jax.jit(
+      step_fn, donate_argnums=(0, 1),
+      in_shardings=(trainable_sharding, opt_sharding, frozen_sharding, replicated, replicated,
+                    replicated, replicated),
+      out_shardings=(trainable_sharding, opt_sharding, replicated))
+
+
 def _run_stage(config, stage: methods.Method, workdir: str, backbone, previous_params,
                log) -> tuple[dict, dict]:
   """Trains one single-stage method; returns (result, final parameters)."""
@@ -156,9 +186,9 @@ def _run_stage(config, stage: methods.Method, workdir: str, backbone, previous_p
   total_steps = config.optim.epochs * steps_per_epoch
   schedule = optim.warmup_cosine(optim.learning_rate(config.optim.base_lr, batch_size),
                                  config.optim.warmup_epochs * steps_per_epoch, total_steps)
-  tx = optim.sgd(trainable_groups, schedule, momentum=config.optim.momentum,
-                 weight_decay=config.optim.weight_decay,
-                 lr_mults=config.optim.lr_mults.to_dict(), decay_rules=config.optim.decay_rules)
+  tx = optim.make(config.optim.name, trainable_groups, schedule, momentum=config.optim.momentum,
+                  weight_decay=config.optim.weight_decay,
+                  lr_mults=config.optim.lr_mults.to_dict(), decay_rules=config.optim.decay_rules)
 
   replicated = sharding.replicated(mesh)
   trainable_sharding = sharding.param_shardings(mesh, trainable, config.sharding_rules)
@@ -171,24 +201,9 @@ def _run_stage(config, stage: methods.Method, workdir: str, backbone, previous_p
   images = sharding.put_global(images, replicated)
   labels = sharding.put_global(labels, replicated)
 
-  train_step = steps.make_train_step(model, tx)
-  batch = sharding.batch_sharded(mesh)
-
-  def step_fn(trainable, opt_state, frozen, images, labels, permutation, step):
-    batch_images, batch_labels = device.take_batch(
-        images, labels, permutation, step % steps_per_epoch, batch_size,
-        jax.random.fold_in(flip_rng, step) if config.data.flip else None)
-    batch_images = jax.lax.with_sharding_constraint(
-        device.normalize(batch_images, config.data.normalization), batch)
-    batch_labels = jax.lax.with_sharding_constraint(batch_labels, batch)
-    return train_step(trainable, opt_state, frozen, batch_images, batch_labels,
-                      jax.random.fold_in(train_rng, step))
-
-  jitted_step = jax.jit(
-      step_fn, donate_argnums=(0, 1),
-      in_shardings=(trainable_sharding, opt_sharding, frozen_sharding, replicated, replicated,
-                    replicated, replicated),
-      out_shardings=(trainable_sharding, opt_sharding, replicated))
+  jitted_step = build_train_step(
+      model, tx, mesh, (trainable_sharding, opt_sharding, frozen_sharding), steps_per_epoch,
+      batch_size, config.data.normalization, train_rng, flip_rng if config.data.flip else None)
   permutation_fn = jax.jit(lambda epoch: device.epoch_permutation(data_rng, epoch, len(images)),
                            out_shardings=replicated)
   evaluator = _Evaluator(mesh, model, config.data.normalization)
@@ -284,6 +299,15 @@ def _run_stage(config, stage: methods.Method, workdir: str, backbone, previous_p
   return result, final_params
 
 
+def _backbone(config, base: vit.Model) -> dict:
+  """The pre-trained parameters; with `config.backbone = None`, a random init (from scratch)."""
+  if config.backbone:
+    return checkpoints.load_pretrained(config.backbone, base, image_size=config.data.resolution,
+                                       cache_dir=config.checkpoint_cache_dir)
+  images = jnp.zeros((1, config.data.resolution, config.data.resolution, 3))
+  return jax.jit(base.init)(jax.random.PRNGKey(config.seed), images)["params"]
+
+
 def _restore_finished_stage(config, stage, workdir, backbone, previous_params):
   """Final parameters of a finished stage: its artifact on top of what it started from."""
   task = tasks_lib.get(config.task)
@@ -307,8 +331,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=prin
   arch = vit.Model(num_classes=task.num_classes, **config.model.to_dict()).architecture
   method = methods.get(config.method, depth=arch.depth, **config.method_kwargs.to_dict())
   base = vit.Model(**base_model_kwargs(config, task.num_classes))
-  backbone = checkpoints.load_pretrained(config.backbone, base, image_size=config.data.resolution,
-                                         cache_dir=config.checkpoint_cache_dir)
+  backbone = _backbone(config, base)
 
   stages = method.stages or (method,)
   params, stage_results = None, []

@@ -15,6 +15,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from vpt_jax import checkpoints
+from vpt_jax.data import demo  # pylint: disable=unused-import  (registers the mini_vtab builder)
 from vpt_jax.data import tasks as tasks_lib
 
 # TensorFlow only feeds the host pipeline; it must not take the accelerators' memory.
@@ -41,6 +42,9 @@ def builder(task: tasks_lib.Task, data_dir: str | None = None) -> tfds.core.Data
   """The task's prepared TFDS builder; fails at once (no download attempt) if it is not prepared."""
   data_dir = data_dir or default_data_dir()
   result = tfds.builder(task.builder, data_dir=data_dir)
+  if not result.is_prepared() and task.generated:
+    logging.info("Generating %s in %s (offline, once).", task.builder, data_dir)
+    result.download_and_prepare()
   if not result.is_prepared():
     raise DataNotPreparedError(
         f"Task {task.name} ({task.builder}) is not prepared in {data_dir}; prepare it with: "

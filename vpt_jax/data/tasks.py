@@ -43,6 +43,7 @@ class Task:
   image_key: str = "image"
   binary_image: bool = False  # Pixels are 0/1 (dsprites): scaled by 255.
   manual_download: str | None = None  # What the user must place in TFDS's manual_dir, if anything.
+  generated: bool = False  # Made on this machine (vpt_jax.data.demo): prepared on first use.
 
 
 def _bin_of(value, thresholds):
@@ -139,6 +140,15 @@ for _task in [
 
 VTAB_TASKS = tuple(TASKS)
 
+# The offline demo's tasks (vpt_jax/data/demo.py), in VTAB's groups; "demo_shapes" is the
+# pre-training source task of the demo backbone.
+for _name, _classes, _group in [("shapes", 6, None), ("digits", 10, NATURAL),
+                                ("gratings", 5, SPECIALIZED), ("count", 6, STRUCTURED),
+                                ("location", 6, STRUCTURED), ("orientation", 8, STRUCTURED)]:
+  register(Task(f"demo_{_name}", f"mini_vtab/{_name}:1.*.*", _classes, _group or "source",
+                Region("train"), Region("validation"), "test", generated=True))
+DEMO_TASKS = ("demo_digits", "demo_gratings", "demo_count", "demo_location", "demo_orientation")
+
 
 def get(name: str) -> Task:
   if name not in TASKS:
@@ -155,8 +165,8 @@ def by_group(group: str) -> tuple[str, ...]:
 
 _SCALE = re.compile(r"scale(\d+)_(train|val|trainval)")
 _SHOT = re.compile(r"(\d+)shot_seed(\d+)")
-SUBSETS = ("train800", "val200", "train800val200", "test", "scale<N>_{train,val,trainval}",
-           "<k>shot_seed<s>")
+SUBSETS = ("train800", "val200", "train800val200", "test", "train_full", "val_full",
+           "scale<N>_{train,val,trainval}", "<k>shot_seed<s>")
 
 
 def parse_kshot(subset: str) -> tuple[int, int] | None:
@@ -180,6 +190,11 @@ def split_for(task: Task, subset: str, split_sizes: dict[str, int] | None = None
     return f"{task.train.take(800)}+{task.val.take(200)}"
   if subset == "test":
     return task.test
+  if subset in ("train_full", "val_full"):  # A whole region (pre-training the demo backbone).
+    region = task.train if subset == "train_full" else task.val
+    if split_sizes is None:
+      raise ValueError(f"Subset {subset} needs the dataset's split sizes: prepare it first.")
+    return region.take(region.size(split_sizes))
   if match := _SCALE.fullmatch(subset):
     size, part = int(match.group(1)), match.group(2)
     if size % 4:

@@ -111,6 +111,7 @@ class Attention(nn.Module):
   lora_rank: int = 0
   lora_alpha: float = 0.0
   ssf: bool = False
+  attention_impl: str | None = None
 
   @nn.compact
   def __call__(self, x, return_weights=False):
@@ -134,13 +135,17 @@ class Attention(nn.Module):
       return y
 
     q, k, v = project("query"), project("key"), project("value")  # (N, T, H, D)
-    logits = jnp.einsum("nqhd,nkhd->nhqk", q, k) / jnp.sqrt(head_dim).astype(q.dtype)
-    # Softmax in float32 so that bfloat16 compute keeps the attention distribution accurate.
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    y = jnp.einsum("nhqk,nkhd->nqhd", weights.astype(v.dtype), v)
+    weights = None
+    if return_weights or self.attention_impl is None:
+      logits = jnp.einsum("nqhd,nkhd->nhqk", q, k) / jnp.sqrt(head_dim).astype(q.dtype)
+      # Softmax in float32 so that bfloat16 compute keeps the attention distribution accurate.
+      weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+      y = jnp.einsum("nhqk,nkhd->nqhd", weights.astype(v.dtype), v)
+    else:  # Fused kernel ("cudnn": flash attention on NVIDIA GPUs; "xla": XLA's own).
+      y = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
     y = nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name="out",
                         kernel_init=nn.initializers.xavier_uniform())(y)
-    return _maybe_ssf(self.ssf, "out")(y), (weights if return_weights else None)
+    return _maybe_ssf(self.ssf, "out")(y), weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +164,7 @@ class Encoder1DBlock(nn.Module):
   dropout: float = 0.0
   dtype: Any = None
   extras: Extras = Extras()
+  attention_impl: str | None = None
 
   @nn.compact
   def __call__(self, x, train=False, return_attention=False):
@@ -166,6 +172,7 @@ class Encoder1DBlock(nn.Module):
     y = _maybe_ssf(ssf, "LayerNorm_0")(nn.LayerNorm(dtype=self.dtype, name="LayerNorm_0")(x))
     y, attention = Attention(self.num_heads, dtype=self.dtype, lora_rank=self.extras.lora_rank,
                              lora_alpha=self.extras.lora_alpha, ssf=ssf,
+                             attention_impl=self.attention_impl,
                              name="MultiHeadDotProductAttention_0")(y, return_attention)
     if self.extras.adapter_dim:
       y = Adapter(self.extras.adapter_dim, dtype=self.dtype, name="adapter_attention")(y)
@@ -211,18 +218,23 @@ class Encoder(nn.Module):
   dropout: float = 0.0
   dtype: Any = None
   extras: Extras = Extras()
+  attention_impl: str | None = None
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, prompts=None, prompt_start=0, train=False, return_attention=False):
     x = AddPositionEmbs(name="posembed_input")(x)
     x = nn.Dropout(rate=self.dropout)(x, deterministic=not train)
+    # Rematerialisation recomputes each block's activations in the backward pass: less memory
+    # for large batches, same parameter tree.
+    block = nn.remat(Encoder1DBlock, static_argnums=(2, 3)) if self.remat else Encoder1DBlock
     attentions = []
     for i in range(self.depth):
       if prompts is not None and i < len(prompts):
         x = insert_prompts(x, prompts[i], prompt_start, replace=i > 0)
-      x, attention = Encoder1DBlock(self.mlp_dim, self.num_heads, self.dropout, dtype=self.dtype,
-                                    extras=self.extras, name=f"encoderblock_{i}")(
-                                        x, train, return_attention)
+      x, attention = block(self.mlp_dim, self.num_heads, self.dropout, dtype=self.dtype,
+                           extras=self.extras, attention_impl=self.attention_impl,
+                           name=f"encoderblock_{i}")(x, train, return_attention)
       attentions.append(attention)
     x = nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
     return x, (attentions if return_attention else None)
@@ -278,6 +290,9 @@ class Model(nn.Module):
     prompt_project: prompt width before a learned projection to the model width (None: no
       projection).
     extras: LoRA, adapters and SSF inside the blocks.
+    attention_impl: None computes attention explicitly; "xla" or "cudnn" use
+      jax.nn.dot_product_attention with that implementation (fused) when no weights are returned.
+    remat: rematerialise each block in the backward pass (less memory, ~1/3 more compute).
   """
   num_classes: int
   variant: str = "B/16"
@@ -291,6 +306,8 @@ class Model(nn.Module):
   prompt_dropout: float = 0.0
   prompt_project: int | None = None
   extras: Extras = Extras()
+  attention_impl: str | None = None
+  remat: bool = False
 
   @property
   def architecture(self) -> Architecture:
@@ -322,7 +339,9 @@ class Model(nn.Module):
                               name="prompt")(n, train)
 
     x, attentions = Encoder(arch.depth, arch.mlp_dim, arch.num_heads, self.dropout,
-                            dtype=self.dtype, extras=self.extras, name="Transformer")(
+                            dtype=self.dtype, extras=self.extras,
+                            attention_impl=self.attention_impl, remat=self.remat,
+                            name="Transformer")(
                                 x, prompts, int(self.has_class_token), train, return_attention)
     x = _maybe_ssf(self.extras.ssf, "encoder_norm")(x)
     aux = {"encoded": x}

@@ -1,0 +1,163 @@
+"""Train-step speed of the tuning methods: time, images/s, FLOPs, MFU, memory, compile time.
+
+The step measured is `train.build_train_step`, the one training runs: device-resident uint8 data,
+on-device batching, donated state, gradients only for trainable parameters.
+"""
+
+import dataclasses
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vpt_jax import methods, optim, sharding, train
+from vpt_jax.models import vit
+
+# Dense peak TFLOP/s per chip by device kind and compute dtype (vendor datasheets).
+PEAK_TFLOPS = {
+    "H100 PCIe": {"bfloat16": 756.0, "float32": 378.0},
+    "H100": {"bfloat16": 989.4, "float32": 494.7},  # SXM; float32 matmuls run as TF32.
+    "H200": {"bfloat16": 989.4, "float32": 494.7},
+    "A100": {"bfloat16": 312.0, "float32": 156.0},
+}
+_FROZEN_BACKBONE = ("vpt_deep", "vpt_shallow", "lora", "adapter", "ssf", "bitfit", "layernorm")
+
+
+def peak_flops(device, dtype: str) -> float | None:
+  kind = getattr(device, "device_kind", "")
+  for name, peaks in PEAK_TFLOPS.items():  # Most specific names first.
+    if name in kind:
+      return peaks[dtype] * 1e12
+  return None
+
+
+def analytic_flops(arch: vit.Architecture, image_size: int, num_classes: int, method: str,
+                   prompt_tokens: int) -> float:
+  """Model FLOPs of one training example (a multiply-add is 2 FLOPs).
+
+  Full fine-tuning: forward + activation gradients + weight gradients = 3x forward. A frozen
+  backbone (VPT and the PEFT family, whose own parameters are negligible here) needs the forward
+  and the activation gradients through every block (matmuls 1x, attention 2x forward), but no
+  weight gradients and nothing for the patch embedding; linear probing needs the forward only.
+  """
+  patches = (image_size // arch.patch_size[0]) * (image_size // arch.patch_size[1])
+  tokens = patches + 1 + (prompt_tokens if method in ("vpt_deep", "vpt_shallow", "mixed") else 0)
+  d, m = arch.width, arch.mlp_dim
+  matmuls = 2 * tokens * (4 * d * d + 2 * d * m)
+  attention = 2 * 2 * tokens * tokens * d
+  embedding = 2 * patches * arch.patch_size[0] * arch.patch_size[1] * 3 * d
+  head = 2 * d * num_classes
+  forward = embedding + arch.depth * (matmuls + attention) + head
+  if method in ("full", "mixed", "lp_ft", "ft_then_pt", "partial_k"):
+    return 3.0 * forward
+  if method == "linear":
+    return forward + head
+  if method in _FROZEN_BACKBONE:
+    return forward + arch.depth * (matmuls + 2 * attention) + 2 * head
+  raise ValueError(f"No FLOP model for method {method!r}.")
+
+
+@dataclasses.dataclass
+class Setting:
+  variant: str
+  depth: int | None
+  image_size: int
+  method: str
+  batch: int
+  dtype: str
+  num_classes: int = 100
+  prompt_tokens: int = 50
+  attention_impl: str | None = None
+  remat: bool = False
+
+
+def measure(setting: Setting, steps: int = 20, warmup: int = 3, peak: float | None = None) -> dict:
+  """Compiles and times the train step of `setting` on all local devices."""
+  mesh = sharding.make_mesh()
+  method = methods.get(setting.method, depth=vit.decode_variant(setting.variant).depth
+                       if setting.depth is None else setting.depth,
+                       prompt_tokens=setting.prompt_tokens, prompt_dropout=0.1,
+                       lora_rank=8, adapter_dim=64, partial_k=2)
+  stage = method.stages[-1] if method.stages else method
+  model = vit.Model(num_classes=setting.num_classes, variant=setting.variant, depth=setting.depth,
+                    dtype=jnp.bfloat16 if setting.dtype == "bfloat16" else None,
+                    attention_impl=setting.attention_impl, remat=setting.remat,
+                    **stage.model_kwargs)
+  size = setting.image_size
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))["params"]
+  groups = methods.labels(params, stage.rules)
+  trainable, frozen = methods.split(params, groups)
+  schedule = optim.warmup_cosine(0.01, 10, 1000)
+  tx = optim.sgd(methods.split(groups, groups)[0], schedule, momentum=0.9, weight_decay=1e-4)
+  trainable_sharding = sharding.param_shardings(mesh, trainable, ((".*", "replicate"),))
+  frozen_sharding = sharding.param_shardings(mesh, frozen, ((".*", "replicate"),))
+  opt_sharding = sharding.optimizer_shardings(mesh, jax.eval_shape(tx.init, trainable),
+                                              trainable_sharding)
+  state_shardings = (trainable_sharding, opt_sharding, frozen_sharding)
+  trainable = jax.device_put(trainable, trainable_sharding)
+  frozen = jax.device_put(frozen, frozen_sharding)
+  opt_state = jax.jit(tx.init, out_shardings=opt_sharding)(trainable)
+  examples = 4 * setting.batch
+  replicated = sharding.replicated(mesh)
+  images = sharding.put_global(np.random.default_rng(0).integers(
+      0, 256, (examples, size, size, 3), dtype=np.uint8), replicated)
+  labels = sharding.put_global(np.arange(examples, dtype=np.int32) % setting.num_classes,
+                               replicated)
+  permutation = sharding.put_global(np.arange(examples, dtype=np.int32), replicated)
+  step_fn = train.build_train_step(model, tx, mesh, state_shardings, 4, setting.batch,
+                                   "inception", jax.random.PRNGKey(1))
+  args = (trainable, opt_state, frozen, images, labels, permutation, 0)
+  started = time.perf_counter()
+  compiled = step_fn.lower(*args).compile()
+  compile_seconds = time.perf_counter() - started
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  memory = compiled.memory_analysis()
+
+  times = []
+  for step in range(warmup + steps):
+    started = time.perf_counter()
+    trainable, opt_state, out = compiled(trainable, opt_state, frozen, images, labels, permutation,
+                                         step)
+    jax.block_until_ready(out["loss"])
+    if step >= warmup:
+      times.append(time.perf_counter() - started)
+  if not np.isfinite(float(out["loss"])):
+    raise RuntimeError(f"Non-finite loss while benchmarking {setting}.")
+  step_seconds = statistics.median(times)
+  arch = model.architecture
+  flops = analytic_flops(arch, size, setting.num_classes, setting.method, setting.prompt_tokens)
+  stats = jax.local_devices()[0].memory_stats() or {}
+  peak = peak if peak is not None else peak_flops(jax.local_devices()[0], setting.dtype)
+  per_device = setting.batch / jax.device_count()
+  return {
+      **dataclasses.asdict(setting), "framework": "jax",
+      "step_ms": 1e3 * step_seconds, "step_ms_min": 1e3 * min(times),
+      "images_per_s": setting.batch / step_seconds,
+      "gflops_per_image": flops / 1e9,
+      "xla_gflops_per_image": (cost or {}).get("flops", float("nan")) / setting.batch / 1e9,
+      "mfu": flops * per_device / step_seconds / peak if peak else None,
+      "peak_memory_gb": stats["peak_bytes_in_use"] / 1e9 if "peak_bytes_in_use" in stats else None,
+      "compiled_memory_gb": (memory.temp_size_in_bytes + memory.argument_size_in_bytes
+                             + memory.output_size_in_bytes) / 1e9 if memory else None,
+      "compile_s": compile_seconds, "steps_timed": steps,
+      "trainable_parameters": methods.count(trainable),
+  }
+
+
+def markdown(rows: list[dict]) -> str:
+  header = ("| framework | method | batch | dtype | step (ms) | images/s | GFLOP/img (model) | "
+            "GFLOP/img (XLA) | MFU | peak mem (GB) | compile (s) |")
+  lines = [header, "|" + "---|" * 11]
+  fmt = lambda v, spec: "—" if v is None or (isinstance(v, float) and np.isnan(v)) else format(
+      v, spec)
+  for r in rows:
+    memory = r.get("peak_memory_gb") or r.get("compiled_memory_gb")
+    lines.append(
+        f"| {r['framework']} | {r['method']} | {r['batch']} | {r['dtype']} | "
+        f"{fmt(r.get('step_ms'), '.1f')} | {fmt(r.get('images_per_s'), '.1f')} | "
+        f"{fmt(r.get('gflops_per_image'), '.2f')} | {fmt(r.get('xla_gflops_per_image'), '.2f')} | "
+        f"{fmt(r.get('mfu'), '.1%')} | {fmt(memory, '.2f')} | {fmt(r.get('compile_s'), '.1f')} |")
+  return "\n".join(lines)
