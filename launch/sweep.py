@@ -44,7 +44,8 @@ def main(argv):
   path, arg = _config_file_and_arg()
   module = config_args.load_config_module(path)
   try:
-    tasks = module.expand_tasks(config.task)
+    # A config file may expand names like "all" itself; otherwise tasks are joined by "+".
+    tasks = getattr(module, "expand_tasks", lambda spec: spec.split("+"))(config.task)
     methods = config.method.split("+")
     planner = sweep.Planner(module.get_config, config, arg)
     groups = sweep.plan(tasks, methods, config.sweep)

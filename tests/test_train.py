@@ -227,7 +227,10 @@ def test_config_arguments():
 
 
 def test_unknown_method_and_bad_dtype(fake_data_dir, tiny_backbone, tmp_path):
-  config = tiny_config(fake_data_dir, tiny_backbone, tmp_path, "task=dtd,method=vtp_deep")
+  with pytest.raises(ValueError, match="method='vtp_deep' is not a tuning method"):
+    vtab_config.get_config("task=dtd,method=vtp_deep")
+  config = tiny_config(fake_data_dir, tiny_backbone, tmp_path)
+  config.method = "vtp_deep"  # Past the config file's own check, e.g. an override.
   with pytest.raises(ValueError, match="Unknown method 'vtp_deep'"):
     train.train_and_evaluate(config, str(tmp_path / "a"), log=lambda *_: None)
   config = tiny_config(fake_data_dir, tiny_backbone, tmp_path, dtype="float16")
@@ -268,3 +271,11 @@ def test_command_line_errors_are_one_line(fake_data_dir, tiny_backbone, tmp_path
   last = process.stderr.strip().splitlines()[-1]
   assert last.startswith("error: Task svhn (svhn_cropped:3.*.*) is not prepared")
   assert "python launch/prepare_data.py --tasks=svhn" in last
+
+
+def test_relative_workdir(fake_data_dir, tiny_backbone, tmp_path, monkeypatch):
+  config = tiny_config(fake_data_dir, tiny_backbone, tmp_path, "task=dtd,method=linear",
+                       **{"optim.epochs": 1, "optim.warmup_epochs": 0})
+  monkeypatch.chdir(tmp_path)
+  result = train.train_and_evaluate(config, "runs/relative", log=lambda *_: None)
+  assert (tmp_path / "runs" / "relative" / "checkpoints" / str(result["steps"])).is_dir()
