@@ -1,1 +1,1 @@
-"""Model definitions, looked up by name."""
+"""Model definitions: the Vision Transformer (vit.py)."""
