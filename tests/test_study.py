@@ -255,3 +255,25 @@ def test_attention_overlay_png(tmp_path):
           "vpt_deep: rollout": np.random.default_rng(2).uniform(size=(2, 2, 2))}
   attention.overlay_figure(images, maps, str(tmp_path / "att.png"))
   assert _png_ok(tmp_path / "att.png")
+
+
+def test_report_command(tmp_path):
+  for method, accuracies in (("full", (0.60, 0.64)), ("vpt_deep", (0.70, 0.72))):
+    for seed, accuracy in enumerate(accuracies):
+      run = sweep.Run("vtab1k", "dtd", method, "final", 0.1, 0.0, seed)
+      write_result(tmp_path, run, task="dtd", method=method, test_accuracy=accuracy,
+                   tuned_percent=100.0 if method == "full" else 0.5, wall_seconds=10.0)
+  (tmp_path / "distances.json").write_text(json.dumps({"dtd": {"distance": 12.5}}))
+  process = subprocess.run(
+      [sys.executable, "launch/report.py", f"--sweep_dir={tmp_path}", "--published",
+       f"--distances={tmp_path / 'distances.json'}"], capture_output=True, text=True, cwd=REPO,
+      timeout=300)
+  assert process.returncode == 0, process.stderr[-2000:]
+  assert "| vpt_deep | 71.0 ± 1.0 | 71.0 | — | — | 71.0 | 1/1 | 0.50 | 20 |" in process.stdout
+  assert "| full | 62.0 ± 2.0 |" in process.stdout
+  assert (tmp_path / "report" / "report.md").read_text() in process.stdout
+  assert _png_ok(tmp_path / "report" / "data_distance.png")
+  assert "no data for" in process.stdout  # No curves and no data-scale runs: said, not drawn.
+  missing = subprocess.run([sys.executable, "launch/report.py", "--sweep_dir=/nonexistent"],
+                           capture_output=True, text=True, cwd=REPO, timeout=300)
+  assert missing.returncode == 1 and "run launch/sweep.py first" in missing.stderr
