@@ -35,7 +35,7 @@ def get_config(arg=None):
   if args["mode"] not in ("final", "search"):
     raise ValueError(f"mode={args['mode']!r} must be 'final' or 'search'.")
   final = args["mode"] == "final"
-  moves_backbone = args["method"] in ("full", "mixed", "lp_ft", "partial_k")
+  moves_backbone = args["method"] in ("full", "mixed", "lp_ft", "ft_then_pt", "partial_k")
 
   config = ml_collections.ConfigDict()
   config.task, config.method, config.seed = args["task"], args["method"], args["seed"]

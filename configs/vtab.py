@@ -15,7 +15,8 @@ joined by "+", and method names joined by "+"; `config.sweep` holds the grid and
 Protocol (Jia et al. 2022; Han et al. 2024): 100 epochs with 10 of linear warm-up, batch 64, SGD
 with momentum 0.9, coupled L2 weight decay, lr = base_lr * batch / 256 with cosine decay; the paper
 picks base_lr x weight_decay per task on val200 (launch/sweep.py). Prompt lengths are the published
-per-task ones. Expected test top-1 with VPT-deep (VPT paper, Table 1): e.g. dtd 65.8, svhn 78.1,
+per-task ones. Two-stage methods (ft_then_pt, lp_ft) use one base_lr and weight decay for both
+stages. Expected test top-1 with VPT-deep (VPT paper, Table 1): e.g. dtd 65.8, svhn 78.1,
 clevr_count 68.5; with full fine-tuning dtd 64.3, svhn 87.4, clevr_count 56.3 (all in
 vpt_jax/published.py).
 """
@@ -33,7 +34,7 @@ PROMPT_TOKENS = {  # VPT-deep prompt length per task, as the published configs l
     "smallnorb_ele": 200}
 
 # Methods that move the whole backbone take smaller steps than those that train a few parameters.
-_BACKBONE_METHODS = ("full", "mixed", "lp_ft", "partial_k")
+_BACKBONE_METHODS = ("full", "mixed", "lp_ft", "ft_then_pt", "partial_k")
 
 
 def get_config(arg=None):

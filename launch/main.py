@@ -30,9 +30,7 @@ flags.mark_flags_as_required(["config"])
 
 
 def _config_file_and_arg():
-  raw = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("--config="))
-  path, _, arg = raw.partition(":")
-  return path, arg
+  return config_args.config_flag_value(sys.argv)
 
 
 def _default_workdir(config, path, arg):

@@ -32,9 +32,7 @@ flags.mark_flags_as_required(["config", "sweep_dir"])
 
 
 def _config_file_and_arg():
-  raw = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("--config="))
-  path, _, arg = raw.partition(":")
-  return path, arg
+  return config_args.config_flag_value(sys.argv)
 
 
 def main(argv):
@@ -43,21 +41,25 @@ def main(argv):
   config = _CONFIG.value
   path, arg = _config_file_and_arg()
   module = config_args.load_config_module(path)
+  if (_RUN_INDEX.value is None) != (_PHASE.value is None):
+    sys.exit("error: --run_index and --phase go together (one job-array task of one phase).")
   try:
     # A config file may expand names like "all" itself; otherwise tasks are joined by "+".
     tasks = getattr(module, "expand_tasks", lambda spec: spec.split("+"))(config.task)
     methods = config.method.split("+")
-    planner = sweep.Planner(module.get_config, config, arg)
+    planner = sweep.Planner(module.get_config, config, arg, for_sweep=True)
     groups = sweep.plan(tasks, methods, config.sweep)
+    grid_of = {g: planner.sweep_config(*g[1:]) for g in groups}
   except (ValueError, AttributeError) as e:
     sys.exit(f"error: {e}")
   sweep_dir = os.path.abspath(_SWEEP_DIR.value)
   os.makedirs(sweep_dir, exist_ok=True)
-  searches = [r for g in groups for r in sweep.search_runs(*g, config.sweep)]
-  num_final = len(groups) * config.sweep.seeds
+  searches = [r for g in groups for r in sweep.search_runs(*g, grid_of[g])]
+  finals = [(g, seed) for g in groups for seed in range(grid_of[g].seeds)]
+  num_final = len(finals)
 
   if _SLURM.value:
-    overrides = " ".join(a for a in sys.argv[1:] if a.startswith("--config."))
+    overrides = tuple(a for a in sys.argv[1:] if a.startswith("--config."))
     scripts = sweep.slurm_scripts(f"{path}:{arg}", sweep_dir, len(searches), num_final, overrides)
     os.makedirs(os.path.join(sweep_dir, "slurm"), exist_ok=True)
     for name, text in scripts.items():
@@ -79,9 +81,9 @@ def main(argv):
       if _PHASE.value == "search":
         runs = [searches[_RUN_INDEX.value]]
       else:
-        group = groups[_RUN_INDEX.value // config.sweep.seeds]
-        best = sweep.select_best(sweep_dir, sweep.search_runs(*group, config.sweep))
-        runs = [sweep.final_runs(*group, best, config.sweep)[_RUN_INDEX.value % config.sweep.seeds]]
+        group, seed = finals[_RUN_INDEX.value]
+        best = sweep.select_best(sweep_dir, sweep.search_runs(*group, grid_of[group]))
+        runs = [sweep.final_runs(*group, best, grid_of[group])[seed]]
       counts = sweep.execute(sweep_dir, runs, planner, **kwargs)
     else:
       print(f"Sweep of {len(groups)} task/method settings: {len(searches)} grid runs, then "

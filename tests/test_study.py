@@ -277,3 +277,78 @@ def test_report_command(tmp_path):
   missing = subprocess.run([sys.executable, "launch/report.py", "--sweep_dir=/nonexistent"],
                            capture_output=True, text=True, cwd=REPO, timeout=300)
   assert missing.returncode == 1 and "run launch/sweep.py first" in missing.stderr
+
+
+def test_each_method_of_a_combined_sweep_gets_its_own_grid():
+  arg = "task=dtd,method=vpt_deep+ft_then_pt"
+  planner = sweep.Planner(vtab_config.get_config, vtab_config.get_config(arg), arg, for_sweep=True)
+  assert max(planner.sweep_config("dtd", "vpt_deep").base_lrs) == 50.0
+  assert max(planner.sweep_config("dtd", "ft_then_pt").base_lrs) == 0.1
+  config = vtab_config.get_config(arg)
+  config.seed = 3
+  with pytest.raises(ValueError, match="A sweep sets seed itself"):
+    sweep.Planner(vtab_config.get_config, config, arg, for_sweep=True)
+  run = sweep.Run("vtab1k", "dtd", "vpt_deep", "final", 2.5, 0.001, 4)
+  run_config = planner.config(run)
+  assert (run_config.seed, run_config.optim.base_lr, run_config.data.train_subset) == (
+      4, 2.5, "train800val200")
+
+
+def test_parallel_runs_never_share_a_device(tmp_path):
+  import threading
+  import time
+  config = vtab_config.get_config("task=dtd")
+  config.sweep.base_lrs, config.sweep.weight_decays = (1.0, 0.5, 0.25, 0.1, 0.05, 0.01), (0.0,)
+  planner = sweep.Planner(vtab_config.get_config, config, "task=dtd")
+  busy, clashes, lock = set(), [], threading.Lock()
+
+  def runner(run_config, workdir, log=print, env=None):
+    device = env["CUDA_VISIBLE_DEVICES"]
+    with lock:
+      clashes.append(device in busy)
+      busy.add(device)
+    time.sleep(0.05 if device == "0" else 0.2)  # Device 0 frees up sooner than device 1.
+    with lock:
+      busy.discard(device)
+    pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+    (pathlib.Path(workdir) / "result.json").write_text("{}")
+
+  counts = sweep.execute(str(tmp_path), sweep.search_runs("vtab1k", "dtd", "vpt_deep",
+                                                          config.sweep),
+                         planner, runner=runner, parallel=2, device_ids=("0", "1"),
+                         log=lambda *_: None)
+  assert counts["ran"] == 6 and not any(clashes)
+
+
+def test_infeasible_sizes_are_recorded_and_the_sweep_goes_on(tmp_path):
+  config = vtab_config.get_config("task=dtd")
+  config.sweep.base_lrs, config.sweep.weight_decays, config.sweep.seeds = (1.0,), (0.0,), 1
+  planner = sweep.Planner(vtab_config.get_config, config, "task=dtd")
+
+  def runner(run_config, workdir, log=print):
+    if run_config.data.train_subset.startswith("scale20000"):
+      raise sweep.tasks_lib.InfeasibleSubsetError("dtd cannot hold data-scale size 20000")
+    write_result(tmp_path, sweep.Run(*pathlib.Path(workdir).relative_to(tmp_path).parts[:3],
+                                     "search", 1.0, 0.0, 0), val_accuracy=0.5)
+    if "final" in workdir:
+      pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+      (pathlib.Path(workdir) / "result.json").write_text("{}")
+
+  lines = []
+  counts = sweep.run_protocol(str(tmp_path), [("scale400", "dtd", "vpt_deep"),
+                                              ("scale20000", "dtd", "vpt_deep")],
+                              planner, runner=runner, log=lines.append)
+  assert counts == {"skipped": 0, "ran": 2, "failed": 1}
+  assert any(line.startswith("SKIPPED final runs of scale20000/dtd/vpt_deep") for line in lines)
+  assert json.loads((tmp_path / "scale20000/dtd/vpt_deep/search/lr1_wd0/failed.json")
+                    .read_text())["error"].startswith("dtd cannot hold")
+
+
+def test_slurm_scripts_quote_overrides(tmp_path):
+  scripts = sweep.slurm_scripts("configs/vtab.py:task=dtd", str(tmp_path / "a b"), 4, 2,
+                                ("--config.sweep.base_lrs=(1.0,0.5)",))
+  assert "'--config.sweep.base_lrs=(1.0,0.5)'" in scripts["search"]
+  for text in scripts.values():
+    script = tmp_path / "script.sh"
+    script.write_text(text)
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0

@@ -59,6 +59,7 @@ def test_every_method_trains_and_evaluates(method, fake_data_dir, tiny_backbone,
   stage_dirs = sorted(p.name for p in (tmp_path / "run").glob("stage*"))
   if method in ("ft_then_pt", "lp_ft"):
     assert [s["method"] for s in result["stages"]] == [d.split("_", 1)[1] for d in stage_dirs]
+    assert result["tuned_percent"] == 100.0  # Its full stage tuned everything.
   else:
     assert stage_dirs == []
     assert any("trainable parameters" in line for line in lines)
@@ -151,6 +152,19 @@ def test_kill_and_resume_is_bitwise_identical(fake_data_dir, tiny_backbone, tmp_
   assert "Resuming mixed from step 31 of 124" in "\n".join(lines)
   assert recovered["test_loss"] == reference["test_loss"]
   assert [p.name.split("-")[0] for p in (second / "unreadable_checkpoints").iterdir()] == ["62"]
+
+
+def test_restart_before_the_first_checkpoint_logs_each_epoch_once(fake_data_dir, tiny_backbone,
+                                                                  tmp_path, monkeypatch):
+  config = tiny_config(fake_data_dir, tiny_backbone, tmp_path, checkpoint_every_epochs=2)
+  workdir = tmp_path / "run"
+  with monkeypatch.context() as patch:
+    _kill_at(patch, 62)  # Epoch 1 is logged; no checkpoint exists yet.
+    with pytest.raises(Killed):
+      train.train_and_evaluate(config, str(workdir), log=lambda *_: None)
+  assert [r["epoch"] for r in metrics.read(str(workdir))] == [1]
+  train.train_and_evaluate(config, str(workdir), log=lambda *_: None)
+  assert [r["epoch"] for r in metrics.read(str(workdir))] == [1, 2]
 
 
 def test_two_stage_method_resumes_in_its_second_stage(fake_data_dir, tiny_backbone, tmp_path,

@@ -35,3 +35,18 @@ def load_config_module(path: str):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+def config_flag_value(argv) -> tuple[str, str]:
+  """(config file, argument) of the --config flag, written --config=F:ARG or --config F:ARG."""
+  for i, item in enumerate(argv):
+    if item.startswith("--config="):
+      raw = item.split("=", 1)[1]
+      break
+    if item == "--config" and i + 1 < len(argv):
+      raw = argv[i + 1]
+      break
+  else:
+    raise ValueError("No --config flag given.")
+  path, _, arg = raw.partition(":")
+  return path, arg

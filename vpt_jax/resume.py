@@ -11,6 +11,7 @@ import os
 import time
 
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 
@@ -34,6 +35,8 @@ class Checkpointer:
     for step in reversed(self.steps()):
       try:
         return step, self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+      except MemoryError:
+        raise
       except Exception as e:  # Orbax raises many types for damaged files; all mean "unreadable".
         aside = os.path.join(os.path.dirname(self._directory.rstrip("/")),
                              "unreadable_checkpoints", f"{step}-{int(time.time())}")
@@ -43,6 +46,8 @@ class Checkpointer:
         if jax.process_index() == 0:
           os.makedirs(os.path.dirname(aside), exist_ok=True)
           os.replace(os.path.join(self._directory, str(step)), aside)
+        if jax.process_count() > 1:  # Every host must see the same list of checkpoints.
+          multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
         self._manager.reload()
     return None, None
 

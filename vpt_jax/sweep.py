@@ -16,6 +16,8 @@ and skipped; anything else is (re)started and resumes from its own checkpoints.
 import dataclasses
 import json
 import os
+import queue
+import shlex
 import subprocess
 import sys
 from concurrent import futures
@@ -24,6 +26,7 @@ from typing import Callable
 import ml_collections
 
 from vpt_jax import train
+from vpt_jax.data import tasks as tasks_lib
 
 PHASES = ("search", "final")
 
@@ -140,27 +143,40 @@ def select_best(sweep_dir: str, runs: list[Run]) -> dict:
           "grid_points": len(runs), "finished": len(scored)}
 
 
+# Fields a sweep sets per run; overriding them for a whole sweep would silently be undone.
+SWEEP_FIELDS = ("seed", "optim.base_lr", "optim.weight_decay", "data.train_subset",
+                "data.eval_subset")
+
+
 class Planner:
   """Builds each run's config from `get_config` (the config file) plus the user's overrides."""
 
-  def __init__(self, get_config: Callable, config: ml_collections.ConfigDict, arg: str | None):
+  def __init__(self, get_config: Callable, config: ml_collections.ConfigDict, arg: str | None,
+               for_sweep: bool = False):
     self._get_config = get_config
     self._args = dict(item.split("=", 1) for item in filter(None, (arg or "").split(",")))
     self.overrides = user_overrides(config, get_config(arg))
-    self.sweep = config.get("sweep")
+    if for_sweep and (fixed := sorted(set(self.overrides) & set(SWEEP_FIELDS))):
+      raise ValueError(f"A sweep sets {', '.join(fixed)} itself (seeds 0..sweep.seeds-1, the "
+                       "grid sweep.base_lrs x sweep.weight_decays, the protocol's subsets); "
+                       "drop those overrides and set config.sweep instead.")
 
   def base(self, **args) -> ml_collections.ConfigDict:
     """The config file's config for these arguments (e.g. one task and method), overridden."""
     merged = {**self._args, **{k: str(v) for k, v in args.items()}}
     config = self._get_config(",".join(f"{k}={v}" for k, v in merged.items()))
     for path, value in self.overrides.items():
-      if not path.startswith("sweep."):
-        _set(config, path, value)
+      _set(config, path, value)
     return config
+
+  def sweep_config(self, task: str, method: str):
+    """The grid and protocol for one task and method (grids differ between methods)."""
+    return self.base(task=task, method=method).sweep
 
   def config(self, run: Run) -> ml_collections.ConfigDict:
     mode = "final" if run.phase == "final" else "search"
     config = self.base(task=run.task, method=run.method, mode=mode, seed=run.seed)
+    config.seed = run.seed
     config.optim.base_lr = run.base_lr
     config.optim.weight_decay = run.weight_decay
     config.data.train_subset, config.data.eval_subset = subsets(run.setting, run.phase, run.seed)
@@ -187,6 +203,8 @@ def run_in_subprocess(config, workdir: str, env: dict | None = None, log=print) 
     message = (process.stderr.strip().splitlines() or ["no output"])[-1]
     if "Loss became" in message:
       raise train.NonFiniteLossError(message.removeprefix("error: "))
+    if "cannot hold data-scale size" in message:
+      raise tasks_lib.InfeasibleSubsetError(message.removeprefix("error: "))
     raise RuntimeError(f"Run {workdir} failed: {message}")
 
 
@@ -194,6 +212,9 @@ def execute(sweep_dir: str, runs: list[Run], planner: Planner, runner=run_in_pro
             parallel: int = 1, device_ids: tuple[str, ...] = (), log=print) -> dict:
   """Runs what is not done yet; returns counts of skipped, ran and failed runs."""
   counts = {"skipped": 0, "ran": 0, "failed": 0}
+  free_slots = queue.Queue()  # A device slot is held for the whole of one run.
+  for slot in range(max(parallel, 1)):
+    free_slots.put(slot)
   pending = []
   for run in runs:
     state = status(sweep_dir, run)
@@ -202,29 +223,32 @@ def execute(sweep_dir: str, runs: list[Run], planner: Planner, runner=run_in_pro
     else:
       counts["skipped" if state == "done" else "failed"] += 1
 
-  def one(slot_and_run):
-    slot, run = slot_and_run
+  def one(run):
     workdir = os.path.join(sweep_dir, run.workdir)
-    kwargs = {}
-    if device_ids:
-      device = device_ids[slot % len(device_ids)]
-      share = device_ids.count(device)
-      kwargs["env"] = {"CUDA_VISIBLE_DEVICES": device,
-                       "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{0.9 / share:.2f}"}
+    slot = free_slots.get()
     try:
+      kwargs = {}
+      if device_ids:
+        device = device_ids[slot % len(device_ids)]
+        share = device_ids.count(device)
+        kwargs["env"] = {"CUDA_VISIBLE_DEVICES": device,
+                         "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{0.9 / share:.2f}"}
       runner(planner.config(run), workdir, log=log, **kwargs)
       return "ran"
-    except train.NonFiniteLossError as e:
+    except (train.NonFiniteLossError, tasks_lib.InfeasibleSubsetError) as e:
+      os.makedirs(workdir, exist_ok=True)
       with open(os.path.join(workdir, "failed.json"), "w") as f:
         json.dump({"error": str(e)}, f)
       log(f"FAILED {run.workdir}: {e}")
       return "failed"
+    finally:
+      free_slots.put(slot)
 
   if parallel <= 1:
-    outcomes = [one((0, run)) for run in pending]
+    outcomes = [one(run) for run in pending]
   else:
     with futures.ThreadPoolExecutor(parallel) as pool:
-      outcomes = list(pool.map(one, [(i % parallel, run) for i, run in enumerate(pending)]))
+      outcomes = list(pool.map(one, pending))
   for outcome in outcomes:
     counts[outcome] += 1
   return counts
@@ -238,20 +262,24 @@ def plan(tasks: list[str], methods: list[str], sweep_config) -> list[tuple[str, 
 def run_protocol(sweep_dir: str, groups, planner: Planner, log=print, **execute_kwargs) -> dict:
   """Grid search, selection, then final seeds, for every (setting, task, method)."""
   totals = {"skipped": 0, "ran": 0, "failed": 0}
-  grids = {group: search_runs(*group, planner.sweep) for group in groups}
+  grids = {group: search_runs(*group, planner.sweep_config(*group[1:])) for group in groups}
   counts = execute(sweep_dir, [r for runs in grids.values() for r in runs], planner, log=log,
                    **execute_kwargs)
   totals = {k: totals[k] + counts[k] for k in totals}
   finals = []
   for group, grid in grids.items():
-    best = select_best(sweep_dir, grid)
+    try:
+      best = select_best(sweep_dir, grid)
+    except RuntimeError as e:  # Every grid run failed (or cannot run): say so, go on.
+      log(f"SKIPPED final runs of {grid[0].group_dir}: {e}")
+      continue
     path = os.path.join(sweep_dir, grid[0].group_dir, "best.json")
     with open(path + ".tmp", "w") as f:
       json.dump(best, f, indent=2)
     os.replace(path + ".tmp", path)
     log(f"{grid[0].group_dir}: best base_lr={best['base_lr']:g} weight_decay="
         f"{best['weight_decay']:g} (val accuracy {best['val_accuracy']:.4f})")
-    finals += final_runs(*group, best, planner.sweep)
+    finals += final_runs(*group, best, planner.sweep_config(*group[1:]))
   counts = execute(sweep_dir, finals, planner, log=log, **execute_kwargs)
   return {k: totals[k] + counts[k] for k in totals}
 
@@ -270,12 +298,13 @@ python launch/sweep.py --config={config} --sweep_dir={sweep_dir} --phase={phase}
 
 
 def slurm_scripts(config_arg: str, sweep_dir: str, num_search: int, num_final: int,
-                  extra_flags: str = "") -> dict[str, str]:
+                  extra_flags: tuple[str, ...] = ()) -> dict[str, str]:
   """Two job arrays: the grid, then (after it succeeds) the final seeds, which pick the best."""
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   scripts = {
-      phase: SLURM_TEMPLATE.format(phase=phase, last=count - 1, sweep_dir=sweep_dir, repo=repo,
-                                   config=config_arg, extra=extra_flags)
+      phase: SLURM_TEMPLATE.format(phase=phase, last=count - 1, sweep_dir=shlex.quote(sweep_dir),
+                                   repo=shlex.quote(repo), config=shlex.quote(config_arg),
+                                   extra=" ".join(shlex.quote(f) for f in extra_flags))
       for phase, count in (("search", num_search), ("final", num_final))}
   scripts["submit"] = (
       "#!/bin/bash\nset -e\n"

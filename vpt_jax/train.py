@@ -218,9 +218,9 @@ def _run_stage(config, stage: methods.Method, workdir: str, backbone, previous_p
   step, restored = checkpointer.restore_latest(abstract)
   if restored is not None:
     trainable, opt_state = restored["trainable"], restored["opt_state"]
-    writer.drop_after(step)
     log(f"Resuming {stage.name} from step {step} of {total_steps} ({workdir}).")
   step = step or 0
+  writer.drop_after(step)  # Lines logged after the restart point are about to be redone.
 
   def save(step):
     checkpointer.save(step, {"trainable": trainable, "opt_state": opt_state})
@@ -254,7 +254,7 @@ def _run_stage(config, stage: methods.Method, workdir: str, backbone, previous_p
           f"rate (optim.base_lr={config.optim.base_lr}) and use a new workdir.")
     row = {"epoch": epoch + 1, "train_loss_running": float(losses.mean()),
            "train_accuracy_running": float(accuracies.mean()),
-           "learning_rate": float(schedule(step))}
+           "learning_rate": float(schedule(step - 1))}  # That of the epoch's last step.
     if eval_every and ((epoch + 1) % eval_every == 0 or step == total_steps):
       merged = methods.merge(trainable, frozen)
       train_eval = evaluator.arrays(merged, images, labels, config.eval_batch_size)
@@ -263,13 +263,16 @@ def _run_stage(config, stage: methods.Method, workdir: str, backbone, previous_p
                  eval_loss=eval_eval["loss"], eval_accuracy=eval_eval["accuracy"])
     writer.write(step, **row)
     progress.set_postfix(epoch=epoch + 1, loss=f"{row['train_loss_running']:.3f}")
-    if (epoch + 1) % config.checkpoint_every_epochs == 0 or step == total_steps:
+    every = config.checkpoint_every_epochs  # 0: only at the end.
+    if (every and (epoch + 1) % every == 0) or step == total_steps:
       save(step)
   progress.close()
   if total_steps not in checkpointer.steps():
     save(total_steps)  # A resumed finished stage whose final checkpoint was lost.
   checkpointer.close()
 
+  # Replicated first, so every host holds the whole of FSDP-sharded arrays for the artifact.
+  trainable = jax.jit(lambda tree: tree, out_shardings=replicated)(trainable)
   final_params = methods.merge(trainable, frozen)
   evaluation = evaluator.stream(final_params, config, config.data.eval_subset)
   artifact = os.path.join(workdir, "artifact.npz")
@@ -351,10 +354,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=prin
       _write_json_atomic(stage_result_path, result)
 
   result = dict(stage_results[-1], method=config.method)
-  if len(stages) > 1:
+  if len(stages) > 1:  # The method tuned what any of its stages tuned; it stores every artifact.
     result["stages"] = stage_results
-    result["wall_seconds"] = sum(r["wall_seconds"] for r in stage_results)
-    result["trainable_parameters"] = max(r["trainable_parameters"] for r in stage_results)
+    for key in ("trainable_parameters", "tuned_percent"):
+      result[key] = max(r[key] for r in stage_results)
+    for key in ("wall_seconds", "artifact_bytes"):
+      result[key] = sum(r[key] for r in stage_results)
   if jax.process_index() == 0:
     _write_json_atomic(result_path, result)
   return result

@@ -16,6 +16,10 @@ NATURAL, SPECIALIZED, STRUCTURED = "natural", "specialized", "structured"
 GROUPS = (NATURAL, SPECIALIZED, STRUCTURED)
 
 
+class InfeasibleSubsetError(ValueError):
+  """A data-scale size larger than a task's data."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Region:
   """Examples [start, stop) of a TFDS split; stop None means to the end of the split."""
@@ -205,7 +209,7 @@ def split_for(task: Task, subset: str, split_sizes: dict[str, int] | None = None
     room_train, room_val = task.train.size(split_sizes), task.val.size(split_sizes)
     if n_train > room_train or n_val > room_val:
       largest = 4 * min(room_train // 4, room_val)
-      raise ValueError(
+      raise InfeasibleSubsetError(
           f"{task.name} cannot hold data-scale size {size} ({n_train} train + {n_val} val): its "
           f"train region has {room_train} and its validation region {room_val} examples; the "
           f"largest possible size is {largest}.")
