@@ -1,6 +1,5 @@
 """The benchmark harness on the CPU: a tiny model, a few steps, figures checked, no timings."""
 
-import importlib.util
 import json
 import subprocess
 import sys

@@ -1,6 +1,5 @@
 """The offline demo: generated tasks, deterministic pre-training, and a shortened demo run."""
 
-import os
 import re
 import subprocess
 import sys

@@ -7,7 +7,6 @@ import pathlib
 import subprocess
 import sys
 
-import jax
 import jax.numpy as jnp
 import matplotlib.image
 import numpy as np

@@ -9,7 +9,6 @@ Two-stage methods (ft_then_pt, lp_ft) run each stage in its own sub-directory.
 
 import dataclasses
 import json
-import logging
 import os
 import time
 
@@ -108,9 +107,9 @@ class _Evaluator:
   def stream(self, params, config, subset: str) -> dict:
     batch_size = config.eval_batch_size
     sums = None
+    put = lambda x: sharding.put_batch(self.mesh, x)
     for batch in pipeline.eval_batches(config.task, subset, config.data.resolution, batch_size,
                                        config.data.data_dir):
-      put = lambda x: sharding.put_batch(self.mesh, x)
       out = self._step(params, put(batch["image"]), put(batch["label"]), put(batch["mask"]))
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     return self._finish(sums)
@@ -315,9 +314,9 @@ def _restore_finished_stage(config, stage, workdir, backbone, previous_params):
   """Final parameters of a finished stage: its artifact on top of what it started from."""
   task = tasks_lib.get(config.task)
   model = vit.Model(**base_model_kwargs(config, task.num_classes), **stage.model_kwargs)
-  params, meta = methods.load_artifact(os.path.join(workdir, "artifact.npz"))
+  params, _ = methods.load_artifact(os.path.join(workdir, "artifact.npz"))
   base = methods.init_params(model, backbone, jax.random.PRNGKey(0), config.data.resolution)
-  return methods.merge(base, previous_params or {}, params), meta
+  return methods.merge(base, previous_params or {}, params)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=print) -> dict:
@@ -345,7 +344,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=prin
     if len(stages) > 1 and os.path.exists(stage_result_path):
       with open(stage_result_path) as f:
         stage_results.append(json.load(f))
-      params, _ = _restore_finished_stage(config, stage, stage_dir, backbone, params)
+      params = _restore_finished_stage(config, stage, stage_dir, backbone, params)
       log(f"Stage {index + 1} ({stage.name}) already finished.")
       continue
     result, params = _run_stage(config, stage, stage_dir, backbone, params, log)
