@@ -13,8 +13,6 @@ eager and torch.compile) follow. Speed targets live here, never in tests.
 
 import datetime
 import json
-import os
-import re
 import sys
 
 from absl import app, flags, logging
@@ -86,6 +84,11 @@ def main(argv):
           except Exception as e:  # Report, do not abort the JAX figures.
             print(f"  torch {mode} {method} b{batch} failed: {str(e).splitlines()[0]}")
             continue
+          # Same model, so same FLOPs; PyTorch runs on one device where JAX may use several.
+          torch_row["gflops_per_image"] = row["gflops_per_image"]
+          if row["mfu"] is not None:
+            torch_row["mfu"] = (row["mfu"] * jax.device_count() * torch_row["images_per_s"]
+                                / row["images_per_s"])
           torch_row["speedup_of_jax"] = row["images_per_s"] / torch_row["images_per_s"]
           rows.append(torch_row)
           print(benchmark.markdown([torch_row]).splitlines()[-1])
@@ -93,25 +96,19 @@ def main(argv):
         sys.exit("error: --torch needs torch and timm installed (pip install torch timm).")
 
   stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-  name = f"{stamp}_{re.sub(r'[^A-Za-z0-9]+', '-', device.device_kind).strip('-')}"
-  os.makedirs(_OUT_DIR.value, exist_ok=True)
   meta = {"date": stamp, "device": device.device_kind, "devices": jax.device_count(),
           "platform": device.platform, "jax": jax.__version__, "variant": variant, "depth": depth,
-          "image_size": image_size, "dtype": dtype, "attention_impl": attention_impl}
-  with open(os.path.join(_OUT_DIR.value, f"{name}.json"), "w") as f:
+          "image_size": image_size, "dtype": dtype, "prompt_tokens": _PROMPT_TOKENS.value,
+          "attention_requested": attention_impl}
+  if any(r["framework"] != "jax" for r in rows):
+    meta["torch"] = torch_reference.versions()
+  text = benchmark.report(meta, rows)
+  stem = benchmark.free_stem(_OUT_DIR.value, f"{stamp}_{device.device_kind}")
+  with open(f"{stem}.json", "w") as f:
     json.dump({"meta": meta, "rows": rows}, f, indent=2)
-  table = benchmark.markdown(rows)
-  speedups = [f"{r['framework']} {r['method']} b{r['batch']}: {r['speedup_of_jax']:.2f}x"
-              for r in rows if "speedup_of_jax" in r]
-  text = (f"# Train-step benchmark, {meta['device']} x{meta['devices']}, {stamp}\n\n"
-          f"{variant}{f' depth {depth}' if depth else ''}, {image_size}px, {dtype}, attention "
-          f"{attention_impl or 'explicit'}, jax {jax.__version__}.\n\n{table}\n")
-  if speedups:
-    text += "\nThis project's images/s over PyTorch's: " + "; ".join(speedups) + "\n"
-  with open(os.path.join(_OUT_DIR.value, f"{name}.md"), "w") as f:
+  with open(f"{stem}.md", "w") as f:
     f.write(text)
-  print(f"\n{text}\nwrote {_OUT_DIR.value}/{name}.json and .md")
-
+  print(f"\n{text}\nwrote {stem}.json and .md")
 
 if __name__ == "__main__":
   app.run(main)

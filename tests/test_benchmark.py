@@ -21,6 +21,17 @@ def test_analytic_flops_match_xla_on_b16(method, xla_gflops):
   assert flops / 1e9 == pytest.approx(xla_gflops, rel=0.01)
 
 
+def test_the_benchmark_needs_no_tensorflow():
+  # GPU images often carry jax and torch but not TensorFlow or TFDS (too large to bring along).
+  code = ("import sys; import vpt_jax.benchmark, vpt_jax.torch_reference; "
+          "print(sorted(m for m in ('tensorflow', 'tensorflow_datasets', 'ml_collections', 'tqdm',"
+          " 'orbax') if m in sys.modules))")
+  process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                           timeout=300)
+  assert process.returncode == 0, process.stderr[-2000:]
+  assert process.stdout.strip() == "[]"
+
+
 def test_peak_table():
   class Device:
     device_kind = "NVIDIA H100 80GB HBM3"
@@ -35,7 +46,8 @@ def test_harness_runs_on_cpu(tmp_path):
   process = subprocess.run(
       [sys.executable, "launch/benchmark.py", "--variant=Ti/16", "--depth=1", "--image_size=32",
        "--batch=8", "--steps=2", "--prompt_tokens=4", "--torch=none", "--peak_tflops=1",
-       f"--out_dir={tmp_path}"], capture_output=True, text=True, cwd=REPO, timeout=600)
+       "--attention_impl=cudnn", f"--out_dir={tmp_path}"],
+      capture_output=True, text=True, cwd=REPO, timeout=600)
   assert process.returncode == 0, process.stderr[-3000:]
   [json_file] = tmp_path.glob("*.json")
   report = json.loads(json_file.read_text())
@@ -47,10 +59,15 @@ def test_harness_runs_on_cpu(tmp_path):
     assert row["images_per_s"] == pytest.approx(8 / (row["step_ms"] / 1e3))
     assert row["mfu"] == pytest.approx(row["gflops_per_image"] * 1e9 * row["images_per_s"] / 1e12)
     assert row["compile_s"] > 0 and row["steps_timed"] == 2
+    # cuDNN attention has no CPU (nor float32) kernel: the row says the explicit path ran.
+    assert row["attention"] == "explicit"
   assert rows["linear"]["trainable_parameters"] == 192 * 100 + 100
   assert rows["vpt_deep"]["trainable_parameters"] == 192 * 100 + 100 + 1 * 4 * 192
+  assert process.stdout.count("cudnn attention failed") == 3
   markdown = json_file.with_suffix(".md").read_text()
-  assert "| jax | vpt_deep | 8 | float32 |" in markdown
+  assert "| jax | vpt_deep | 8 | float32 | explicit |" in markdown
+  assert "- NOT met: VPT-deep images/s >= 1.3x" in markdown or "- met: VPT-deep" in markdown
+  assert "for orientation only" in markdown
 
 
 @pytest.mark.skipif(not torch_reference.available(), reason="torch and timm are not installed")
@@ -61,3 +78,68 @@ def test_torch_reference_matches_the_method():
   assert rows["vpt_deep"]["trainable_parameters"] == 1 * 3 * 192 + 192 * 10 + 10
   assert rows["full"]["trainable_parameters"] > 100 * rows["vpt_deep"]["trainable_parameters"]
   assert all(r["images_per_s"] > 0 for r in rows.values())
+
+
+def _row(method, batch, images_per_s, framework="jax", mfu=None):
+  return {"framework": framework, "method": method, "batch": batch,
+          "images_per_s": images_per_s, "mfu": mfu}
+
+
+def test_targets_are_judged_at_batch_128_against_the_faster_pytorch():
+  rows = [_row("full", 64, 900.0, mfu=0.6), _row("full", 128, 1000.0, mfu=0.52),
+          _row("vpt_deep", 128, 1250.0), _row("linear", 128, 5000.0),
+          _row("full", 128, 700.0, "torch eager"), _row("full", 128, 600.0, "torch.compile"),
+          _row("vpt_deep", 128, 800.0, "torch eager"), _row("vpt_deep", 128, 900.0, "torch.compile")]
+  checks = {name.split(" (")[0]: (value, met) for name, value, met in benchmark.targets(rows)}
+  assert checks == {
+      "full fine-tuning MFU >= 50%": ("52.0%", True),
+      "VPT-deep images/s >= 1.3x full fine-tuning's": ("1.25x", False),
+      "full images/s >= 1.5x PyTorch's": ("1.43x", False),    # 1000 / 700 (eager is faster)
+      "vpt_deep images/s >= 1.5x PyTorch's": ("1.39x", False)}  # 1250 / 900 (compile)
+  assert [c[2] for c in benchmark.targets(rows, batch=64)] == [True]
+  assert benchmark.targets([_row("full", 16, 10.0)]) == []  # No MFU without a known peak.
+
+
+def test_results_are_never_overwritten(tmp_path):
+  first = benchmark.free_stem(str(tmp_path / "out"), "2026-11-21_NVIDIA H100 80GB HBM3")
+  assert first == str(tmp_path / "out" / "2026-11-21_NVIDIA-H100-80GB-HBM3")
+  open(first + ".md", "w").close()
+  second = benchmark.free_stem(str(tmp_path / "out"), "2026-11-21_NVIDIA H100 80GB HBM3")
+  assert second == first + "_2"
+  open(second + ".json", "w").close()
+  assert benchmark.free_stem(str(tmp_path / "out"), "2026-11-21_NVIDIA H100 80GB HBM3") == (
+      first + "_3")
+
+
+@pytest.mark.skipif(not torch_reference.available(), reason="torch and timm are not installed")
+@pytest.mark.parametrize("method", ["full", "vpt_deep"])
+def test_torch_reference_computes_this_projects_model(tmp_path, method):
+  # Same weights (exported in Google's layout, which timm loads) and same prompts: same logits,
+  # so the PyTorch rows time the very model the JAX rows do.
+  import jax
+  import numpy as np
+  import torch
+  from vpt_jax import checkpoints
+  prompt_tokens = 3 if method == "vpt_deep" else 0
+  model = vit.Model(num_classes=10, variant="Ti/16", depth=2, prompt_tokens=prompt_tokens,
+                    prompt_deep=True)
+  images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+  params = model.init(jax.random.PRNGKey(0), images)["params"]
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+  params = jax.tree.unflatten(treedef, [0.1 * jax.random.normal(k, x.shape) + x
+                                        for k, x in zip(keys, leaves)])
+  with jax.default_matmul_precision("highest"):
+    expected, _ = model.apply({"params": params}, images)
+  backbone = {k: v for k, v in params.items() if k != "prompt"}
+  checkpoints.export_npz(backbone, str(tmp_path / "weights.npz"))
+  reference = torch_reference.build("Ti/16", 2, 32, 10, method, prompt_tokens)
+  (reference.vit if method == "vpt_deep" else reference).load_pretrained(
+      str(tmp_path / "weights.npz"))
+  if method == "vpt_deep":
+    reference.prompts.data = torch.from_numpy(np.array(params["prompt"]["embeddings"]))
+  reference.eval()
+  with torch.no_grad():
+    logits = reference(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
+  np.testing.assert_allclose(logits, np.asarray(expected), atol=1e-4)
+  assert np.abs(np.asarray(expected)).max() > 0.1

@@ -1,10 +1,12 @@
 """Train-step speed of the tuning methods: time, images/s, FLOPs, MFU, memory, compile time.
 
-The step measured is `train.build_train_step`, the one training runs: device-resident uint8 data,
+The step measured is `steps.build_train_step`, the one training runs: device-resident uint8 data,
 on-device batching, donated state, gradients only for trainable parameters.
 """
 
 import dataclasses
+import os
+import re
 import statistics
 import time
 
@@ -12,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vpt_jax import methods, optim, sharding, train
+from vpt_jax import methods, optim, sharding
+from vpt_jax import steps as train_steps
 from vpt_jax.models import vit
 
 # Dense peak TFLOP/s per chip by device kind and compute dtype (vendor datasheets).
@@ -106,7 +109,7 @@ def measure(setting: Setting, steps: int = 20, warmup: int = 3, peak: float | No
   labels = sharding.put_global(np.arange(examples, dtype=np.int32) % setting.num_classes,
                                replicated)
   permutation = sharding.put_global(np.arange(examples, dtype=np.int32), replicated)
-  step_fn = train.build_train_step(model, tx, mesh, state_shardings, 4, setting.batch,
+  step_fn = train_steps.build_train_step(model, tx, mesh, state_shardings, 4, setting.batch,
                                    "inception", jax.random.PRNGKey(1))
   args = (trainable, opt_state, frozen, images, labels, permutation, 0)
   started = time.perf_counter()
@@ -134,6 +137,7 @@ def measure(setting: Setting, steps: int = 20, warmup: int = 3, peak: float | No
   per_device = setting.batch / jax.device_count()
   return {
       **dataclasses.asdict(setting), "framework": "jax",
+      "attention": setting.attention_impl or "explicit",
       "step_ms": 1e3 * step_seconds, "step_ms_min": 1e3 * min(times),
       "images_per_s": setting.batch / step_seconds,
       "gflops_per_image": flops / 1e9,
@@ -148,16 +152,86 @@ def measure(setting: Setting, steps: int = 20, warmup: int = 3, peak: float | No
 
 
 def markdown(rows: list[dict]) -> str:
-  header = ("| framework | method | batch | dtype | step (ms) | images/s | GFLOP/img (model) | "
-            "GFLOP/img (XLA) | MFU | peak mem (GB) | compile (s) |")
-  lines = [header, "|" + "---|" * 11]
+  header = ("| framework | method | batch | dtype | attention | step (ms) | images/s | "
+            "GFLOP/img (model) | GFLOP/img (XLA) | MFU | peak mem (GB) | compile (s) |")
+  lines = [header, "|" + "---|" * 12]
   fmt = lambda v, spec: "—" if v is None or (isinstance(v, float) and np.isnan(v)) else format(
       v, spec)
   for r in rows:
     memory = r.get("peak_memory_gb") or r.get("compiled_memory_gb")
     lines.append(
         f"| {r['framework']} | {r['method']} | {r['batch']} | {r['dtype']} | "
+        f"{r.get('attention', '—')} | "
         f"{fmt(r.get('step_ms'), '.1f')} | {fmt(r.get('images_per_s'), '.1f')} | "
         f"{fmt(r.get('gflops_per_image'), '.2f')} | {fmt(r.get('xla_gflops_per_image'), '.2f')} | "
         f"{fmt(r.get('mfu'), '.1%')} | {fmt(memory, '.2f')} | {fmt(r.get('compile_s'), '.1f')} |")
   return "\n".join(lines)
+
+
+# The speed targets, defined for one H100 at 224 px, batch 128, bfloat16, B/16, 50 prompt tokens.
+TARGET_MFU_FULL = 0.5
+TARGET_VPT_OVER_FULL = 1.3
+TARGET_OVER_TORCH = 1.5
+
+
+def targets(rows: list[dict], batch: int | None = None) -> list[tuple[str, str, bool]]:
+  """(target, measured, met) for each target these rows can answer, at `batch` (default: 128 if
+  measured, else the largest batch). Against PyTorch, the faster of eager and torch.compile."""
+  jax_rows = {(r["method"], r["batch"]): r for r in rows if r["framework"] == "jax"}
+  if not jax_rows:
+    return []
+  batches = {b for _, b in jax_rows}
+  batch = batch or (128 if 128 in batches else max(batches))
+  full, vpt = jax_rows.get(("full", batch)), jax_rows.get(("vpt_deep", batch))
+  results = []
+  if full and full.get("mfu") is not None:
+    results.append((f"full fine-tuning MFU >= {TARGET_MFU_FULL:.0%}", f"{full['mfu']:.1%}",
+                    full["mfu"] >= TARGET_MFU_FULL))
+  if full and vpt:
+    ratio = vpt["images_per_s"] / full["images_per_s"]
+    results.append((f"VPT-deep images/s >= {TARGET_VPT_OVER_FULL}x full fine-tuning's",
+                    f"{ratio:.2f}x", ratio >= TARGET_VPT_OVER_FULL))
+  for name, row in (("full", full), ("vpt_deep", vpt)):
+    torch_rows = [r for r in rows if r["framework"] != "jax" and r["method"] == name
+                  and r["batch"] == batch]
+    if row and torch_rows:
+      best = max(torch_rows, key=lambda r: r["images_per_s"])
+      ratio = row["images_per_s"] / best["images_per_s"]
+      results.append((f"{name} images/s >= {TARGET_OVER_TORCH}x PyTorch's (best: "
+                      f"{best['framework']})", f"{ratio:.2f}x", ratio >= TARGET_OVER_TORCH))
+  return results
+
+
+def report(meta: dict, rows: list[dict]) -> str:
+  """The Markdown page of one benchmark run: setting, table, ratios, targets."""
+  depth = f" depth {meta['depth']}" if meta.get("depth") else ""
+  versions = f"jax {meta['jax']}" + (f", {meta['torch']}" if meta.get("torch") else "")
+  text = (f"# Train-step benchmark, {meta['device']} x{meta['devices']}, {meta['date']}\n\n"
+          f"{meta['variant']}{depth}, {meta['image_size']}px, {meta['dtype']}, "
+          f"{meta['prompt_tokens']} prompt tokens, {versions}.\n\n{markdown(rows)}\n")
+  speedups = [f"{r['framework']} {r['method']} b{r['batch']}: {r['speedup_of_jax']:.2f}x"
+              for r in rows if "speedup_of_jax" in r]
+  if speedups:
+    text += "\nThis project's images/s over PyTorch's: " + "; ".join(speedups) + ".\n"
+  checks = targets(rows)
+  if checks:
+    target_setting = (meta["variant"] == "B/16" and not meta.get("depth")
+                      and meta["image_size"] == 224 and meta["dtype"] == "bfloat16"
+                      and meta["prompt_tokens"] == 50 and "H100" in meta["device"])
+    text += ("\n## Targets\n\n" + ("" if target_setting else
+             "Defined for B/16 on one H100 at 224 px, bfloat16, 50 prompt tokens; this run is "
+             "another setting, so these lines are for orientation only.\n\n")
+             + "\n".join(f"- {'met' if met else 'NOT met'}: {name}: {value}"
+                          for name, value, met in checks) + "\n")
+  return text
+
+
+def free_stem(directory: str, name: str) -> str:
+  """`directory`/`name` made file-safe, with _2, _3... so that no earlier result is overwritten."""
+  os.makedirs(directory, exist_ok=True)
+  stem = os.path.join(directory, re.sub(r"[^A-Za-z0-9_]+", "-", name).strip("-"))
+  candidate, n = stem, 1
+  while os.path.exists(candidate + ".json") or os.path.exists(candidate + ".md"):
+    n += 1
+    candidate = f"{stem}_{n}"
+  return candidate

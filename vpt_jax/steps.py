@@ -1,14 +1,16 @@
-"""The train and eval steps: pure functions of pytrees, to be jit-compiled at the top level.
+"""The train and eval steps: pure functions of pytrees, and the jit-compiled train step.
 
 Only the trainable subtree is differentiated: for VPT the frozen weights' gradients (x^T dy)
-are never formed, which is where prompt tuning saves compute.
+are never formed, which is where prompt tuning saves compute. Nothing here needs TensorFlow, so
+the benchmark runs on machines that have only jax, flax and optax.
 """
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from vpt_jax import methods
+from vpt_jax import methods, sharding
+from vpt_jax.data import device
 
 
 def make_train_step(model, tx):
@@ -38,3 +40,33 @@ def make_eval_step(model):
             "count": jnp.sum(mask)}
 
   return eval_step
+
+
+def build_train_step(model, tx, mesh, state_shardings, steps_per_epoch: int, batch_size: int,
+                     normalization: str, train_rng, flip_rng=None):
+  """The jit-compiled step: (trainable, opt_state, frozen, images, labels, permutation, step) ->
+  (trainable, opt_state, metrics).
+
+  The whole uint8 train set and the epoch's permutation are device arrays: the step gathers its
+  own batch, normalises it and splits it over the data axis; parameters and optimizer state are
+  donated, so they are updated in place.
+  """
+  trainable_sharding, opt_sharding, frozen_sharding = state_shardings
+  replicated, batch = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  train_step = make_train_step(model, tx)
+
+  def step_fn(trainable, opt_state, frozen, images, labels, permutation, step):
+    batch_images, batch_labels = device.take_batch(
+        images, labels, permutation, step % steps_per_epoch, batch_size,
+        None if flip_rng is None else jax.random.fold_in(flip_rng, step))
+    batch_images = jax.lax.with_sharding_constraint(
+        device.normalize(batch_images, normalization), batch)
+    batch_labels = jax.lax.with_sharding_constraint(batch_labels, batch)
+    return train_step(trainable, opt_state, frozen, batch_images, batch_labels,
+                      jax.random.fold_in(train_rng, step))
+
+  return jax.jit(
+      step_fn, donate_argnums=(0, 1),
+      in_shardings=(trainable_sharding, opt_sharding, frozen_sharding, replicated, replicated,
+                    replicated, replicated),
+      out_shardings=(trainable_sharding, opt_sharding, replicated))

@@ -23,11 +23,22 @@ def available() -> bool:
   return True
 
 
-def _model(variant, depth, image_size, num_classes, method, prompt_tokens):
+def versions() -> str:
+  import timm
+  import torch
+  return f"torch {torch.__version__}, timm {timm.__version__}"
+
+
+def build(variant: str, depth, image_size: int, num_classes: int, method: str,
+          prompt_tokens: int):
+  """The timm model of `method`; a VPT-deep model's frozen ViT is `.vit`, its prompts `.prompts`
+  (layers, tokens, width), sequence [CLS, prompts, patches] as in this project's ViT."""
   import timm
   import torch
   size, patch = variant.split("/")
-  kwargs = dict(pretrained=False, num_classes=num_classes, img_size=image_size)
+  # Google's ViTs use the tanh GELU (timm's default is the exact one): the same model on both sides.
+  kwargs = dict(pretrained=False, num_classes=num_classes, img_size=image_size,
+                act_layer="gelu_tanh")
   if depth is not None:
     kwargs["depth"] = depth
   vit = timm.create_model(_TIMM_NAMES[size].format(p=patch), **kwargs)
@@ -50,12 +61,13 @@ def _model(variant, depth, image_size, num_classes, method, prompt_tokens):
       bound = (6.0 / (3 * int(patch) ** 2 + width)) ** 0.5
       self.prompts = torch.nn.Parameter(torch.empty(blocks, prompt_tokens, width).uniform_(
           -bound, bound))
+      self.prompt_dropout = torch.nn.Dropout(0.1)  # As the VPT reference code and this project.
 
     def forward(self, images):
       x = self.vit.norm_pre(self.vit._pos_embed(self.vit.patch_embed(images)))
       n = x.shape[0]
       for i, block in enumerate(self.vit.blocks):
-        prompts = self.prompts[i].expand(n, -1, -1)
+        prompts = self.prompt_dropout(self.prompts[i].expand(n, -1, -1))
         rest = x[:, 1:] if i == 0 else x[:, 1 + prompt_tokens:]
         x = block(torch.cat([x[:, :1], prompts, rest], dim=1))
       return self.vit.head(self.vit.norm(x)[:, 0])
@@ -69,7 +81,7 @@ def measure(variant: str, depth, image_size: int, method: str, batch: int, dtype
   import torch
   device = "cuda" if torch.cuda.is_available() else "cpu"
   torch.manual_seed(0)
-  model = _model(variant, depth, image_size, num_classes, method, prompt_tokens).to(device)
+  model = build(variant, depth, image_size, num_classes, method, prompt_tokens).to(device)
   model.train()
   trainable = [p for p in model.parameters() if p.requires_grad]
   optimizer = torch.optim.SGD(trainable, lr=0.01, momentum=0.9, weight_decay=1e-4)
@@ -101,9 +113,11 @@ def measure(variant: str, depth, image_size: int, method: str, batch: int, dtype
     if i >= warmup:
       times.append(time.perf_counter() - started)
   step_seconds = statistics.median(times)
+  vit = model.vit if method == "vpt_deep" else model
   return {
       "framework": "torch.compile" if compile_model else "torch eager", "variant": variant,
       "depth": depth, "image_size": image_size, "method": method, "batch": batch, "dtype": dtype,
+      "attention": "sdpa" if getattr(vit.blocks[0].attn, "fused_attn", False) else "explicit",
       "step_ms": 1e3 * step_seconds, "step_ms_min": 1e3 * min(times),
       "images_per_s": batch / step_seconds, "compile_s": first_step if compile_model else None,
       "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None,

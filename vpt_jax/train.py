@@ -126,36 +126,6 @@ class _Evaluator:
     return self._finish(sums)
 
 
-def build_train_step(model, tx, mesh, state_shardings, steps_per_epoch: int, batch_size: int,
-                     normalization: str, train_rng, flip_rng=None):
-  """The jit-compiled step: (trainable, opt_state, frozen, images, labels, permutation, step) ->
-  (trainable, opt_state, metrics).
-
-  The whole uint8 train set and the epoch's permutation are device arrays: the step gathers its
-  own batch, normalises it and splits it over the data axis; parameters and optimizer state are
-  donated, so they are updated in place.
-  """
-  trainable_sharding, opt_sharding, frozen_sharding = state_shardings
-  replicated, batch = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  train_step = steps.make_train_step(model, tx)
-
-  def step_fn(trainable, opt_state, frozen, images, labels, permutation, step):
-    batch_images, batch_labels = device.take_batch(
-        images, labels, permutation, step % steps_per_epoch, batch_size,
-        None if flip_rng is None else jax.random.fold_in(flip_rng, step))
-    batch_images = jax.lax.with_sharding_constraint(
-        device.normalize(batch_images, normalization), batch)
-    batch_labels = jax.lax.with_sharding_constraint(batch_labels, batch)
-    return train_step(trainable, opt_state, frozen, batch_images, batch_labels,
-                      jax.random.fold_in(train_rng, step))
-
-  return jax.jit(
-      step_fn, donate_argnums=(0, 1),
-      in_shardings=(trainable_sharding, opt_sharding, frozen_sharding, replicated, replicated,
-                    replicated, replicated),
-      out_shardings=(trainable_sharding, opt_sharding, replicated))
-
-
 def _run_stage(config, stage: methods.Method, workdir: str, backbone, previous_params,
                log) -> tuple[dict, dict]:
   """Trains one single-stage method; returns (result, final parameters)."""
@@ -200,7 +170,7 @@ def _run_stage(config, stage: methods.Method, workdir: str, backbone, previous_p
   images = sharding.put_global(images, replicated)
   labels = sharding.put_global(labels, replicated)
 
-  jitted_step = build_train_step(
+  jitted_step = steps.build_train_step(
       model, tx, mesh, (trainable_sharding, opt_sharding, frozen_sharding), steps_per_epoch,
       batch_size, config.data.normalization, train_rng, flip_rng if config.data.flip else None)
   permutation_fn = jax.jit(lambda epoch: device.epoch_permutation(data_rng, epoch, len(images)),
