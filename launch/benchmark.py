@@ -110,5 +110,6 @@ def main(argv):
     f.write(text)
   print(f"\n{text}\nwrote {stem}.json and .md")
 
+
 if __name__ == "__main__":
   app.run(main)
