@@ -59,6 +59,7 @@ def get_config(arg=None):
       name="sgd", base_lr=0.08 if moves_backbone else 0.4, weight_decay=1e-4, momentum=0.9,
       batch_size=64, epochs=12, warmup_epochs=1, lr_mults=ml_collections.ConfigDict(),
       decay_rules=((".*", True),)))
+  config.stage_optim = ml_collections.ConfigDict()  # Two-stage methods: both stages share optim.
   config.sharding_rules = ((".*", "replicate"),)
   config.eval_batch_size = 250
   config.eval_every_epochs = 0

@@ -279,10 +279,12 @@ def test_report_command(tmp_path):
 
 
 def test_each_method_of_a_combined_sweep_gets_its_own_grid():
-  arg = "task=dtd,method=vpt_deep+ft_then_pt"
+  arg = "task=dtd,method=vpt_deep+lp_ft+ft_then_pt"
   planner = sweep.Planner(vtab_config.get_config, vtab_config.get_config(arg), arg, for_sweep=True)
   assert max(planner.sweep_config("dtd", "vpt_deep").base_lrs) == 50.0
-  assert max(planner.sweep_config("dtd", "ft_then_pt").base_lrs) == 0.1
+  assert planner.sweep_config("dtd", "lp_ft").base_lrs == (0.005, 0.001, 0.0005, 0.0001)
+  # FT-then-PT's sweep tunes its prompt stage; its FT stage runs with config.stage_optim.
+  assert max(planner.sweep_config("dtd", "ft_then_pt").base_lrs) == 50.0
   config = vtab_config.get_config(arg)
   config.seed = 3
   with pytest.raises(ValueError, match="A sweep sets seed itself"):

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vpt_jax import checkpoints, methods, metrics, steps, train
+from vpt_jax import checkpoints, methods, metrics, optim, steps, train
 from vpt_jax.models import vit
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -58,11 +58,37 @@ def test_every_method_trains_and_evaluates(method, fake_data_dir, tiny_backbone,
   stage_dirs = sorted(p.name for p in (tmp_path / "run").glob("stage*"))
   if method in ("ft_then_pt", "lp_ft"):
     assert [s["method"] for s in result["stages"]] == [d.split("_", 1)[1] for d in stage_dirs]
+    first, last = result["stages"]
+    assert first["base_lr"] == config.stage_optim[first["method"]].base_lr != config.optim.base_lr
+    assert first["weight_decay"] == config.stage_optim[first["method"]].weight_decay
+    assert last["base_lr"] == config.optim.base_lr
     assert result["tuned_percent"] == 100.0  # Its full stage tuned everything.
   else:
     assert stage_dirs == []
     assert any("trainable parameters" in line for line in lines)
   assert len(metrics.read(str(tmp_path / "run" / (stage_dirs[-1] if stage_dirs else "")))) == 1
+
+
+def test_vtab_config_follows_the_vpt_code():
+  shallow, deep = (vtab_config.get_config(f"method={m}") for m in ("vpt_shallow", "vpt_deep"))
+  assert (shallow.method_kwargs.prompt_dropout, deep.method_kwargs.prompt_dropout) == (0.0, 0.1)
+  trainable = {"head": {"bias": 0, "kernel": 0}, "prompt": {"embeddings": 0}}
+  assert optim.decay_mask(trainable, deep.optim.decay_rules) == {
+      "head": {"bias": False, "kernel": True}, "prompt": {"embeddings": True}}
+  assert vtab_config.get_config("method=full").sweep.base_lrs == (0.005, 0.001, 0.0005, 0.0001)
+
+
+def test_stage_optim_names_an_earlier_stage(fake_data_dir, tiny_backbone, tmp_path):
+  config = tiny_config(fake_data_dir, tiny_backbone, tmp_path, "task=dtd,method=ft_then_pt")
+  assert train.stage_optim(config, "full").base_lr == 0.001
+  assert train.stage_optim(config, "vpt_deep").base_lr == config.optim.base_lr
+  config.stage_optim.vpt_deep = {"base_lr": 1.0}
+  with pytest.raises(ValueError, match="has no earlier stage called 'vpt_deep'"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  del config.stage_optim["vpt_deep"]
+  config.stage_optim.full.lr = 0.1
+  with pytest.raises(ValueError, match=r"sets \['lr'\], which are not config.optim fields"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
 
 
 def test_run_outputs_and_artifact(fake_data_dir, tiny_backbone, tmp_path):

@@ -126,6 +126,26 @@ class _Evaluator:
     return self._finish(sums)
 
 
+def stage_optim(config, stage_name: str) -> ml_collections.ConfigDict:
+  """`config.optim` with the overrides `config.stage_optim[stage_name]` (two-stage methods)."""
+  optim_config = ml_collections.ConfigDict(config.optim.to_dict())
+  overrides = config.get("stage_optim") or {}
+  optim_config.update(dict(overrides.get(stage_name, {})))
+  return optim_config
+
+
+def _check_stage_optim(config, method: methods.Method) -> None:
+  stage_names = [stage.name for stage in method.stages or (method,)]
+  for name, overrides in (config.get("stage_optim") or {}).items():
+    if name not in stage_names[:-1]:
+      raise ValueError(f"config.stage_optim.{name}: {config.method} has no earlier stage called "
+                       f"{name!r} (its stages: {', '.join(stage_names)}; the last one takes "
+                       f"config.optim itself).")
+    if unknown := set(overrides) - set(config.optim):
+      raise ValueError(f"config.stage_optim.{name} sets {sorted(unknown)}, which are not "
+                       f"config.optim fields.")
+
+
 def _run_stage(config, stage: methods.Method, workdir: str, backbone, previous_params,
                log) -> tuple[dict, dict]:
   """Trains one single-stage method; returns (result, final parameters)."""
@@ -148,16 +168,17 @@ def _run_stage(config, stage: methods.Method, workdir: str, backbone, previous_p
 
   images, labels = pipeline.load_arrays(config.task, config.data.train_subset, resolution,
                                         config.data.data_dir, config.data.cache_dir)
-  batch_size = config.optim.batch_size
+  optim_config = stage_optim(config, stage.name)
+  batch_size = optim_config.batch_size
   if batch_size % mesh.devices.size:
     raise ValueError(f"Batch size {batch_size} does not split over {mesh.devices.size} devices.")
   steps_per_epoch = device.steps_per_epoch(len(images), batch_size)
-  total_steps = config.optim.epochs * steps_per_epoch
-  schedule = optim.warmup_cosine(optim.learning_rate(config.optim.base_lr, batch_size),
-                                 config.optim.warmup_epochs * steps_per_epoch, total_steps)
-  tx = optim.make(config.optim.name, trainable_groups, schedule, momentum=config.optim.momentum,
-                  weight_decay=config.optim.weight_decay,
-                  lr_mults=config.optim.lr_mults.to_dict(), decay_rules=config.optim.decay_rules)
+  total_steps = optim_config.epochs * steps_per_epoch
+  schedule = optim.warmup_cosine(optim.learning_rate(optim_config.base_lr, batch_size),
+                                 optim_config.warmup_epochs * steps_per_epoch, total_steps)
+  tx = optim.make(optim_config.name, trainable_groups, schedule, momentum=optim_config.momentum,
+                  weight_decay=optim_config.weight_decay,
+                  lr_mults=optim_config.lr_mults.to_dict(), decay_rules=optim_config.decay_rules)
 
   replicated = sharding.replicated(mesh)
   trainable_sharding = sharding.param_shardings(mesh, trainable, config.sharding_rules)
@@ -220,7 +241,7 @@ def _run_stage(config, stage: methods.Method, workdir: str, backbone, previous_p
           f"Loss became {losses[bad - step + steps_per_epoch]} at step {bad} (epoch {epoch + 1}); "
           f"stopped. Last good checkpoint: "
           f"{f'step {kept[-1]}' if kept else 'none'} in {workdir}/checkpoints. Lower the learning "
-          f"rate (optim.base_lr={config.optim.base_lr}) and use a new workdir.")
+          f"rate (optim.base_lr={optim_config.base_lr}) and use a new workdir.")
     row = {"epoch": epoch + 1, "train_loss_running": float(losses.mean()),
            "train_accuracy_running": float(accuracies.mean()),
            "learning_rate": float(schedule(step - 1))}  # That of the epoch's last step.
@@ -255,10 +276,10 @@ def _run_stage(config, stage: methods.Method, workdir: str, backbone, previous_p
   result = {
       "task": config.task, "method": stage.name, "seed": config.seed,
       "train_subset": config.data.train_subset, "eval_subset": config.data.eval_subset,
-      "base_lr": config.optim.base_lr,
-      "lr": optim.learning_rate(config.optim.base_lr, batch_size),
-      "weight_decay": config.optim.weight_decay, "batch_size": batch_size,
-      "epochs": config.optim.epochs, "steps": total_steps,
+      "base_lr": optim_config.base_lr,
+      "lr": optim.learning_rate(optim_config.base_lr, batch_size),
+      "weight_decay": optim_config.weight_decay, "batch_size": batch_size,
+      "epochs": optim_config.epochs, "steps": total_steps,
       f"{eval_name}_accuracy": evaluation["accuracy"], f"{eval_name}_loss": evaluation["loss"],
       "eval_examples": evaluation["examples"],
       "trainable_parameters": methods.count(trainable),
@@ -292,6 +313,10 @@ def _restore_finished_stage(config, stage, workdir, backbone, previous_params):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=print) -> dict:
   """Runs (or resumes) the run configured by `config` in `workdir`; returns its result."""
   result_path = os.path.join(workdir, "result.json")
+  task = tasks_lib.get(config.task)
+  arch = vit.Model(num_classes=task.num_classes, **config.model.to_dict()).architecture
+  method = methods.get(config.method, depth=arch.depth, **config.method_kwargs.to_dict())
+  _check_stage_optim(config, method)  # Before the workdir gets anything.
   _check_workdir_config(config, workdir)
   if os.path.exists(result_path):
     with open(result_path) as f:
@@ -299,9 +324,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=prin
     log(f"{workdir} already holds a finished run; not retraining. Delete {result_path} to rerun.")
     return result
 
-  task = tasks_lib.get(config.task)
-  arch = vit.Model(num_classes=task.num_classes, **config.model.to_dict()).architecture
-  method = methods.get(config.method, depth=arch.depth, **config.method_kwargs.to_dict())
   base = vit.Model(**base_model_kwargs(config, task.num_classes))
   backbone = _backbone(config, base)
 
