@@ -353,3 +353,35 @@ def test_slurm_scripts_quote_overrides(tmp_path):
     script = tmp_path / "script.sh"
     script.write_text(text)
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+
+
+def test_final_runs_of_an_earlier_selection_are_set_aside_and_rerun(tmp_path):
+  # The grid gained a point and the selection moved: the old seeds must not pass for the new ones.
+  sweep_dir = str(tmp_path)
+  old = sweep.Run("vtab1k", "dtd", "vpt_deep", "final", 1.0, 0.0, 0)
+  new = sweep.Run("vtab1k", "dtd", "vpt_deep", "final", 0.5, 0.0, 0)
+  workdir = tmp_path / old.workdir
+  workdir.mkdir(parents=True)
+  (workdir / "config.json").write_text(json.dumps({"optim.base_lr": 1.0, "optim.weight_decay": 0}))
+  (workdir / "result.json").write_text(json.dumps({"test_accuracy": 0.25}))
+  ran, lines = [], []
+
+  class Planner:
+    def config(self, run):
+      return run
+
+  def runner(run, workdir, log):
+    ran.append(run)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump({"optim.base_lr": run.base_lr, "optim.weight_decay": run.weight_decay}, f)
+  assert sweep.execute(sweep_dir, [old], Planner(), runner=runner) == {
+      "skipped": 1, "ran": 0, "failed": 0}  # Same setting: kept as it is.
+  counts = sweep.execute(sweep_dir, [new], Planner(), runner=runner, log=lines.append)
+  assert counts == {"skipped": 0, "ran": 1, "failed": 0} and ran == [new]
+  kept = tmp_path / "vtab1k/dtd/vpt_deep/superseded/lr1_wd0/seed0/result.json"
+  assert json.loads(kept.read_text()) == {"test_accuracy": 0.25}
+  assert "moved to vtab1k/dtd/vpt_deep/superseded/lr1_wd0/seed0" in lines[0]
+  assert json.loads((workdir / "config.json").read_text())["optim.base_lr"] == 0.5
+  cells, _, unfinished = report.collect(sweep_dir)
+  assert cells == {} and unfinished == ["vtab1k/dtd/vpt_deep/final/seed0"]

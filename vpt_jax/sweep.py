@@ -7,6 +7,7 @@ Every run has its own workdir under the sweep directory:
   <sweep_dir>/<setting>/<task>/<method>/search/lr<lr>_wd<wd>/   grid runs
   <sweep_dir>/<setting>/<task>/<method>/best.json                 the chosen setting
   <sweep_dir>/<setting>/<task>/<method>/final/seed<s>/            final runs
+  <sweep_dir>/<setting>/<task>/<method>/superseded/...             finals of an earlier selection
 
 where <setting> is "vtab1k", "scale<N>" (data-scale, N training examples) or "<k>shot".
 A run with result.json is done and skipped; one with failed.json (non-finite loss) is reported
@@ -120,6 +121,31 @@ def status(sweep_dir: str, run: Run) -> str:
   return "pending"
 
 
+def set_aside_superseded(sweep_dir: str, run: Run, log=print) -> None:
+  """A final run started with another setting than the one now selected (the grid changed) moves
+  to <method>/superseded/lr<a>_wd<b>/seed<s>: kept, but no longer counted or resumed."""
+  workdir = os.path.join(sweep_dir, run.workdir)
+  path = os.path.join(workdir, "config.json")
+  if run.phase != "final" or not os.path.exists(path):
+    return
+  with open(path) as f:
+    stored = json.load(f)
+  setting = (stored.get("optim.base_lr"), stored.get("optim.weight_decay"))
+  if setting == (run.base_lr, run.weight_decay):
+    return
+  target = os.path.join(sweep_dir, run.group_dir, "superseded",
+                        f"lr{setting[0]:g}_wd{setting[1]:g}", f"seed{run.seed}")
+  suffix = 1
+  while os.path.exists(target if suffix == 1 else f"{target}_{suffix}"):
+    suffix += 1
+  target = target if suffix == 1 else f"{target}_{suffix}"
+  os.makedirs(os.path.dirname(target), exist_ok=True)
+  os.replace(workdir, target)
+  log(f"{run.workdir} was trained with base_lr={setting[0]:g} weight_decay={setting[1]:g}, not "
+      f"the selected {run.base_lr:g}/{run.weight_decay:g}: moved to "
+      f"{os.path.relpath(target, sweep_dir)}; rerunning it.")
+
+
 def read_result(sweep_dir: str, run: Run) -> dict | None:
   path = os.path.join(sweep_dir, run.workdir, "result.json")
   if not os.path.exists(path):
@@ -217,6 +243,7 @@ def execute(sweep_dir: str, runs: list[Run], planner: Planner, runner=run_in_pro
     free_slots.put(slot)
   pending = []
   for run in runs:
+    set_aside_superseded(sweep_dir, run, log)
     state = status(sweep_dir, run)
     if state == "pending":
       pending.append(run)
