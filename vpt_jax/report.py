@@ -57,22 +57,47 @@ def _ordered(names, order):
   return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
 
 
+@dataclasses.dataclass
+class Average:
+  """A mean over `present` of the `expected` tasks (or groups): partial when some are missing."""
+  value: float | None
+  present: int
+  expected: int
+
+  def __str__(self):
+    if self.value is None:
+      return "—"
+    partial = f" ({self.present}/{self.expected})" if self.present < self.expected else ""
+    return f"{self.value:.1f}{partial}"
+
+
+def _average(values, expected: int) -> Average:
+  return Average(float(np.mean(values)) if values else None, len(values), expected)
+
+
 def summary(cells: dict) -> dict:
-  """Per method: group means, mean of group means, wins against full fine-tuning."""
+  """Per method: group means, the mean of the group means (the VTAB convention), the mean over
+  tasks (how other PEFT papers report), wins against full fine-tuning. A mean that misses tasks
+  says how many it covers, e.g. "55.5 (1/7)"."""
   tasks = {task for task, _ in cells}
   methods = {method for _, method in cells}
+  suite = {member for t in tasks for member in tasks_lib.suite(t)} | tasks
   out = {}
   for method in methods:
     means = {task: cells[(task, method)].mean for task in tasks if (task, method) in cells}
     groups = {}
     for group in tasks_lib.GROUPS:
-      values = [v for t, v in means.items() if tasks_lib.get(t).group == group]
-      groups[group] = float(np.mean(values)) if values else None
-    present = [v for v in groups.values() if v is not None]
+      members = [t for t in suite if tasks_lib.get(t).group == group]
+      groups[group] = _average([means[t] for t in members if t in means], len(members))
+    present = [g for g in groups.values() if g.expected]
+    complete = [g for g in present if g.present == g.expected]
+    values = [g.value for g in present if g.value is not None]
+    mean = Average(float(np.mean(values)) if values else None, len(complete), len(present))
     wins = sum(1 for t, v in means.items()
                if (t, BASELINE) in cells and method != BASELINE and v > cells[(t, BASELINE)].mean)
     tuned = [cells[(t, method)].tuned_percent for t in means]
-    out[method] = dict(groups=groups, mean=float(np.mean(present)) if present else None,
+    out[method] = dict(groups=groups, mean=mean, task_mean=_average(list(means.values()),
+                                                                     len(suite)),
                        wins=wins, compared=sum((t, BASELINE) in cells for t in means)
                        if method != BASELINE else 0, tuned_percent=float(np.mean(tuned)))
   return out
@@ -98,8 +123,8 @@ def tables(cells: dict, with_published: bool = False, with_chance: bool = False)
   methods = _ordered({m for _, m in cells}, ["linear", "full", "vpt_shallow", "vpt_deep", "mixed",
                                              "ft_then_pt", "lp_ft"])
   stats = summary(cells)
-  header = ["method", *tasks, "Natural", "Specialized", "Structured", "Mean", "Wins vs FT",
-            "Tuned/Total %", "Time (s)"]
+  header = ["method", *tasks, "Natural", "Specialized", "Structured", "Mean", "Mean (tasks)",
+            "Wins vs FT", "Tuned/Total %", "Time (s)"]
   markdown = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   rows = []
   for method in methods:
@@ -108,14 +133,18 @@ def tables(cells: dict, with_published: bool = False, with_chance: bool = False)
                 if (t, method) in cells else "—" for t in tasks]
     wins = f"{s['wins']}/{s['compared']}" if method != BASELINE else "—"
     wall = sum(cells[(t, method)].wall_seconds for t in tasks if (t, method) in cells)
-    line = [method, *per_task, *(_fmt(s["groups"][g]) for g in tasks_lib.GROUPS),
-            _fmt(s["mean"]), wins, _fmt(s["tuned_percent"], 2), f"{wall:.0f}"]
+    line = [method, *per_task, *(str(s["groups"][g]) for g in tasks_lib.GROUPS),
+            str(s["mean"]), str(s["task_mean"]), wins, _fmt(s["tuned_percent"], 2),
+            f"{wall:.0f}"]
     markdown.append("| " + " | ".join(line) + " |")
     rows.append({"method": method, **{t: cells[(t, method)].mean if (t, method) in cells else None
                                       for t in tasks},
                  **{f"{t}_std": cells[(t, method)].std if (t, method) in cells else None
                     for t in tasks},
-                 **{g: s["groups"][g] for g in tasks_lib.GROUPS}, "mean": s["mean"],
+                 **{g: s["groups"][g].value for g in tasks_lib.GROUPS},
+                 **{f"{g}_tasks": s["groups"][g].present for g in tasks_lib.GROUPS},
+                 "mean": s["mean"].value, "mean_complete": s["mean"].present == s["mean"].expected,
+                 "mean_tasks": s["task_mean"].value,
                  "wins_vs_full": s["wins"] if method != BASELINE else None,
                  "tuned_percent": s["tuned_percent"], "wall_seconds": wall,
                  "source": "this sweep"})
@@ -126,10 +155,15 @@ def tables(cells: dict, with_published: bool = False, with_chance: bool = False)
     for method, numbers in published.VPT_PAPER.items():
       if method not in methods:
         continue
-      line = [f"{method} (VPT paper)", *(_fmt(numbers.get(t)) for t in tasks)]
+      paper = summary({(t, method): Cell([v], 0.0) for t, v in numbers.items()})[method]
+      line = [f"{method} (VPT paper)", *(_fmt(numbers.get(t)) for t in tasks),
+              *(str(paper["groups"][g]) for g in tasks_lib.GROUPS), str(paper["mean"]),
+              str(paper["task_mean"])]
       line += [""] * (len(header) - len(line))
       markdown.append("| " + " | ".join(line) + " |")
       rows.append({"method": method, **{t: numbers.get(t) for t in tasks},
+                   **{g: paper["groups"][g].value for g in tasks_lib.GROUPS},
+                   "mean": paper["mean"].value, "mean_tasks": paper["task_mean"].value,
                    "source": "VPT paper, Table 1"})
   return "\n".join(markdown), rows
 
@@ -154,7 +188,8 @@ def write(sweep_dir: str, out_dir: str, with_published: bool = False) -> str:
   if not cells:
     parts.append("\nNo finished final runs yet.")
   if failed:
-    parts.append("\n## Failed runs (non-finite loss)\n\n" + "\n".join(f"- {r}" for r in failed))
+    parts.append("\n## Failed runs (non-finite loss, or a data-scale size the task cannot "
+                 "hold; failed.json says which)\n\n" + "\n".join(f"- {r}" for r in failed))
   if unfinished:
     parts.append("\n## Unfinished runs\n\n" + "\n".join(f"- {r}" for r in unfinished))
   text = "\n".join(parts) + "\n"

@@ -164,6 +164,11 @@ def by_group(group: str) -> tuple[str, ...]:
   return tuple(name for name in VTAB_TASKS if TASKS[name].group == group)
 
 
+def suite(name: str) -> tuple[str, ...]:
+  """The benchmark `name` belongs to: VTAB-1k's 19 tasks, or the demo's five."""
+  return VTAB_TASKS if name in VTAB_TASKS else DEMO_TASKS
+
+
 # ---------------------------------------------------------------------------------------------
 # Named subsets: VTAB-1k's four, data-scale sets and k-shot sets.
 
