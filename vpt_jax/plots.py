@@ -80,7 +80,7 @@ def data_scale(cells_by_setting: dict, out_path: str) -> bool:
                   label=method)
     ax.set_xscale("log")
     ax.set_title(task)
-    ax.set_xlabel("training examples")
+    ax.set_xlabel("N (search: N train + N/4 val; final: trains on 1.25 N)", fontsize=8)
     ax.set_ylabel("test top-1 (%)")
     ax.legend(fontsize=8)
   fig.tight_layout()
