@@ -176,8 +176,8 @@ def write(sweep_dir: str, out_dir: str, with_published: bool = False) -> str:
   for setting in sorted(cells, key=lambda s: (not s.startswith("vtab"), s)):
     markdown, rows = tables(cells[setting], with_published)
     seeds = sorted({len(c.accuracies) for c in cells[setting].values()})
-    parts.append(f"\n## {setting}: test top-1 (%), mean ± std over {'/'.join(map(str, seeds))} "
-                 f"seeds\n\n{markdown}")
+    parts.append(f"\n## {setting}: test top-1 (%), mean ± std (population, ddof 0) over "
+                 f"{'/'.join(map(str, seeds))} seeds\n\n{markdown}")
     buffer = io.StringIO()
     fields = list(dict.fromkeys(k for row in rows for k in row))
     writer = csv.DictWriter(buffer, fieldnames=fields)
