@@ -269,7 +269,8 @@ def test_report_command(tmp_path):
        f"--distances={tmp_path / 'distances.json'}"], capture_output=True, text=True, cwd=REPO,
       timeout=300)
   assert process.returncode == 0, process.stderr[-2000:]
-  assert "| vpt_deep | 71.0 ± 1.0 | 71.0 | — | — | 71.0 | 1/1 | 0.50 | 20 |" in process.stdout
+  assert ("| vpt_deep | 71.0 ± 1.0 | 71.0 (1/7) | — | — | 71.0 (0/3) | 71.0 (1/19) | 1/1 | 0.50 | "
+          "20 |") in process.stdout
   assert "| full | 62.0 ± 2.0 |" in process.stdout
   assert (tmp_path / "report" / "report.md").read_text() in process.stdout
   assert _png_ok(tmp_path / "report" / "data_distance.png")
