@@ -268,15 +268,23 @@ def test_device_epochs_reshuffle_and_cover_the_set():
     order = np.concatenate([np.asarray(b[1]) for b in batches])
     assert sorted(order) == list(range(10))
     np.testing.assert_array_equal(np.concatenate([b[0][:, 0, 0, 0] for b in batches]), order)
+    assert all(np.asarray(b[2]).all() for b in batches)
     orders.append(order)
   assert not np.array_equal(orders[0], orders[1])
+  # A batch size that does not divide the set: a short last batch, padded and masked.
+  assert device.steps_per_epoch(10, 4) == 3 and device.steps_per_epoch(1000, 64) == 16
+  batches = [take(images, labels, permutation, step, 4) for step in range(3)]
+  masks = np.concatenate([np.asarray(b[2]) for b in batches])
+  np.testing.assert_array_equal(masks, [True] * 10 + [False] * 2)
+  real = np.concatenate([np.asarray(b[1]) for b in batches])[masks]
+  assert sorted(real) == list(range(10))
   with pytest.raises(ValueError, match="larger than the 10 training examples"):
     device.steps_per_epoch(10, 16)
 
 
 def test_random_flip():
   image = jnp.arange(4, dtype=jnp.uint8).reshape(1, 1, 4, 1) * jnp.ones((8, 1, 4, 3), jnp.uint8)
-  flipped, _ = device.take_batch(image, jnp.arange(8), jnp.arange(8), 0, 8,
+  flipped, _, _ = device.take_batch(image, jnp.arange(8), jnp.arange(8), 0, 8,
                                  flip_rng=jax.random.PRNGKey(3))
   rows = np.asarray(flipped[:, 0, :, 0])
   assert {tuple(r) for r in rows} == {(0, 1, 2, 3), (3, 2, 1, 0)}

@@ -279,3 +279,23 @@ def test_two_stage_methods_list_their_stages():
   assert [s.name for s in methods.get("ft_then_pt", depth=12, **HPARAMS).stages] == ["full",
                                                                                     "vpt_deep"]
   assert [s.name for s in methods.get("lp_ft", depth=12).stages] == ["linear", "full"]
+
+
+def test_a_short_last_batch_trains_on_its_real_examples_only(backbone):
+  # The padding of a short batch (mask False) changes neither the update nor the metrics.
+  backbone_params, images, labels = backbone
+  model, _, _, trainable, frozen, tx = stage_setup(methods.get("full", depth=2), backbone_params)
+  step = jax.jit(steps.make_train_step(model, tx))
+  opt_state = tx.init(trainable)
+  step(trainable, opt_state, frozen, images, labels, jax.random.PRNGKey(0))  # Past lr 0.
+  _, opt_state, _ = step(trainable, opt_state, frozen, images, labels, jax.random.PRNGKey(0))
+  real, out_real = step(trainable, opt_state, frozen, images[:5], labels[:5],
+                        jax.random.PRNGKey(1))[::2]
+  padded = jnp.concatenate([images[:5], -images[5:]]), jnp.concatenate([labels[:5], labels[5:]])
+  mask = jnp.arange(8) < 5
+  masked, out_masked = step(trainable, opt_state, frozen, *padded, jax.random.PRNGKey(1),
+                            mask)[::2]
+  chex.assert_trees_all_close(masked, real, atol=1e-6)
+  assert not np.allclose(flat(real)["head/kernel"], flat(trainable)["head/kernel"])
+  np.testing.assert_allclose(out_masked["loss"], out_real["loss"], rtol=1e-6)
+  np.testing.assert_allclose(out_masked["accuracy"], out_real["accuracy"])

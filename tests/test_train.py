@@ -223,10 +223,10 @@ def _nan_after(count_limit):
   def make_train_step(model, tx):
     step = original(model, tx)
 
-    def poisoned(trainable, opt_state, frozen, images, labels, rng):
+    def poisoned(trainable, opt_state, frozen, images, labels, rng, mask=None):
       counts = [x for path, x in jax.tree_util.tree_flatten_with_path(opt_state)[0]
                 if getattr(path[-1], "name", None) == "count"]
-      trainable, opt_state, out = step(trainable, opt_state, frozen, images, labels, rng)
+      trainable, opt_state, out = step(trainable, opt_state, frozen, images, labels, rng, mask)
       out["loss"] = jnp.where(counts[0] >= count_limit, jnp.nan, out["loss"])
       return trainable, opt_state, out
     return poisoned

@@ -14,17 +14,20 @@ from vpt_jax.data import device
 
 
 def make_train_step(model, tx):
-  def train_step(trainable, opt_state, frozen, images, labels, rng):
+  """`mask` (False on padding) makes the loss the mean over the real examples of a short batch."""
+  def train_step(trainable, opt_state, frozen, images, labels, rng, mask=None):
+    weights = jnp.ones(labels.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
+
     def loss_fn(trainable):
       params = methods.merge(trainable, frozen)
       logits, _ = model.apply({"params": params}, images, train=True, rngs={"dropout": rng})
       losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-      return losses.mean(), logits
+      return jnp.sum(losses * weights) / jnp.sum(weights), logits
 
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
     updates, opt_state = tx.update(grads, opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+    accuracy = jnp.sum((jnp.argmax(logits, -1) == labels) * weights) / jnp.sum(weights)
     return trainable, opt_state, {"loss": loss, "accuracy": accuracy}
 
   return train_step
@@ -56,14 +59,15 @@ def build_train_step(model, tx, mesh, state_shardings, steps_per_epoch: int, bat
   train_step = make_train_step(model, tx)
 
   def step_fn(trainable, opt_state, frozen, images, labels, permutation, step):
-    batch_images, batch_labels = device.take_batch(
+    batch_images, batch_labels, mask = device.take_batch(
         images, labels, permutation, step % steps_per_epoch, batch_size,
         None if flip_rng is None else jax.random.fold_in(flip_rng, step))
     batch_images = jax.lax.with_sharding_constraint(
         device.normalize(batch_images, normalization), batch)
     batch_labels = jax.lax.with_sharding_constraint(batch_labels, batch)
+    mask = jax.lax.with_sharding_constraint(mask, batch)
     return train_step(trainable, opt_state, frozen, batch_images, batch_labels,
-                      jax.random.fold_in(train_rng, step))
+                      jax.random.fold_in(train_rng, step), mask)
 
   return jax.jit(
       step_fn, donate_argnums=(0, 1),

@@ -25,10 +25,11 @@ def normalize(images, mode: str):
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-  """Full batches only: each epoch drops a different remainder, since the order is reshuffled."""
+  """Every example once per epoch: the last batch is short when the batch size does not divide
+  the set (as the VPT code's loader, drop_last=False: 1,000 images at batch 64 are 16 steps)."""
   if batch_size > num_examples:
     raise ValueError(f"Batch size {batch_size} is larger than the {num_examples} training examples.")
-  return num_examples // batch_size
+  return -(-num_examples // batch_size)
 
 
 def epoch_permutation(rng, epoch, num_examples: int):
@@ -36,10 +37,12 @@ def epoch_permutation(rng, epoch, num_examples: int):
 
 
 def take_batch(images, labels, permutation, step_in_epoch, batch_size: int, flip_rng=None):
-  """The `step_in_epoch`-th batch of the permuted set; optional random horizontal flips."""
-  indices = jax.lax.dynamic_slice_in_dim(permutation, step_in_epoch * batch_size, batch_size)
+  """The `step_in_epoch`-th batch of the permuted set, and a mask that is False on the padding
+  of a short last batch (shapes stay fixed, so one compiled step serves); optional flips."""
+  positions = step_in_epoch * batch_size + jnp.arange(batch_size)
+  indices = permutation[positions % permutation.shape[0]]
   batch_images, batch_labels = images[indices], labels[indices]
   if flip_rng is not None:
     flip = jax.random.bernoulli(flip_rng, 0.5, (batch_size, 1, 1, 1))
     batch_images = jnp.where(flip, batch_images[:, :, ::-1], batch_images)
-  return batch_images, batch_labels
+  return batch_images, batch_labels, positions < permutation.shape[0]
