@@ -99,7 +99,7 @@ def test_run_outputs_and_artifact(fake_data_dir, tiny_backbone, tmp_path):
           "tensorboard"} <= set(os.listdir(workdir))
   assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
   rows = metrics.read(str(workdir))
-  assert [r["epoch"] for r in rows] == [1, 2] and [r["step"] for r in rows] == [31, 62]
+  assert [r["epoch"] for r in rows] == [1, 2] and [r["step"] for r in rows] == [32, 64]
   assert rows[-1]["eval_loss"] == pytest.approx(result["test_loss"])
   assert rows[-1]["eval_accuracy"] == pytest.approx(result["test_accuracy"])
   assert result["trainable_parameters"] == 47 * 192 + 47 + 2 * 2 * 192  # head + 2 x 2 prompts
@@ -147,14 +147,14 @@ def test_kill_and_resume_is_bitwise_identical(fake_data_dir, tiny_backbone, tmp_
 
   workdir = tmp_path / "interrupted"
   with monkeypatch.context() as patch:
-    _kill_at(patch, 3 * 31)  # During epoch 3, after the epoch-2 checkpoint.
+    _kill_at(patch, 3 * 32)  # During epoch 3, after the epoch-2 checkpoint.
     with pytest.raises(Killed):
       train.train_and_evaluate(config, str(workdir), log=lambda *_: None)
-  assert sorted(os.listdir(workdir / "checkpoints")) == ["31", "62"]
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["32", "64"]
   assert not (workdir / "result.json").exists()
   lines = []
   resumed = train.train_and_evaluate(config, str(workdir), log=lines.append)
-  assert "Resuming mixed from step 62 of 124" in "\n".join(lines)
+  assert "Resuming mixed from step 64 of 128" in "\n".join(lines)
   for key in ("test_accuracy", "test_loss", "trainable_parameters"):
     assert resumed[key] == reference[key], key
   assert metrics.read(str(workdir)) == metrics.read(str(tmp_path / "reference"))
@@ -164,19 +164,19 @@ def test_kill_and_resume_is_bitwise_identical(fake_data_dir, tiny_backbone, tmp_
   # A corrupt newest checkpoint: fall back to the one before it, with a warning, same result.
   second = tmp_path / "corrupt"
   with monkeypatch.context() as patch:
-    _kill_at(patch, 3 * 31)
+    _kill_at(patch, 3 * 32)
     with pytest.raises(Killed):
       train.train_and_evaluate(config, str(second), log=lambda *_: None)
-  for path in (second / "checkpoints" / "62").rglob("*"):
+  for path in (second / "checkpoints" / "64").rglob("*"):
     if path.is_file():
       path.write_bytes(b"garbage")
   lines = []
   with caplog.at_level(logging.WARNING):
     recovered = train.train_and_evaluate(config, str(second), log=lines.append)
-  assert "Checkpoint at step 62" in caplog.text and "falling back" in caplog.text
-  assert "Resuming mixed from step 31 of 124" in "\n".join(lines)
+  assert "Checkpoint at step 64" in caplog.text and "falling back" in caplog.text
+  assert "Resuming mixed from step 32 of 128" in "\n".join(lines)
   assert recovered["test_loss"] == reference["test_loss"]
-  assert [p.name.split("-")[0] for p in (second / "unreadable_checkpoints").iterdir()] == ["62"]
+  assert [p.name.split("-")[0] for p in (second / "unreadable_checkpoints").iterdir()] == ["64"]
 
 
 def test_restart_before_the_first_checkpoint_logs_each_epoch_once(fake_data_dir, tiny_backbone,
@@ -184,7 +184,7 @@ def test_restart_before_the_first_checkpoint_logs_each_epoch_once(fake_data_dir,
   config = tiny_config(fake_data_dir, tiny_backbone, tmp_path, checkpoint_every_epochs=2)
   workdir = tmp_path / "run"
   with monkeypatch.context() as patch:
-    _kill_at(patch, 62)  # Epoch 1 is logged; no checkpoint exists yet.
+    _kill_at(patch, 64)  # Epoch 1 is logged; no checkpoint exists yet.
     with pytest.raises(Killed):
       train.train_and_evaluate(config, str(workdir), log=lambda *_: None)
   assert [r["epoch"] for r in metrics.read(str(workdir))] == [1]
@@ -240,9 +240,9 @@ def test_non_finite_loss_stops_and_keeps_good_checkpoints(fake_data_dir, tiny_ba
   workdir = tmp_path / "run"
   with pytest.raises(train.NonFiniteLossError,
                      match=r"Loss became nan at step 40 \(epoch 2\); stopped. Last good checkpoint: "
-                           r"step 31"):
+                           r"step 32"):
     train.train_and_evaluate(config, str(workdir), log=lambda *_: None)
-  assert sorted(os.listdir(workdir / "checkpoints")) == ["31"]
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["32"]
   assert not (workdir / "result.json").exists()
   assert [r["epoch"] for r in metrics.read(str(workdir))] == [1]
 
@@ -276,7 +276,7 @@ def test_unknown_method_and_bad_dtype(fake_data_dir, tiny_backbone, tmp_path):
   with pytest.raises(ValueError, match="dtype='float16' must be 'float32' or 'bfloat16'"):
     train.train_and_evaluate(config, str(tmp_path / "b"), log=lambda *_: None)
   config = tiny_config(fake_data_dir, tiny_backbone, tmp_path, **{"optim.warmup_epochs": 2})
-  with pytest.raises(ValueError, match=r"warm-up \(62 steps\) must be shorter than training"):
+  with pytest.raises(ValueError, match=r"warm-up \(64 steps\) must be shorter than training"):
     train.train_and_evaluate(config, str(tmp_path / "c"), log=lambda *_: None)
 
 
