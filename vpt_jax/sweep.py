@@ -133,12 +133,12 @@ def set_aside_superseded(sweep_dir: str, run: Run, log=print) -> None:
   setting = (stored.get("optim.base_lr"), stored.get("optim.weight_decay"))
   if setting == (run.base_lr, run.weight_decay):
     return
-  target = os.path.join(sweep_dir, run.group_dir, "superseded",
-                        f"lr{setting[0]:g}_wd{setting[1]:g}", f"seed{run.seed}")
-  suffix = 1
-  while os.path.exists(target if suffix == 1 else f"{target}_{suffix}"):
-    suffix += 1
-  target = target if suffix == 1 else f"{target}_{suffix}"
+  base = os.path.join(sweep_dir, run.group_dir, "superseded",
+                      f"lr{setting[0]:g}_wd{setting[1]:g}", f"seed{run.seed}")
+  target, n = base, 1
+  while os.path.exists(target):  # The same old setting set aside before: keep both.
+    n += 1
+    target = f"{base}_{n}"
   os.makedirs(os.path.dirname(target), exist_ok=True)
   os.replace(workdir, target)
   log(f"{run.workdir} was trained with base_lr={setting[0]:g} weight_decay={setting[1]:g}, not "
