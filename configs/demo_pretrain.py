@@ -9,33 +9,22 @@ roughly 10 minutes on 2 CPU cores. The result is a vision_transformer-layout npz
 6-class head, which configs/demo.py loads like any Google checkpoint.
 """
 
-import ml_collections
+from configs import default
 
 
 def get_config(arg=None):
   del arg
-  config = ml_collections.ConfigDict()
+  config = default.get_config()
   config.task, config.method, config.seed = "demo_shapes", "full", 0
   config.backbone = None  # From scratch.
-  config.checkpoint_cache_dir = None
-  config.model = ml_collections.ConfigDict(dict(
-      variant="Ti/8", pool_type="tok", representation_size=None, dropout=0.0, remat=False,
-      attention_impl=ml_collections.FieldReference(None, field_type=str), depth=2))
-  config.dtype = "float32"
-  config.method_kwargs = ml_collections.ConfigDict()
-  config.data = ml_collections.ConfigDict(dict(
-      data_dir=ml_collections.FieldReference(None, field_type=str),
-      cache_dir=ml_collections.FieldReference(None, field_type=str),
-      resolution=32, normalization="inception", flip=True,
-      train_subset="train_full", eval_subset="val_full"))
-  config.optim = ml_collections.ConfigDict(dict(
-      name="adamw", base_lr=2e-3, weight_decay=0.05, momentum=0.9, batch_size=128, epochs=30,
-      warmup_epochs=2, lr_mults=ml_collections.ConfigDict(),
-      decay_rules=((r".*/(kernel|embeddings)", True), (".*", False))))
-  config.sharding_rules = ((".*", "replicate"),)
+  config.model.variant, config.model.depth, config.model.dropout = "Ti/8", 2, 0.0
+  config.data.resolution, config.data.normalization, config.data.flip = 32, "inception", True
+  config.data.train_subset, config.data.eval_subset = "train_full", "val_full"
+  config.optim.update(dict(name="adamw", base_lr=2e-3, weight_decay=0.05, batch_size=128,
+                           epochs=30, warmup_epochs=2,
+                           decay_rules=((r".*/(kernel|embeddings)", True), (".*", False))))
   config.eval_batch_size = 500
   config.eval_every_epochs = 5
-  config.checkpoint_every_epochs = 5
-  config.checkpoints_to_keep = 1
+  config.checkpoint_every_epochs, config.checkpoints_to_keep = 5, 1
   config.workdir = "runs/demo_pretrain"
   return config

@@ -13,7 +13,7 @@ from absl import app, flags, logging
 import jax
 import numpy as np
 
-from vpt_jax import attention, checkpoints, runs
+from vpt_jax import artifacts, attention, files, pretrained
 from vpt_jax.data import device, pipeline
 
 _RUNS = flags.DEFINE_list("runs", None, "Run workdirs (same task).")
@@ -27,14 +27,14 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   try:
-    loaded = [(os.path.normpath(r), *runs.load_trained(r)) for r in _RUNS.value]
+    loaded = [(os.path.normpath(r), *artifacts.load_trained(r)) for r in _RUNS.value]
     tasks = {config["task"] for _, _, _, config in loaded}
     if len(tasks) != 1:
       raise ValueError(f"The runs are of different tasks ({sorted(tasks)}): compare one task.")
     config = loaded[0][3]
     batch = next(pipeline.eval_batches(config["task"], _SUBSET.value, config["data.resolution"],
                                        _NUM_IMAGES.value, config.get("data.data_dir")))
-  except (ValueError, FileNotFoundError, checkpoints.CheckpointError,
+  except (ValueError, FileNotFoundError, pretrained.CheckpointError, files.DamagedFileError,
           pipeline.DataNotPreparedError) as e:
     sys.exit(f"error: {e}")
   images = batch["image"][batch["mask"]]

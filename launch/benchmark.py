@@ -18,7 +18,7 @@ import sys
 from absl import app, flags, logging
 import jax
 
-from vpt_jax import benchmark, torch_reference
+from vpt_jax.bench import benchmark, torch_reference
 
 _VARIANT = flags.DEFINE_string("variant", None, "ViT variant (default: B/16 on GPU, Ti/16 on CPU).")
 _DEPTH = flags.DEFINE_integer("depth", None, "Override the depth (default: 4 on CPU).")

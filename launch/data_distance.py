@@ -10,7 +10,6 @@ folder of JPEG/PNG files such as a sample of them. Features: the pre-trained ViT
 (--backbone, default ViT-B_16) or Inception-v3.
 """
 
-import json
 import os
 import sys
 
@@ -18,10 +17,11 @@ from absl import app, flags, logging
 import numpy as np
 import tensorflow as tf
 
-from vpt_jax import checkpoints, distance
-from vpt_jax.data import pipeline, prepare
+from vpt_jax import distance, files, pretrained
+from vpt_jax.data import pipeline
+from vpt_jax.data import tasks as tasks_lib
 
-_TASKS = flags.DEFINE_string("tasks", "all", "'all', a group or comma-separated task names.")
+_TASKS = flags.DEFINE_string("tasks", "all", "'all', a group, or task names joined by , or +.")
 _SUBSET = flags.DEFINE_string("subset", "train800val200", "Which images of each task.")
 _REFERENCE_DIR = flags.DEFINE_string("reference_dir", None, "Folder of reference images.")
 _REFERENCE_TASK = flags.DEFINE_string("reference_task", None, "Or a task's images as reference.")
@@ -67,17 +67,16 @@ def main(argv):
                                           _RESOLUTION.value, _DATA_DIR.value)
     reference_features = extractor(reference)
     results = {}
-    for task in prepare.expand(_TASKS.value):
+    for task in tasks_lib.expand(_TASKS.value):
       images, _ = pipeline.load_arrays(task, _SUBSET.value, _RESOLUTION.value, _DATA_DIR.value)
       value = distance.features_distance(extractor(images), reference_features)
       results[task] = {"distance": value, "images": len(images), "reference_images": len(reference),
                        "extractor": _EXTRACTOR.value}
       print(f"{task:24s} {value:10.3f}")
-  except (ValueError, FileNotFoundError, checkpoints.CheckpointError,
+  except (ValueError, FileNotFoundError, pretrained.CheckpointError,
           pipeline.DataNotPreparedError) as e:
     sys.exit(f"error: {e}")
-  with open(_OUT.value, "w") as f:
-    json.dump(results, f, indent=2)
+  files.write_json(_OUT.value, results)
   print(f"wrote {_OUT.value}")
 
 

@@ -5,7 +5,7 @@
       --expected=path/to/expected.npz                                 # images + logits to compare
 
 `--expected` is an .npz with `images` (N,H,W,3 in the checkpoint's input range) and `logits`, such
-as the oracle files in shared/oracle/. The model is built from the checkpoint's own shapes.
+as tests/parity_reference.py writes. The model is built from the checkpoint's own shapes.
 """
 
 import sys
@@ -14,7 +14,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from vpt_jax import checkpoints
+from vpt_jax import pretrained
 from vpt_jax.models import vit
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "An .npz path or a published name.",
@@ -27,16 +27,16 @@ def main(argv):
   del argv
   jax.config.update("jax_default_matmul_precision", "highest")
   try:
-    path = checkpoints.resolve(_CHECKPOINT.value, _CACHE_DIR.value)
-    raw = checkpoints.read_npz(path)
-    kwargs = checkpoints.describe(raw)
+    path = pretrained.resolve(_CHECKPOINT.value, _CACHE_DIR.value)
+    raw = pretrained.read(path)
+    kwargs = pretrained.describe(raw)
     model = vit.Model(**kwargs)
     image_size = 224
     if _EXPECTED.value:
       expected = np.load(_EXPECTED.value)
       image_size = expected["images"].shape[1]
-    params = checkpoints.load_pretrained(path, model, image_size=image_size, keep_head=True)
-  except (checkpoints.CheckpointError, OSError) as e:
+    params = pretrained.load(path, model, image_size=image_size, keep_head=True)
+  except (pretrained.CheckpointError, OSError) as e:
     sys.exit(f"error: {e}")
 
   layout = "big_vision" if any(k.startswith("params/") for k in raw) else "vision_transformer"

@@ -19,7 +19,7 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from vpt_jax import checkpoints, config_args, report, sweep, train
+from vpt_jax import files, pretrained, report, sweep, train
 from vpt_jax.data import pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/vtab.py:task=dtd.")
@@ -29,13 +29,10 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
 flags.mark_flags_as_required(["config"])
 
 
-def _config_file_and_arg():
-  return config_args.config_flag_value(sys.argv)
-
-
-def _default_workdir(config, path, arg):
-  if config.get("workdir"):
+def _default_workdir(config, config_flag: str) -> str:
+  if config.workdir:
     return config.workdir
+  path, _, arg = config_flag.partition(":")
   name = os.path.splitext(os.path.basename(path))[0]
   return os.path.join("runs", re.sub(r"[^A-Za-z0-9_.+-]+", "_", f"{name}_{arg}" if arg else name))
 
@@ -46,31 +43,30 @@ def main(argv):
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
   config = _CONFIG.value
-  path, arg = _config_file_and_arg()
-  workdir = _WORKDIR.value or _default_workdir(config, path, arg)
+  workdir = _WORKDIR.value or _default_workdir(
+      config, config_flags.get_config_filename(flags.FLAGS["config"]))
   log = print if jax.process_index() == 0 else (lambda *_: None)
-  tasks, methods = config.task.split("+"), config.method.split("+")
   started = time.time()
   try:
-    if len(tasks) * len(methods) == 1:
+    planner = sweep.Planner(config)
+    pairs = [(task, method) for task in planner.tasks for method in planner.methods]
+    if len(pairs) == 1:
       log(f"{config.task} / {config.method} / seed {config.seed} on {jax.device_count()} "
           f"{jax.devices()[0].platform} device(s) -> {workdir}")
       result = train.train_and_evaluate(config, workdir, log=log)
       log(json.dumps({k: v for k, v in result.items() if k != "stages"}, indent=2))
       return
     # Several tasks or methods: one run each (no grid search: that is launch/sweep.py's job).
-    planner = sweep.Planner(config_args.load_config_module(path).get_config, config, arg)
     results = []
-    for task in tasks:
-      for method in methods:
-        run_dir = os.path.join(workdir, task, method)
-        log(f"\n== {task} / {method} -> {run_dir}")
-        result = train.train_and_evaluate(planner.base(task=task, method=method), run_dir, log=log)
-        accuracy = result.get("test_accuracy", result.get("val_accuracy"))
-        log(f"   {result['eval_subset']} accuracy {100 * accuracy:.1f}% "
-            f"({result['wall_seconds']:.0f}s)")
-        results.append({**result, "test_accuracy": accuracy})
-  except (ValueError, RuntimeError, checkpoints.CheckpointError,
+    for task, method in pairs:
+      run_dir = os.path.join(workdir, task, method)
+      log(f"\n== {task} / {method} -> {run_dir}")
+      result = train.train_and_evaluate(planner.base(task, method), run_dir, log=log)
+      accuracy = result.get("test_accuracy", result.get("val_accuracy"))
+      log(f"   {result['eval_subset']} accuracy {100 * accuracy:.1f}% "
+          f"({result['wall_seconds']:.0f}s)")
+      results.append(result)
+  except (ValueError, RuntimeError, pretrained.CheckpointError, files.DamagedFileError,
           pipeline.DataNotPreparedError) as e:
     sys.exit(f"error: {e}")
   table, _ = report.tables(report.cells_from_results(results), with_chance=True)

@@ -13,8 +13,9 @@ import sys
 from absl import app, flags, logging
 
 from vpt_jax.data import pipeline, prepare
+from vpt_jax.data import tasks as tasks_lib
 
-_TASKS = flags.DEFINE_string("tasks", "all", "'all', a group, or comma-separated task names.")
+_TASKS = flags.DEFINE_string("tasks", "all", "'all', a group, or task names joined by , or +.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", None,
                                   "Where manually downloaded files are (default: TFDS's).")
@@ -25,7 +26,7 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # TFDS logs every lookup; the table says what matters.
   try:
-    names = prepare.expand(_TASKS.value)
+    names = tasks_lib.expand(_TASKS.value)
   except ValueError as e:
     sys.exit(f"error: {e}")
   data_dir = _DATA_DIR.value or pipeline.default_data_dir()

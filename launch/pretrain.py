@@ -4,7 +4,7 @@
       --out=vpt_jax/assets/demo_vit_ti8_depth2.npz
 
 The run itself is an ordinary launch/main.py run (config.backbone = None: random init, method
-"full"), in config.workdir, resumable; the export then goes through checkpoints.export_npz, so the
+"full"), in config.workdir, resumable; the export then goes through pretrained.export_npz, so the
 file loads through exactly the code that loads Google's checkpoints. Deterministic on CPU.
 """
 
@@ -14,7 +14,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vpt_jax import checkpoints, methods, train
+from vpt_jax import artifacts, files, pretrained, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/demo_pretrain.py")
 _OUT = flags.DEFINE_string("out", None, "Where to write the npz checkpoint.")
@@ -31,10 +31,10 @@ def main(argv):
   workdir = _WORKDIR.value or config.workdir
   try:
     result = train.train_and_evaluate(config, workdir)
-  except (ValueError, RuntimeError) as e:
+  except (ValueError, RuntimeError, files.DamagedFileError) as e:
     sys.exit(f"error: {e}")
-  params, _ = methods.load_artifact(os.path.join(workdir, "artifact.npz"))
-  checkpoints.export_npz(params, _OUT.value)
+  params, _ = artifacts.load(os.path.join(workdir, artifacts.FILENAME))
+  pretrained.export_npz(params, _OUT.value)
   print(f"{config.task}: {result['eval_subset']} accuracy {result['val_accuracy']:.4f} after "
         f"{result['epochs']} epochs ({result['wall_seconds']:.0f}s); wrote {_OUT.value} "
         f"({os.path.getsize(_OUT.value) / 1e6:.1f} MB)")

@@ -16,7 +16,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vpt_jax import config_args, sweep
+from vpt_jax import executors, files, sweep
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/vtab.py:task=...,method=...")
 _SWEEP_DIR = flags.DEFINE_string("sweep_dir", None, "Where all runs of the sweep go.")
@@ -31,68 +31,54 @@ _RUN_INDEX = flags.DEFINE_integer("run_index", None, "Run only this run of --pha
 flags.mark_flags_as_required(["config", "sweep_dir"])
 
 
-def _config_file_and_arg():
-  return config_args.config_flag_value(sys.argv)
-
-
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  config = _CONFIG.value
-  path, arg = _config_file_and_arg()
-  module = config_args.load_config_module(path)
   if (_RUN_INDEX.value is None) != (_PHASE.value is None):
     sys.exit("error: --run_index and --phase go together (one job-array task of one phase).")
-  try:
-    # A config file may expand names like "all" itself; otherwise tasks are joined by "+".
-    tasks = getattr(module, "expand_tasks", lambda spec: spec.split("+"))(config.task)
-    methods = config.method.split("+")
-    planner = sweep.Planner(module.get_config, config, arg, for_sweep=True)
-    groups = sweep.plan(tasks, methods, config.sweep)
-    grid_of = {g: planner.sweep_config(*g[1:]) for g in groups}
-  except (ValueError, AttributeError) as e:
-    sys.exit(f"error: {e}")
+  config_flag = config_flags.get_config_filename(flags.FLAGS["config"])
+  overrides = config_flags.get_override_values(flags.FLAGS["config"])
   sweep_dir = os.path.abspath(_SWEEP_DIR.value)
+  try:
+    planner = sweep.Planner(_CONFIG.value, overrides)
+    searches = planner.search_runs()
+    finals = planner.final_slots()
+  except ValueError as e:
+    sys.exit(f"error: {e}")
   os.makedirs(sweep_dir, exist_ok=True)
-  searches = [r for g in groups for r in sweep.search_runs(*g, grid_of[g])]
-  finals = [(g, seed) for g in groups for seed in range(grid_of[g].seeds)]
-  num_final = len(finals)
 
   if _SLURM.value:
-    overrides = tuple(a for a in sys.argv[1:] if a.startswith("--config."))
-    scripts = sweep.slurm_scripts(f"{path}:{arg}", sweep_dir, len(searches), num_final, overrides)
-    os.makedirs(os.path.join(sweep_dir, "slurm"), exist_ok=True)
+    scripts = executors.slurm_scripts(config_flag, overrides, sweep_dir, len(searches),
+                                      len(finals))
     for name, text in scripts.items():
-      target = os.path.join(sweep_dir, "slurm", f"{name}.sbatch" if name != "submit" else
-                            "submit.sh")
+      target = os.path.join(sweep_dir, "slurm", "submit.sh" if name == "submit" else
+                            f"{name}.sbatch")
       if _DRY_RUN.value:
         print(f"# ---- {target}\n{text}")
       else:
-        with open(target, "w") as f:
-          f.write(text)
+        files.write_text(target, text)
     if not _DRY_RUN.value:
       print(f"Wrote {sweep_dir}/slurm/; submit with: bash {sweep_dir}/slurm/submit.sh")
     return
 
-  runner = sweep.run_in_subprocess if _PARALLEL.value > 1 else sweep.run_in_process
-  kwargs = dict(runner=runner, parallel=_PARALLEL.value, device_ids=tuple(_DEVICE_IDS.value))
   try:
-    if _RUN_INDEX.value is not None:
+    if _RUN_INDEX.value is not None:  # One run, in this process (a job-array or parallel task).
       if _PHASE.value == "search":
-        runs = [searches[_RUN_INDEX.value]]
+        run = searches[_RUN_INDEX.value]
       else:
-        group, seed = finals[_RUN_INDEX.value]
-        best = sweep.select_best(sweep_dir, sweep.search_runs(*group, grid_of[group]))
-        runs = [sweep.final_runs(*group, best, grid_of[group])[seed]]
-      counts = sweep.execute(sweep_dir, runs, planner, **kwargs)
+        run = planner.final_run(sweep_dir, *finals[_RUN_INDEX.value])
+      counts = sweep.execute(sweep_dir, [run], executors.local(planner))
     else:
-      print(f"Sweep of {len(groups)} task/method settings: {len(searches)} grid runs, then "
-            f"{num_final} final runs -> {sweep_dir}")
-      counts = sweep.run_protocol(sweep_dir, groups, planner, **kwargs)
+      print(f"Sweep of {len(planner.groups())} task/method settings: {len(searches)} grid runs, "
+            f"then {len(finals)} final runs -> {sweep_dir}")
+      runner = (executors.subprocess_runner(planner, config_flag, overrides, sweep_dir)
+                if _PARALLEL.value > 1 else executors.local(planner))
+      counts = sweep.run_protocol(sweep_dir, planner, runner, parallel=_PARALLEL.value,
+                                  device_ids=tuple(_DEVICE_IDS.value))
   except (ValueError, RuntimeError, IndexError) as e:
     sys.exit(f"error: {e}")
   print(f"Done: {counts['ran']} ran, {counts['skipped']} already finished, "
-        f"{counts['failed']} failed (non-finite loss, see failed.json).")
+        f"{counts['failed']} failed (see failed.json).")
   print(f"Report: python launch/report.py --sweep_dir={sweep_dir}")
 
 

@@ -1,25 +1,53 @@
-"""Shared test setup: float32-exact matmuls, the oracle files, and a guard against network access."""
+"""Shared test setup: float32-exact matmuls, generated Google checkpoints with reference logits,
+and a guard against network access."""
 
 import functools
+import json
 import os
 import pathlib
 import socket
 
 import jax
+import numpy as np
 import pytest
+
+import parity_reference
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
+# Optional extra parity cases (checkpoints with logits from another implementation) in the same
+# format as the generated ones: <case>.npz, <case>.expected.npz and cases.json.
 ORACLE_DIR = pathlib.Path(os.environ.get(
     "VPT_JAX_ORACLE_DIR", pathlib.Path(__file__).resolve().parents[2] / "shared" / "oracle"))
 
+# Random checkpoints in both published layouts, checked against tests/parity_reference.py.
+GENERATED_CASES = {
+    "vit_ti16_tok": dict(layout="vit", variant="Ti", patch=16, image_size=224, num_classes=10,
+                         pool="tok", scan=False, depth=3, seed=1),
+    "bv_ti16_gap_scan": dict(layout="bv", variant="Ti", patch=16, image_size=224, num_classes=10,
+                             pool="gap", scan=True, depth=3, seed=2),
+}
 
-@pytest.fixture
-def oracle_dir():
-  if not (ORACLE_DIR / "cases.json").exists():
-    pytest.fail(f"Oracle files not found in {ORACLE_DIR}: check out shared/ beside the repo or set "
-                "VPT_JAX_ORACLE_DIR.")
-  return ORACLE_DIR
+
+def oracle_cases() -> list[str]:
+  path = ORACLE_DIR / "cases.json"
+  return sorted(json.loads(path.read_text())) if path.exists() else []
+
+
+@pytest.fixture(scope="session")
+def checkpoint_dir(tmp_path_factory):
+  """<case>.npz, <case>.expected.npz (images in [-1, 1], float64 logits) and cases.json."""
+  root = tmp_path_factory.mktemp("google_checkpoints")
+  images = np.random.default_rng(0).uniform(-1, 1, (4, 224, 224, 3)).astype(np.float32)
+  for name, spec in GENERATED_CASES.items():
+    weights = parity_reference.random_checkpoint(
+        spec["layout"], spec["variant"], spec["patch"], spec["image_size"], spec["depth"],
+        spec["num_classes"], spec["pool"], spec["scan"], spec["seed"])
+    np.savez(root / f"{name}.npz", **weights)
+    np.savez(root / f"{name}.expected.npz", images=images,
+             logits=parity_reference.logits(weights, images, spec["pool"]))
+  (root / "cases.json").write_text(json.dumps(GENERATED_CASES))
+  return root
 
 
 _real_connect = socket.socket.connect
@@ -52,7 +80,7 @@ def fake_data_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory):
   """A random 'pre-trained' Ti/16 of depth 2 in the vision_transformer layout."""
-  from vpt_jax import checkpoints
+  from vpt_jax import pretrained
   from vpt_jax.models import vit
   model = vit.Model(num_classes=10, variant="Ti/16", depth=2)
   params = model.init(jax.random.PRNGKey(0), jax.numpy.zeros((1, 32, 32, 3)))["params"]
@@ -61,7 +89,7 @@ def tiny_backbone(tmp_path_factory):
   params = jax.tree.unflatten(tree, [x + 0.02 * jax.random.normal(k, x.shape)
                                      for x, k in zip(leaves, keys)])
   path = str(tmp_path_factory.mktemp("backbone") / "tiny.npz")
-  checkpoints.export_npz(params, path)
+  pretrained.export_npz(params, path)
   return path
 
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from vpt_jax import benchmark, torch_reference
+from vpt_jax.bench import benchmark, torch_reference
 from vpt_jax.models import vit
 
 from test_train import REPO
@@ -23,7 +23,7 @@ def test_analytic_flops_match_xla_on_b16(method, xla_gflops):
 
 def test_the_benchmark_needs_no_tensorflow():
   # GPU images often carry jax and torch but not TensorFlow or TFDS (too large to bring along).
-  code = ("import sys; import vpt_jax.benchmark, vpt_jax.torch_reference; "
+  code = ("import sys; import vpt_jax.bench.benchmark, vpt_jax.bench.torch_reference; "
           "print(sorted(m for m in ('tensorflow', 'tensorflow_datasets', 'ml_collections', 'tqdm',"
           " 'orbax') if m in sys.modules))")
   process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
@@ -119,7 +119,7 @@ def test_torch_reference_computes_this_projects_model(tmp_path, method):
   import jax
   import numpy as np
   import torch
-  from vpt_jax import checkpoints
+  from vpt_jax import pretrained
   prompt_tokens = 3 if method == "vpt_deep" else 0
   model = vit.Model(num_classes=10, variant="Ti/16", depth=2, prompt_tokens=prompt_tokens,
                     prompt_deep=True)
@@ -132,7 +132,7 @@ def test_torch_reference_computes_this_projects_model(tmp_path, method):
   with jax.default_matmul_precision("highest"):
     expected, _ = model.apply({"params": params}, images)
   backbone = {k: v for k, v in params.items() if k != "prompt"}
-  checkpoints.export_npz(backbone, str(tmp_path / "weights.npz"))
+  pretrained.export_npz(backbone, str(tmp_path / "weights.npz"))
   reference = torch_reference.build("Ti/16", 2, 32, 10, method, prompt_tokens)
   (reference.vit if method == "vpt_deep" else reference).load_pretrained(
       str(tmp_path / "weights.npz"))

@@ -27,6 +27,13 @@ def examples_of(data_dir, builder, split):
   return examples_in([ex["image"] for ex in ds.as_numpy_iterator()])
 
 
+def num_examples(task_name, subset, data_dir):
+  task = tasks_lib.get(task_name)
+  builder = pipeline.builder(task, data_dir)
+  split = tasks_lib.split_for(task, subset, pipeline.split_sizes(builder))
+  return builder.info.splits[split].num_examples
+
+
 def examples_in(images):
   """The examples' (index, split id), or (index % 256,) for single-channel sources."""
   return collections.Counter(
@@ -36,7 +43,7 @@ def examples_in(images):
 
 # --- The task table ------------------------------------------------------------------------------
 
-VTAB_SPLITS = {  # task: (train800, val200, test), from shared/reference/vtab1k.md
+VTAB_SPLITS = {  # task: (train800, val200, test), as docs/vtab1k.md lists them
     "cifar100": ("train[:800]", "train[45000:45200]", "test"),
     "caltech101": ("train[:800]", "train[2754:2954]", "test"),
     "dtd": ("train[:800]", "validation[:200]", "test"),
@@ -180,7 +187,7 @@ def test_streamed_test_batches_count_every_example_once(data_dir):
     seen += examples_in(batch["image"][batch["mask"]])
   assert seen == examples_of(data_dir, "dtd:3.*.*", "test")
   assert not batches[-1]["image"][~batches[-1]["mask"]].any()  # Padding is zeros.
-  assert pipeline.num_examples("dtd", "test", data_dir) == 37
+  assert num_examples("dtd", "test", data_dir) == 37
 
 
 def test_data_scale_subsets(data_dir):
@@ -197,7 +204,7 @@ def test_data_scale_subsets(data_dir):
   assert tasks_lib.split_for(cifar, "scale20000_val", {"train": 50000}) == "train[45000:50000]"
   with pytest.raises(ValueError, match="largest possible size is 20000"):
     tasks_lib.split_for(cifar, "scale24000_train", {"train": 50000})
-  assert pipeline.num_examples("dtd", "scale400_trainval", data_dir) == 500
+  assert num_examples("dtd", "scale400_trainval", data_dir) == 500
 
 
 def test_kshot_indices_are_per_class_and_seeded():
@@ -293,8 +300,10 @@ def test_random_flip():
 # --- Preparation ---------------------------------------------------------------------------------
 
 def test_prepare_reports_readiness(data_dir):
-  assert len(prepare.expand("all")) == 19
-  assert prepare.expand("structured,dtd")[-1] == "dtd"
+  assert len(tasks_lib.expand("all")) == 19
+  assert tasks_lib.expand("structured,dtd")[-1] == "dtd"
+  assert tasks_lib.expand("dtd+svhn,dtd") == ["dtd", "svhn"]
+  assert tasks_lib.expand("demo") == list(tasks_lib.DEMO_TASKS)
   rows = prepare.prepare(["dtd", "smallnorb_azi", "smallnorb_ele", "cifar100"], data_dir,
                          download=False, log=lambda *_: None)
   assert [r.status for r in rows] == ["ready", "ready", "ready", "not prepared"]

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from vpt_jax import checkpoints
+from vpt_jax import files, pretrained
 from vpt_jax.data import pipeline
 from vpt_jax.data import tasks as tasks_lib
 from vpt_jax.models import vit
@@ -41,12 +41,12 @@ def test_demo_tasks_are_generated_offline_through_tfds(demo_data, tmp_path):
 
 def test_committed_backbone_loads_like_a_google_checkpoint():
   assert BACKBONE.stat().st_size <= 5 * 2 ** 20
-  raw = checkpoints.read_npz(str(BACKBONE))
+  raw = pretrained.read(str(BACKBONE))
   assert "Transformer/encoderblock_1/MultiHeadDotProductAttention_1/query/kernel" in raw
-  assert checkpoints.describe(raw) == dict(variant="Ti/8", pool_type="tok", num_classes=6,
+  assert pretrained.describe(raw) == dict(variant="Ti/8", pool_type="tok", num_classes=6,
                                            representation_size=None, depth=2)
   model = vit.Model(num_classes=10, variant="Ti/8", depth=2)
-  params = checkpoints.load_pretrained(str(BACKBONE), model, image_size=32)
+  params = pretrained.load(str(BACKBONE), model, image_size=32)
   np.testing.assert_array_equal(params["embedding"]["kernel"], raw["embedding/kernel"])
 
 
@@ -66,7 +66,7 @@ def test_pretraining_is_deterministic(demo_data, tmp_path):
         f"--config.data.cache_dir={tmp_path / 'cache'}", "--config.data.train_subset=train800",
         "--config.data.eval_subset=val200", "--config.optim.epochs=2",
         "--config.optim.warmup_epochs=1", "--config.eval_every_epochs=0")
-    outputs.append(checkpoints.read_npz(str(out)))
+    outputs.append(files.read_npz(str(out)))
   assert outputs[0].keys() == outputs[1].keys()
   for key in outputs[0]:
     np.testing.assert_array_equal(outputs[0][key], outputs[1][key], err_msg=key)

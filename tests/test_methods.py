@@ -5,9 +5,10 @@ import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from vpt_jax import methods, optim, steps
+from vpt_jax import artifacts, methods, optim, paths, steps
 from vpt_jax.models import vit
 
 HPARAMS = dict(prompt_tokens=3, prompt_dropout=0.1, lora_rank=2, adapter_dim=4, partial_k=1)
@@ -33,14 +34,21 @@ def backbone():
   return params, images, jnp.arange(8) % 5
 
 
+def sgd(trainable_groups, schedule, peak_lr, weight_decay=0.0, **kwargs):
+  """optim.make("sgd") with its hyper-parameters set in the state that `init` returns."""
+  tx = optim.make("sgd", trainable_groups, schedule, **{"momentum": 0.9, **kwargs})
+  init = lambda params: optim.set_hyperparams(tx.init(params), peak_lr=peak_lr,
+                                              weight_decay=weight_decay)
+  return optax.GradientTransformation(init, tx.update)
+
+
 def stage_setup(stage, backbone_params, **optimizer_kwargs):
-  model = vit.Model(**BASE, **stage.model_kwargs)
+  model = vit.Model(**BASE, **stage.model_fields)
   params = methods.init_params(model, backbone_params, jax.random.PRNGKey(3), IMAGE_SIZE)
   groups = methods.labels(params, stage.rules)
   trainable, frozen = methods.split(params, groups)
   trainable_groups, _ = methods.split(groups, groups)
-  kwargs = dict(momentum=0.9, weight_decay=0.0) | optimizer_kwargs
-  tx = optim.sgd(trainable_groups, optim.warmup_cosine(0.05, 1, 10), **kwargs)
+  tx = sgd(trainable_groups, optim.warmup_cosine(1, 10), 0.05, **optimizer_kwargs)
   return model, params, groups, trainable, frozen, tx
 
 
@@ -57,14 +65,14 @@ def test_frozen_unchanged_trainable_changed(stage, backbone):
   model, params, groups, trainable, frozen, tx = stage_setup(stage, backbone_params)
   opt_state = tx.init(trainable)
   # Optimizer state exists for trainable leaves only (momentum: one buffer each).
-  assert sum(x.size for x in jax.tree.leaves(opt_state) if x.ndim) == methods.count(trainable)
+  assert sum(x.size for x in jax.tree.leaves(opt_state) if x.ndim) == paths.count(trainable)
   step = jax.jit(steps.make_train_step(model, tx))
   new_trainable = trainable
   for i in range(3):
     new_trainable, opt_state, metrics = step(new_trainable, opt_state, frozen, images, labels,
                                              jax.random.PRNGKey(i))
   assert np.isfinite(metrics["loss"])
-  before, after = flat(params), flat(methods.merge(new_trainable, frozen))
+  before, after = flat(params), flat(paths.merge(new_trainable, frozen))
   assert before.keys() == after.keys()
   group_of = flat(groups)
   for path in before:
@@ -80,7 +88,7 @@ def test_identity_initialised_modules_keep_pretrained_logits(name, backbone, for
   backbone_params, images, _ = backbone
   stage = methods.get(name, depth=2, **HPARAMS)
   model, params, *_ = stage_setup(stage, backbone_params)
-  assert methods.count(params) > methods.count(backbone_params)
+  assert paths.count(params) > paths.count(backbone_params)
   tuned, _ = model.apply({"params": params}, images)
   pretrained, _ = vit.Model(**BASE).apply({"params": backbone_params}, images)
   np.testing.assert_array_equal(tuned, pretrained)
@@ -147,12 +155,12 @@ def test_prompt_init_range_and_projection():
 
 def b16_trainable(name, **hparams):
   method = methods.get(name, depth=12, **{**HPARAMS, **hparams})
-  model = vit.Model(num_classes=100, variant="B/16", **method.model_kwargs)
+  model = vit.Model(num_classes=100, variant="B/16", **method.model_fields)
   params = jax.eval_shape(model.init, jax.random.PRNGKey(0),
                           jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))["params"]
   groups = methods.labels(params, method.rules)
   trainable, _ = methods.split(params, groups)
-  return methods.count({k: v for k, v in trainable.items() if k != "head"}), params, groups
+  return paths.count({k: v for k, v in trainable.items() if k != "head"}), params, groups
 
 
 B16 = 85_798_656
@@ -188,17 +196,16 @@ def test_vpt_deep_step_forms_no_frozen_weight_gradients(backbone):
   backbone_params, _, _ = backbone
   images = jnp.zeros((8, 64, 64, 3))
   labels = jnp.zeros((8,), jnp.int32)
-  backbone64 = methods.merge(backbone_params, {"Transformer": {"posembed_input": {
+  backbone64 = paths.merge(backbone_params, {"Transformer": {"posembed_input": {
       "pos_embedding": jnp.zeros((1, 17, 192))}}})
   flops = {}
   for name in ("full", "vpt_deep", "linear"):
     stage = methods.get(name, depth=2, prompt_tokens=1, prompt_dropout=0.0)
-    model = vit.Model(**BASE, **stage.model_kwargs)
+    model = vit.Model(**BASE, **stage.model_fields)
     params = methods.init_params(model, backbone64, jax.random.PRNGKey(0), 64)
     groups = methods.labels(params, stage.rules)
     trainable, frozen = methods.split(params, groups)
-    tx = optim.sgd(methods.split(groups, groups)[0], optim.warmup_cosine(0.1, 1, 10),
-                   momentum=0.9, weight_decay=1e-4)
+    tx = sgd(methods.split(groups, groups)[0], optim.warmup_cosine(1, 10), 0.1, 1e-4)
     compiled = jax.jit(steps.make_train_step(model, tx)).lower(
         trainable, tx.init(trainable), frozen, images, labels, jax.random.PRNGKey(0)).compile()
     analysis = compiled.cost_analysis()
@@ -215,15 +222,15 @@ def test_artifact_round_trip(backbone, tmp_path):
   trainable, _, _ = step(trainable, tx.init(trainable), frozen, images, labels,
                          jax.random.PRNGKey(0))
   path = str(tmp_path / "dtd.vpt_deep.npz")
-  size = methods.save_artifact(path, trainable, {"method": "vpt_deep", "task": "dtd"})
-  full_size = 4 * methods.count(params)
+  size = artifacts.save(path, trainable, {"method": "vpt_deep", "task": "dtd"})
+  full_size = 4 * paths.count(params)
   assert size < full_size / 50
 
-  loaded, meta = methods.load_artifact(path)
+  loaded, meta = artifacts.load(path)
   assert meta == {"method": "vpt_deep", "task": "dtd"}
   chex.assert_trees_all_equal(loaded, jax.device_get(trainable))
-  restored = methods.merge(backbone_params, loaded)
-  expected, _ = model.apply({"params": methods.merge(trainable, frozen)}, images)
+  restored = paths.merge(backbone_params, loaded)
+  expected, _ = model.apply({"params": paths.merge(trainable, frozen)}, images)
   logits, _ = model.apply({"params": restored}, images)
   np.testing.assert_array_equal(logits, expected)
 
@@ -246,8 +253,7 @@ def test_group_learning_rates(backbone):
 def test_coupled_weight_decay_and_momentum():
   params = {"w": jnp.array([1.0, -2.0]), "b": jnp.array([0.5])}
   groups = {"w": "head", "b": "head"}
-  tx = optim.sgd(groups, lambda step: 0.1, momentum=0.9, weight_decay=0.01,
-                 decay_rules=(("b", False), (".*", True)))
+  tx = sgd(groups, lambda step, peak: peak, 0.1, 0.01, decay_rules=(("b", False), (".*", True)))
   state = tx.init(params)
   grads = {"w": jnp.array([0.3, 0.4]), "b": jnp.array([0.2])}
   w, b, buf_w, buf_b = np.array([1.0, -2.0]), np.array([0.5]), 0.0, 0.0

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from vpt_jax import attention, distance, plots, published, report, runs, sweep
+from vpt_jax import (artifacts, attention, config_lib, distance, executors, plots, published,
+                     recipes, report, sweep, train)
 from vpt_jax.data import device, pipeline
 from vpt_jax.data import tasks as tasks_lib
 from vpt_jax.models import vit
@@ -29,8 +30,8 @@ def planner_for(arg, fake_data_dir, tiny_backbone, tmp_path, **extra):
   for path, value in {**SWEEP_OVERRIDES, "backbone": tiny_backbone,
                       "data.data_dir": fake_data_dir, "data.cache_dir": str(tmp_path / "cache"),
                       **extra}.items():
-    sweep._set(config, path, value)
-  return sweep.Planner(vtab_config.get_config, config, arg), config
+    config_lib.set_path(config, path, value)
+  return sweep.Planner(config), config
 
 
 def write_result(sweep_dir, run, **result):
@@ -51,8 +52,8 @@ def test_selection_picks_the_planted_best_and_breaks_ties(tmp_path):
   assert (best["base_lr"], best["weight_decay"]) == (0.1, 0.01)  # Three tie: smallest lr wins.
   write_result(tmp_path, grid[0], val_accuracy=0.9)
   assert sweep.select_best(str(tmp_path), grid)["base_lr"] == 5.0
-  assert [r.seed for r in sweep.final_runs("vtab1k", "dtd", "vpt_deep", best, config.sweep)] == \
-      [0, 1, 2, 3, 4]
+  assert [r.seed for r in sweep.final_runs("vtab1k", "dtd", "vpt_deep", best,
+                                           recipes.resolve(config).sweep)] == [0, 1, 2, 3, 4]
   with pytest.raises(RuntimeError, match="No grid run of vtab1k/dtd/full finished"):
     sweep.select_best(str(tmp_path), sweep.search_runs("vtab1k", "dtd", "full", config.sweep))
 
@@ -76,30 +77,28 @@ class Killed(Exception):
 def test_sweep_runs_resumes_and_reports(fake_data_dir, tiny_backbone, tmp_path):
   arg = "task=dtd+smallnorb_azi,method=linear+vpt_deep"
   planner, config = planner_for(arg, fake_data_dir, tiny_backbone, tmp_path)
-  assert planner.overrides["optim.epochs"] == 1 and "task" not in planner.overrides
-  groups = sweep.plan(vtab_config.expand_tasks(config.task), config.method.split("+"),
-                      config.sweep)
-  assert len(groups) == 4
+  assert len(planner.groups()) == 4
   sweep_dir = str(tmp_path / "sweep")
   completed = []
+  local = executors.local(planner)
 
-  def runner(run_config, workdir, log=print):
+  def runner(run, workdir, log=print, env=None):
     if len(completed) == 5 and not os.environ.get("RESUMED"):
       raise Killed()
-    sweep.run_in_process(run_config, workdir, log=lambda *_: None)
+    local(run, workdir, log=lambda *_: None)
     completed.append(os.path.relpath(workdir, sweep_dir))
 
   with pytest.raises(Killed):
-    sweep.run_protocol(sweep_dir, groups, planner, runner=runner, log=lambda *_: None)
+    sweep.run_protocol(sweep_dir, planner, runner, log=lambda *_: None)
   assert len(completed) == 5
   os.environ["RESUMED"] = "1"
   try:
-    counts = sweep.run_protocol(sweep_dir, groups, planner, runner=runner, log=lambda *_: None)
+    counts = sweep.run_protocol(sweep_dir, planner, runner, log=lambda *_: None)
   finally:
     del os.environ["RESUMED"]
   assert counts == {"skipped": 5, "ran": 11, "failed": 0}
   assert len(completed) == len(set(completed)) == 16  # 4 x (2 grid + 2 seeds), none twice.
-  again = sweep.run_protocol(sweep_dir, groups, planner, runner=runner, log=lambda *_: None)
+  again = sweep.run_protocol(sweep_dir, planner, runner, log=lambda *_: None)
   assert again == {"skipped": 16, "ran": 0, "failed": 0}
 
   # Each run's config is the config file's for its task and method plus the overrides.
@@ -130,7 +129,7 @@ def test_sweep_runs_resumes_and_reports(fake_data_dir, tiny_backbone, tmp_path):
 
   # A finished run loads back from its workdir and reproduces its test accuracy.
   workdir = tmp_path / "sweep/vtab1k/dtd/vpt_deep/final/seed0"
-  model, params, run_config = runs.load_trained(str(workdir))
+  model, params, run_config = artifacts.load_trained(str(workdir))
   correct = 0
   for batch in pipeline.eval_batches("dtd", "test", 32, 16, fake_data_dir):
     logits, aux = model.apply({"params": params}, device.normalize(batch["image"], "imagenet"),
@@ -145,17 +144,16 @@ def test_sweep_runs_resumes_and_reports(fake_data_dir, tiny_backbone, tmp_path):
 def test_failed_runs_are_recorded_not_retried(tmp_path):
   config = vtab_config.get_config("task=dtd")
   config.sweep.base_lrs, config.sweep.weight_decays, config.sweep.seeds = (1.0,), (0.0,), 1
-  planner = sweep.Planner(vtab_config.get_config, config, "task=dtd")
   runs_ = sweep.search_runs("vtab1k", "dtd", "vpt_deep", config.sweep)
   calls = []
 
-  def runner(run_config, workdir, log=print):
+  def runner(run, workdir, log=print, env=None):
     calls.append(workdir)
-    raise sweep.train.NonFiniteLossError("Loss became nan at step 3")
+    raise train.NonFiniteLossError("Loss became nan at step 3")
   (tmp_path / runs_[0].workdir).mkdir(parents=True)
-  assert sweep.execute(str(tmp_path), runs_, planner, runner=runner, log=lambda *_: None) == \
+  assert sweep.execute(str(tmp_path), runs_, runner, log=lambda *_: None) == \
       {"skipped": 0, "ran": 0, "failed": 1}
-  assert sweep.execute(str(tmp_path), runs_, planner, runner=runner, log=lambda *_: None) == \
+  assert sweep.execute(str(tmp_path), runs_, runner, log=lambda *_: None) == \
       {"skipped": 0, "ran": 0, "failed": 1}
   assert len(calls) == 1
   (tmp_path / runs_[0].workdir / "config.json").write_text("{}")
@@ -172,7 +170,7 @@ def test_slurm_dry_run_prints_two_dependent_arrays(tmp_path):
   out = process.stdout
   assert "#SBATCH --array=0-79" in out  # 2 tasks x 10 lrs x 4 wds
   assert "#SBATCH --array=0-5" in out  # 2 tasks x 3 seeds
-  assert "--phase=final \\\n    --run_index=$SLURM_ARRAY_TASK_ID --config.sweep.seeds=3" in out
+  assert "--config.sweep.seeds=3 --phase=final \\\n    --run_index=$SLURM_ARRAY_TASK_ID" in out
   assert "sbatch --dependency=afterok:$search" in out
   assert not (tmp_path / "slurm" / "submit.sh").exists()
 
@@ -282,17 +280,15 @@ def test_report_command(tmp_path):
 
 def test_each_method_of_a_combined_sweep_gets_its_own_grid():
   arg = "task=dtd,method=vpt_deep+lp_ft+ft_then_pt"
-  planner = sweep.Planner(vtab_config.get_config, vtab_config.get_config(arg), arg, for_sweep=True)
+  planner = sweep.Planner(vtab_config.get_config(arg))
   assert max(planner.sweep_config("dtd", "vpt_deep").base_lrs) == 50.0
   assert planner.sweep_config("dtd", "lp_ft").base_lrs == (0.005, 0.001, 0.0005, 0.0001)
   # FT-then-PT's sweep tunes its prompt stage; its FT stage runs with config.stage_optim.
   assert max(planner.sweep_config("dtd", "ft_then_pt").base_lrs) == 50.0
-  config = vtab_config.get_config(arg)
-  config.seed = 3
   with pytest.raises(ValueError, match="A sweep sets seed itself"):
-    sweep.Planner(vtab_config.get_config, config, arg, for_sweep=True)
+    sweep.Planner(vtab_config.get_config(arg), overrides={"seed": 3})
   run = sweep.Run("vtab1k", "dtd", "vpt_deep", "final", 2.5, 0.001, 4)
-  run_config = planner.config(run)
+  run_config = planner.run_config(run)
   assert (run_config.seed, run_config.optim.base_lr, run_config.data.train_subset) == (
       4, 2.5, "train800val200")
 
@@ -302,10 +298,9 @@ def test_parallel_runs_never_share_a_device(tmp_path):
   import time
   config = vtab_config.get_config("task=dtd")
   config.sweep.base_lrs, config.sweep.weight_decays = (1.0, 0.5, 0.25, 0.1, 0.05, 0.01), (0.0,)
-  planner = sweep.Planner(vtab_config.get_config, config, "task=dtd")
   busy, clashes, lock = set(), [], threading.Lock()
 
-  def runner(run_config, workdir, log=print, env=None):
+  def runner(run, workdir, log=print, env=None):
     device = env["CUDA_VISIBLE_DEVICES"]
     with lock:
       clashes.append(device in busy)
@@ -318,7 +313,7 @@ def test_parallel_runs_never_share_a_device(tmp_path):
 
   counts = sweep.execute(str(tmp_path), sweep.search_runs("vtab1k", "dtd", "vpt_deep",
                                                           config.sweep),
-                         planner, runner=runner, parallel=2, device_ids=("0", "1"),
+                         runner, parallel=2, device_ids=("0", "1"),
                          log=lambda *_: None)
   assert counts["ran"] == 6 and not any(clashes)
 
@@ -326,10 +321,11 @@ def test_parallel_runs_never_share_a_device(tmp_path):
 def test_infeasible_sizes_are_recorded_and_the_sweep_goes_on(tmp_path):
   config = vtab_config.get_config("task=dtd")
   config.sweep.base_lrs, config.sweep.weight_decays, config.sweep.seeds = (1.0,), (0.0,), 1
-  planner = sweep.Planner(vtab_config.get_config, config, "task=dtd")
+  config.sweep.protocol, config.sweep.sizes = "data_scale", (400, 20000)
+  planner = sweep.Planner(config)
 
-  def runner(run_config, workdir, log=print):
-    if run_config.data.train_subset.startswith("scale20000"):
+  def runner(run, workdir, log=print, env=None):
+    if planner.run_config(run).data.train_subset.startswith("scale20000"):
       raise sweep.tasks_lib.InfeasibleSubsetError("dtd cannot hold data-scale size 20000")
     write_result(tmp_path, sweep.Run(*pathlib.Path(workdir).relative_to(tmp_path).parts[:3],
                                      "search", 1.0, 0.0, 0), val_accuracy=0.5)
@@ -338,9 +334,7 @@ def test_infeasible_sizes_are_recorded_and_the_sweep_goes_on(tmp_path):
       (pathlib.Path(workdir) / "result.json").write_text("{}")
 
   lines = []
-  counts = sweep.run_protocol(str(tmp_path), [("scale400", "dtd", "vpt_deep"),
-                                              ("scale20000", "dtd", "vpt_deep")],
-                              planner, runner=runner, log=lines.append)
+  counts = sweep.run_protocol(str(tmp_path), planner, runner, log=lines.append)
   assert counts == {"skipped": 0, "ran": 2, "failed": 1}
   assert any(line.startswith("SKIPPED final runs of scale20000/dtd/vpt_deep") for line in lines)
   assert json.loads((tmp_path / "scale20000/dtd/vpt_deep/search/lr1_wd0/failed.json")
@@ -348,9 +342,9 @@ def test_infeasible_sizes_are_recorded_and_the_sweep_goes_on(tmp_path):
 
 
 def test_slurm_scripts_quote_overrides(tmp_path):
-  scripts = sweep.slurm_scripts("configs/vtab.py:task=dtd", str(tmp_path / "a b"), 4, 2,
-                                ("--config.sweep.base_lrs=(1.0,0.5)",))
-  assert "'--config.sweep.base_lrs=(1.0,0.5)'" in scripts["search"]
+  scripts = executors.slurm_scripts("configs/vtab.py:task=dtd", {"sweep.base_lrs": (1.0, 0.5)},
+                                    str(tmp_path / "a b"), 4, 2)
+  assert "'--config.sweep.base_lrs=(1.0, 0.5)'" in scripts["search"]
   for text in scripts.values():
     script = tmp_path / "script.sh"
     script.write_text(text)
@@ -368,18 +362,14 @@ def test_final_runs_of_an_earlier_selection_are_set_aside_and_rerun(tmp_path):
   (workdir / "result.json").write_text(json.dumps({"test_accuracy": 0.25}))
   ran, lines = [], []
 
-  class Planner:
-    def config(self, run):
-      return run
-
-  def runner(run, workdir, log):
+  def runner(run, workdir, log, env=None):
     ran.append(run)
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
       json.dump({"optim.base_lr": run.base_lr, "optim.weight_decay": run.weight_decay}, f)
-  assert sweep.execute(sweep_dir, [old], Planner(), runner=runner) == {
+  assert sweep.execute(sweep_dir, [old], runner) == {
       "skipped": 1, "ran": 0, "failed": 0}  # Same setting: kept as it is.
-  counts = sweep.execute(sweep_dir, [new], Planner(), runner=runner, log=lines.append)
+  counts = sweep.execute(sweep_dir, [new], runner, log=lines.append)
   assert counts == {"skipped": 0, "ran": 1, "failed": 0} and ran == [new]
   kept = tmp_path / "vtab1k/dtd/vpt_deep/superseded/lr1_wd0/seed0/result.json"
   assert json.loads(kept.read_text()) == {"test_accuracy": 0.25}

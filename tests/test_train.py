@@ -1,6 +1,5 @@
 """The training engine end to end on offline data: every method, devices, resume, faults."""
 
-import importlib.util
 import json
 import logging
 import os
@@ -13,13 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vpt_jax import checkpoints, methods, metrics, optim, steps, train
+from configs import vtab as vtab_config
+from vpt_jax import (artifacts, config_lib, files, methods, metrics, optim, paths, pretrained,
+                     recipes, steps, train)
 from vpt_jax.models import vit
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("vtab_config", REPO / "configs" / "vtab.py")
-vtab_config = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(vtab_config)
 
 TINY_OVERRIDES = {
     "model.variant": "Ti/16", "model.depth": 2, "data.resolution": 32, "optim.epochs": 2,
@@ -32,11 +30,7 @@ def tiny_config(fake_data_dir, tiny_backbone, tmp_path, arg="task=dtd,method=vpt
   config = vtab_config.get_config(arg)
   for key, value in {**TINY_OVERRIDES, "backbone": tiny_backbone, "data.data_dir": fake_data_dir,
                      "data.cache_dir": str(tmp_path / "cache"), **extra}.items():
-    *parents, leaf = key.split(".")
-    node = config
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
+    config_lib.set_path(config, key, value)
   return config
 
 
@@ -59,9 +53,11 @@ def test_every_method_trains_and_evaluates(method, fake_data_dir, tiny_backbone,
   if method in ("ft_then_pt", "lp_ft"):
     assert [s["method"] for s in result["stages"]] == [d.split("_", 1)[1] for d in stage_dirs]
     first, last = result["stages"]
-    assert first["base_lr"] == config.stage_optim[first["method"]].base_lr != config.optim.base_lr
-    assert first["weight_decay"] == config.stage_optim[first["method"]].weight_decay
-    assert last["base_lr"] == config.optim.base_lr
+    resolved = recipes.resolve(config)
+    assert first["base_lr"] == resolved.stage_optim[first["method"]].base_lr != \
+        resolved.optim.base_lr
+    assert first["weight_decay"] == resolved.stage_optim[first["method"]].weight_decay
+    assert last["base_lr"] == resolved.optim.base_lr
     assert result["tuned_percent"] == 100.0  # Its full stage tuned everything.
   else:
     assert stage_dirs == []
@@ -70,18 +66,23 @@ def test_every_method_trains_and_evaluates(method, fake_data_dir, tiny_backbone,
 
 
 def test_vtab_config_follows_the_vpt_code():
-  shallow, deep = (vtab_config.get_config(f"method={m}") for m in ("vpt_shallow", "vpt_deep"))
+  shallow, deep = (recipes.resolve(vtab_config.get_config(f"method={m}"))
+                   for m in ("vpt_shallow", "vpt_deep"))
   assert (shallow.method_kwargs.prompt_dropout, deep.method_kwargs.prompt_dropout) == (0.0, 0.1)
   trainable = {"head": {"bias": 0, "kernel": 0}, "prompt": {"embeddings": 0}}
   assert optim.decay_mask(trainable, deep.optim.decay_rules) == {
       "head": {"bias": False, "kernel": True}, "prompt": {"embeddings": True}}
-  assert vtab_config.get_config("method=full").sweep.base_lrs == (0.005, 0.001, 0.0005, 0.0001)
+  assert recipes.resolve(vtab_config.get_config("method=full")).sweep.base_lrs == (
+      0.005, 0.001, 0.0005, 0.0001)
 
 
 def test_stage_optim_names_an_earlier_stage(fake_data_dir, tiny_backbone, tmp_path):
   config = tiny_config(fake_data_dir, tiny_backbone, tmp_path, "task=dtd,method=ft_then_pt")
-  assert train.stage_optim(config, "full").base_lr == 0.001
-  assert train.stage_optim(config, "vpt_deep").base_lr == config.optim.base_lr
+  resolved = recipes.resolve(config)
+  assert resolved.stage_optim.full.base_lr == 0.001
+  # The tuned (last) stage takes config.optim itself.
+  assert [s.optim.base_lr for s in train.plan_stages(resolved, train.tasks_lib.get("dtd"), "w")] \
+      == [0.001, resolved.optim.base_lr]
   config.stage_optim.vpt_deep = {"base_lr": 1.0}
   with pytest.raises(ValueError, match="has no earlier stage called 'vpt_deep'"):
     train.train_and_evaluate(config, str(tmp_path / "run"))
@@ -106,12 +107,12 @@ def test_run_outputs_and_artifact(fake_data_dir, tiny_backbone, tmp_path):
   assert result["artifact_bytes"] < result["full_model_bytes"] / 20
 
   # The artifact alone, on the pre-trained backbone, reproduces the evaluation.
-  trained, meta = methods.load_artifact(str(workdir / "artifact.npz"))
+  trained, meta = artifacts.load(str(workdir / "artifact.npz"))
   assert meta["method"] == "vpt_deep"
   model = vit.Model(num_classes=47, variant="Ti/16", depth=2, prompt_tokens=2, prompt_deep=True)
-  backbone = checkpoints.load_pretrained(tiny_backbone, vit.Model(num_classes=47, variant="Ti/16",
-                                                                  depth=2), image_size=32)
-  params = methods.merge(backbone, trained)
+  backbone = pretrained.load(tiny_backbone, vit.Model(num_classes=47, variant="Ti/16", depth=2),
+                             image_size=32)
+  params = paths.merge(backbone, trained)
   from vpt_jax.data import device, pipeline
   correct = total = 0
   for batch in pipeline.eval_batches("dtd", "test", 32, 16, fake_data_dir):
@@ -136,7 +137,7 @@ def _kill_at(monkeypatch, step):
 
 
 def _artifact(workdir):
-  return checkpoints.read_npz(str(workdir / "artifact.npz"))
+  return files.read_npz(str(workdir / "artifact.npz"))
 
 
 def test_kill_and_resume_is_bitwise_identical(fake_data_dir, tiny_backbone, tmp_path, monkeypatch,
@@ -248,21 +249,21 @@ def test_non_finite_loss_stops_and_keeps_good_checkpoints(fake_data_dir, tiny_ba
 
 
 def test_config_arguments():
-  config = vtab_config.get_config("task=svhn,method=full,mode=search,seed=3")
+  config = recipes.resolve(vtab_config.get_config("task=svhn,method=full,phase=search,seed=3"))
   assert (config.task, config.method, config.seed) == ("svhn", "full", 3)
   assert (config.data.train_subset, config.data.eval_subset) == ("train800", "val200")
   assert config.method_kwargs.prompt_tokens == 50
   assert config.optim.epochs == 100 and config.optim.warmup_epochs == 10
   assert config.optim.batch_size == 64 and config.optim.momentum == 0.9
   assert config.backbone == "ViT-B_16" and config.model.variant == "B/16"
-  with pytest.raises(ValueError, match="valid keys: task, method, mode, seed, fsdp, bf16"):
+  with pytest.raises(ValueError, match="valid keys: task, method, recipe, phase, seed, fsdp, bf16"):
     vtab_config.get_config("task=svhn,lr=0.1")
   with pytest.raises(ValueError, match="seed='x' must be an int"):
     vtab_config.get_config("seed=x")
   with pytest.raises(ValueError, match="task='imagenet' is not a VTAB-1k task"):
     vtab_config.get_config("task=imagenet")
-  with pytest.raises(ValueError, match="mode='test' must be 'final' or 'search'"):
-    vtab_config.get_config("mode=test")
+  with pytest.raises(ValueError, match="phase='test' must be 'final' or 'search'"):
+    vtab_config.get_config("phase=test")
 
 
 def test_unknown_method_and_bad_dtype(fake_data_dir, tiny_backbone, tmp_path):

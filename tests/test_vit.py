@@ -43,7 +43,7 @@ def test_published_architectures():
 
 
 def test_parameter_count_b16():
-  # shared/reference/checkpoints.md: 85,798,656 backbone; 86,567,656 with a 1000-class head.
+  # docs/checkpoints.md: 85,798,656 backbone; 86,567,656 with a 1000-class head.
   for num_classes, expected in [(0, 85_798_656), (1000, 86_567_656)]:
     model = vit.Model(num_classes=num_classes, variant="B/16")
     variables = jax.eval_shape(model.init, jax.random.PRNGKey(0),

@@ -5,12 +5,12 @@ Features come from a pluggable extractor: the pre-trained ViT's pre-logits by de
 Inception-v3 (the FID network) when its Keras weights file is given.
 """
 
-from typing import Callable, Iterable
+from typing import Callable
 
 import jax
 import numpy as np
 
-from vpt_jax import checkpoints
+from vpt_jax import pretrained
 from vpt_jax.data import device
 from vpt_jax.models import vit
 
@@ -45,7 +45,7 @@ def vit_extractor(checkpoint: str, variant: str, resolution: int, normalization:
                   batch_size: int = 128, **model_kwargs) -> Extractor:
   """Pre-logits features of the pre-trained ViT (no head)."""
   model = vit.Model(num_classes=0, variant=variant, **model_kwargs)
-  params = checkpoints.load_pretrained(checkpoint, model, image_size=resolution)
+  params = pretrained.load(checkpoint, model, image_size=resolution)
   forward = jax.jit(lambda images: model.apply(
       {"params": params}, device.normalize(images, normalization))[0])
 
@@ -74,6 +74,3 @@ def inception_extractor(weights_path: str, batch_size: int = 64) -> Extractor:
     return np.concatenate(out)
   return extract
 
-
-def distance(extractor: Extractor, images_a: Iterable[np.ndarray], images_b: np.ndarray) -> float:
-  return features_distance(extractor(np.asarray(images_a)), extractor(np.asarray(images_b)))

@@ -4,23 +4,21 @@ A method is `vit.Model` fields (prompts, LoRA, adapters, SSF) plus (regex, group
 '/'-joined parameter paths, matched in order. Group FROZEN is never trained: it is split off before
 differentiation, so no gradient, optimizer state or update exists for it. Every other group trains
 and may get its own learning-rate multiplier (e.g. "prompt" and "backbone" for `mixed`).
-Two-stage methods (`ft_then_pt`, `lp_ft`) list single-stage methods that the launcher runs in order.
+Two-stage methods (`ft_then_pt`, `lp_ft`) list single-stage methods that run in order; the last
+one is the stage a sweep tunes.
 """
 
 import dataclasses
-import json
-import os
-import re
 from typing import Any, Callable
 
-import flax.traverse_util
 import jax
 import numpy as np
 
-from vpt_jax import checkpoints
+from vpt_jax import paths
 from vpt_jax.models import vit
 
 FROZEN = "frozen"
+BACKBONE = "backbone"
 _HEAD = ("head/.*", "head")
 _REST_FROZEN = (".*", FROZEN)
 
@@ -29,41 +27,77 @@ _REST_FROZEN = (".*", FROZEN)
 class Method:
   name: str
   rules: tuple[tuple[str, str], ...] = ()
-  model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+  model_fields: dict[str, Any] = dataclasses.field(default_factory=dict)  # vit.Model fields.
   stages: tuple["Method", ...] = ()
 
+  @property
+  def single_stages(self) -> tuple["Method", ...]:
+    return self.stages or (self,)
 
-_REGISTRY: dict[str, Callable[..., Method]] = {}
+  @property
+  def tuned_stage(self) -> "Method":
+    return self.single_stages[-1]
 
 
-def register(fn):
-  _REGISTRY[fn.__name__] = fn
-  return fn
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+  build: Callable[..., Method]
+  moves_backbone: bool
+  stages: tuple[str, ...]
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register(moves_backbone: bool = False, stages: tuple[str, ...] = ()):
+  """Registers a method builder under its function name. `moves_backbone`: its (last) stage
+  trains pre-trained backbone weights, which sets its learning-rate grid and compute cost."""
+  def wrap(fn):
+    last = _REGISTRY[stages[-1]].moves_backbone if stages else moves_backbone
+    _REGISTRY[fn.__name__] = _Entry(fn, last, tuple(stages))
+    return fn
+  return wrap
 
 
 def names() -> tuple[str, ...]:
   return tuple(_REGISTRY)
 
 
-def get(name: str, depth: int, **hparams) -> Method:
-  """The method `name` for a ViT of `depth` blocks; `hparams` come from the config (extra ignored)."""
+def _entry(name: str) -> _Entry:
   if name not in _REGISTRY:
     raise ValueError(f"Unknown method {name!r}; choose one of: {', '.join(_REGISTRY)}.")
+  return _REGISTRY[name]
+
+
+def moves_backbone(name: str) -> bool:
+  """Whether the stage a sweep tunes trains the pre-trained backbone (e.g. full, mixed, lp_ft)."""
+  return _entry(name).moves_backbone
+
+
+def stage_names(name: str) -> tuple[str, ...]:
+  """The single-stage methods `name` runs, in order (just itself for one stage)."""
+  return _entry(name).stages or (name,)
+
+
+def get(name: str, depth: int, **hparams) -> Method:
+  """The method `name` for a ViT of `depth` blocks; `hparams` come from the config (extra ignored,
+  None counts as not given)."""
+  entry = _entry(name)
   try:
-    return _REGISTRY[name](depth=depth, **hparams)
+    return entry.build(depth=depth, **{k: v for k, v in hparams.items() if v is not None})
   except TypeError as e:
     raise ValueError(f"Method {name!r} needs more hyper-parameters ({e}); set them in "
                      "config.method_kwargs.") from None
 
 
-@register
+@register()
 def linear(**_):
   return Method("linear", (_HEAD, _REST_FROZEN))
 
 
-@register
+@register(moves_backbone=True)
 def full(**_):
-  return Method("full", (_HEAD, (".*", "backbone")))
+  return Method("full", (_HEAD, (".*", BACKBONE)))
 
 
 def _prompts(deep, prompt_tokens, prompt_dropout, prompt_project=None):
@@ -71,140 +105,98 @@ def _prompts(deep, prompt_tokens, prompt_dropout, prompt_project=None):
               prompt_project=prompt_project)
 
 
-@register
+@register()
 def vpt_shallow(*, prompt_tokens, prompt_dropout, prompt_project=None, **_):
   return Method("vpt_shallow", (("prompt/.*", "prompt"), _HEAD, _REST_FROZEN),
                 _prompts(False, prompt_tokens, prompt_dropout, prompt_project))
 
 
-@register
+@register()
 def vpt_deep(*, prompt_tokens, prompt_dropout, prompt_project=None, **_):
   return Method("vpt_deep", (("prompt/.*", "prompt"), _HEAD, _REST_FROZEN),
                 _prompts(True, prompt_tokens, prompt_dropout, prompt_project))
 
 
-@register
+@register(moves_backbone=True)
 def mixed(*, prompt_tokens, prompt_dropout, prompt_project=None, **_):
-  return Method("mixed", (("prompt/.*", "prompt"), _HEAD, (".*", "backbone")),
+  return Method("mixed", (("prompt/.*", "prompt"), _HEAD, (".*", BACKBONE)),
                 _prompts(True, prompt_tokens, prompt_dropout, prompt_project))
 
 
-@register
+@register(stages=("full", "vpt_deep"))
 def ft_then_pt(*, depth, **hparams):
   return Method("ft_then_pt", stages=(full(), vpt_deep(depth=depth, **hparams)))
 
 
-@register
+@register(stages=("linear", "full"))
 def lp_ft(**_):
   return Method("lp_ft", stages=(linear(), full()))
 
 
-@register
+@register()
 def bitfit(**_):
   return Method("bitfit", (_HEAD, (r".*/bias", "peft"), _REST_FROZEN))
 
 
-@register
+@register()
 def layernorm(**_):
   return Method("layernorm", (_HEAD, (r".*(LayerNorm_\d+|encoder_norm)/.*", "peft"), _REST_FROZEN))
 
 
-@register
+@register()
 def lora(*, lora_rank, lora_alpha=0.0, **_):
   return Method("lora", (_HEAD, (r".*/lora_(query|value)_[ab]", "peft"), _REST_FROZEN),
-                dict(extras=vit.Extras(lora_rank=lora_rank, lora_alpha=lora_alpha)))
+                dict(peft=vit.PeftModules(lora_rank=lora_rank, lora_alpha=lora_alpha)))
 
 
-@register
+@register()
 def adapter(*, adapter_dim, **_):
   return Method("adapter", (_HEAD, (r".*/adapter_(attention|mlp)/.*", "peft"), _REST_FROZEN),
-                dict(extras=vit.Extras(adapter_dim=adapter_dim)))
+                dict(peft=vit.PeftModules(adapter_dim=adapter_dim)))
 
 
-@register
+@register()
 def ssf(**_):
   return Method("ssf", (_HEAD, (r"(.*/)?ssf_[^/]+/.*", "peft"), _REST_FROZEN),
-                dict(extras=vit.Extras(ssf=True)))
+                dict(peft=vit.PeftModules(ssf=True)))
 
 
-@register
+@register(moves_backbone=True)
 def partial_k(*, depth, partial_k, **_):
   if not 0 < partial_k <= depth:
     raise ValueError(f"partial_k={partial_k} must be between 1 and the model depth {depth}.")
   blocks = "|".join(str(i) for i in range(depth - partial_k, depth))
   return Method("partial_k", (_HEAD, (rf"Transformer/(encoderblock_({blocks})|encoder_norm)/.*",
-                                      "backbone"), _REST_FROZEN))
+                                      BACKBONE), _REST_FROZEN))
 
 
 # ---------------------------------------------------------------------------------------------
 # Parameter groups.
 
-def _flat(tree):
-  return flax.traverse_util.flatten_dict(tree, sep="/")
-
-
-def _unflat(flat):
-  return flax.traverse_util.unflatten_dict(flat, sep="/")
-
-
 def labels(params, rules) -> dict:
   """The group of every parameter (same tree as `params`); the first matching rule decides."""
-  flat = _flat(params)
-  compiled = [(re.compile(pattern), group) for pattern, group in rules]
-  out, unmatched = {}, []
-  used = set()
-  for path in flat:
-    rule = next((i for i, (regex, _) in enumerate(compiled) if regex.fullmatch(path)), None)
-    if rule is None:
-      unmatched.append(path)
-      continue
-    out[path] = compiled[rule][1]
-    used.add(rule)
-  if unmatched:
-    raise ValueError(f"No rule matches parameters {unmatched[:5]}; end the rules with ('.*', ...).")
-  idle = [rules[i][0] for i, (_, group) in enumerate(compiled) if group != FROZEN and i not in used]
+  groups = paths.first_match(params, rules)
+  used = set(paths.rule_indices(paths.flatten(params), [pattern for pattern, _ in rules]).values())
+  idle = [pattern for i, (pattern, group) in enumerate(rules) if group != FROZEN and i not in used]
   if idle:
     raise ValueError(f"Rules {idle} match no parameter: the model lacks the modules they train.")
-  return _unflat(out)
+  return groups
 
 
 def split(params, groups) -> tuple[dict, dict]:
-  """(trainable, frozen) subtrees of `params`; merge() puts them back together."""
-  flat, group_of = _flat(params), _flat(groups)
+  """(trainable, frozen) subtrees of `params`; paths.merge() puts them back together."""
+  flat, group_of = paths.flatten(params), paths.flatten(groups)
   trainable = {k: v for k, v in flat.items() if group_of[k] != FROZEN}
   frozen = {k: v for k, v in flat.items() if group_of[k] == FROZEN}
-  return _unflat(trainable), _unflat(frozen)
-
-
-def merge(*trees) -> dict:
-  """Union of parameter trees; later trees win where paths repeat."""
-  out = {}
-  for tree in trees:
-    out.update(_flat(tree))
-  return _unflat(out)
-
-
-def count(tree) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
-
-
-def init_params(model, backbone_params, rng, image_size: int) -> dict:
-  """`model`'s parameters: the pre-trained backbone where it has them, fresh ones (the method's
-  prompts, adapters, ...) elsewhere."""
-  images = np.zeros((1, image_size, image_size, 3), np.float32)
-  fresh = jax.jit(model.init)(rng, images)["params"]
-  missing = set(_flat(backbone_params)) - set(_flat(fresh))
-  if missing:
-    raise ValueError(f"The tuned model has no place for backbone parameters {sorted(missing)[:5]}.")
-  return merge(fresh, backbone_params)
+  return paths.unflatten(trainable), paths.unflatten(frozen)
 
 
 def summary(method_name: str, params, groups, backbone_count: int) -> str:
   """One line: what trains, and its share of the pre-trained backbone."""
-  flat, group_of = _flat(params), _flat(groups)
   per_group = {}
-  for path, value in flat.items():
-    per_group[group_of[path]] = per_group.get(group_of[path], 0) + int(np.prod(value.shape))
+  group_of = paths.flatten(groups)
+  for path, value in paths.flatten(params).items():
+    per_group[group_of[path]] = per_group.get(group_of[path], 0) + paths.count(value)
   per_group.pop(FROZEN, None)
   total = sum(per_group.values())
   without_head = total - per_group.get("head", 0)
@@ -214,24 +206,12 @@ def summary(method_name: str, params, groups, backbone_count: int) -> str:
           f"{backbone_count:,}-parameter backbone")
 
 
-# ---------------------------------------------------------------------------------------------
-# Per-task artifacts: only what the method trained.
-
-_META = "__meta__"
-
-
-def save_artifact(path: str, trainable, meta: dict) -> int:
-  """Writes the trained parameters and `meta` (JSON-able) atomically; returns the file's bytes."""
-  flat = {k: np.asarray(v) for k, v in _flat(jax.device_get(trainable)).items()}
-  flat[_META] = np.array(json.dumps(meta))
-  checkpoints.write_npz_atomic(flat, path)
-  return os.path.getsize(path)
-
-
-def load_artifact(path: str) -> tuple[dict, dict]:
-  """(trained parameters, meta) from `save_artifact`; merge() them onto the backbone."""
-  flat = checkpoints.read_npz(path)
-  if _META not in flat:
-    raise checkpoints.CheckpointError(f"{path} is not a vpt_jax task artifact (no metadata).")
-  meta = json.loads(str(flat.pop(_META)))
-  return _unflat(flat), meta
+def init_params(model, backbone_params, rng, image_size: int) -> dict:
+  """`model`'s parameters: the pre-trained backbone where it has them, fresh ones (the method's
+  prompts, adapters, ...) elsewhere."""
+  images = np.zeros((1, image_size, image_size, 3), np.float32)
+  fresh = jax.jit(model.init)(rng, images)["params"]
+  missing = set(paths.flatten(backbone_params)) - set(paths.flatten(fresh))
+  if missing:
+    raise ValueError(f"The tuned model has no place for backbone parameters {sorted(missing)[:5]}.")
+  return paths.merge(fresh, backbone_params)

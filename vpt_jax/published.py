@@ -1,4 +1,4 @@
-"""Published VTAB-1k top-1 test accuracies (%) of ViT-B/16 ImageNet-21k (shared/reference/results.md)."""
+"""Published VTAB-1k top-1 test accuracies (%) of ViT-B/16 ImageNet-21k (docs/protocol.md)."""
 
 TASK_ORDER = ("cifar100", "caltech101", "dtd", "oxford_flowers102", "oxford_iiit_pet", "svhn",
               "sun397", "patch_camelyon", "eurosat", "resisc45", "diabetic_retinopathy",

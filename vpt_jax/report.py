@@ -5,12 +5,11 @@ import csv
 import dataclasses
 import glob
 import io
-import json
 import os
 
 import numpy as np
 
-from vpt_jax import published
+from vpt_jax import files, published
 from vpt_jax.data import tasks as tasks_lib
 
 BASELINE = "full"
@@ -36,8 +35,7 @@ def collect(sweep_dir: str):
   cells = collections.defaultdict(dict)
   for path in sorted(glob.glob(os.path.join(sweep_dir, "*", "*", "*", "final", "seed*",
                                             "result.json"))):
-    with open(path) as f:
-      result = json.load(f)
+    result = files.read_json(path)
     setting = os.path.relpath(path, sweep_dir).split(os.sep)[0]
     key = (result["task"], result["method"])
     cell = cells[setting].setdefault(key, Cell([], result["tuned_percent"]))
@@ -108,11 +106,12 @@ def _fmt(value, digits=1):
 
 
 def cells_from_results(results: list[dict]) -> dict:
-  """Cells of one setting from result dicts (e.g. the runs launch/main.py just made)."""
+  """Cells of one setting from result dicts (e.g. the runs launch/main.py just made), scored on
+  whichever split they were evaluated on (test, or val for search runs)."""
   cells = {}
   for result in results:
     cell = cells.setdefault((result["task"], result["method"]), Cell([], result["tuned_percent"]))
-    cell.accuracies.append(100 * result["test_accuracy"])
+    cell.accuracies.append(100 * result.get("test_accuracy", result.get("val_accuracy")))
     cell.wall_seconds += result["wall_seconds"]
   return cells
 
@@ -183,8 +182,7 @@ def write(sweep_dir: str, out_dir: str, with_published: bool = False) -> str:
     writer = csv.DictWriter(buffer, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
-    with open(os.path.join(out_dir, f"{setting}.csv"), "w") as f:
-      f.write(buffer.getvalue())
+    files.write_text(os.path.join(out_dir, f"{setting}.csv"), buffer.getvalue())
   if not cells:
     parts.append("\nNo finished final runs yet.")
   if failed:
@@ -193,6 +191,5 @@ def write(sweep_dir: str, out_dir: str, with_published: bool = False) -> str:
   if unfinished:
     parts.append("\n## Unfinished runs\n\n" + "\n".join(f"- {r}" for r in unfinished))
   text = "\n".join(parts) + "\n"
-  with open(os.path.join(out_dir, "report.md"), "w") as f:
-    f.write(text)
+  files.write_text(os.path.join(out_dir, "report.md"), text)
   return text

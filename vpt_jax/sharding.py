@@ -1,16 +1,19 @@
 """Device mesh and shardings: the batch is split over all devices on the "data" axis; parameters
 are replicated or, FSDP-style, split along one axis over the same devices. Works across hosts.
+
+`config.sharding_strategy` is a list of (regex, "replicate" | "fsdp") pairs over parameter paths,
+first match wins (big_vision's name for the same idea).
 """
 
-import re
-
-import flax.traverse_util
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
+import optax
+
+from vpt_jax import paths
 
 DATA = "data"
-RULES = ("replicate", "fsdp")
+TACTICS = ("replicate", "fsdp")
 
 
 def make_mesh() -> Mesh:
@@ -37,39 +40,25 @@ def _fsdp_spec(shape, num_devices: int, min_size: int) -> P:
   return P()
 
 
-def param_shardings(mesh: Mesh, params, rules, min_size: int = 2 ** 16):
-  """NamedSharding per leaf from (regex, "replicate" | "fsdp") rules; the first match decides."""
-  compiled = [(re.compile(pattern), rule) for pattern, rule in rules]
-  for _, rule in compiled:
-    if rule not in RULES:
-      raise ValueError(f"Unknown sharding rule {rule!r}; use one of {RULES}.")
+def param_shardings(mesh: Mesh, params, strategy, min_size: int = 2 ** 16):
+  """NamedSharding per leaf from the (regex, tactic) strategy; unmatched leaves are replicated."""
+  for _, tactic in strategy:
+    if tactic not in TACTICS:
+      raise ValueError(f"Unknown sharding tactic {tactic!r}; use one of {TACTICS}.")
+  tactics = paths.first_match(params, strategy, default="replicate")
   num_devices = mesh.devices.size
-  out = {}
-  for path, leaf in flax.traverse_util.flatten_dict(params, sep="/").items():
-    rule = next((r for regex, r in compiled if regex.fullmatch(path)), "replicate")
-    spec = _fsdp_spec(leaf.shape, num_devices, min_size) if rule == "fsdp" else P()
-    out[path] = NamedSharding(mesh, spec)
-  return flax.traverse_util.unflatten_dict(out, sep="/")
+  return jax.tree.map(
+      lambda leaf, tactic: NamedSharding(mesh, _fsdp_spec(leaf.shape, num_devices, min_size)
+                                         if tactic == "fsdp" else P()), params, tactics)
 
 
-def optimizer_shardings(mesh: Mesh, abstract_opt_state, trainable_shardings):
-  """Optimizer state sharded like the parameters it tracks; counters and the rest replicated.
-
-  optax keeps per-parameter state in trees keyed like the parameters, so a state leaf's trailing
-  dict keys are its parameter's path.
-  """
-  by_path = flax.traverse_util.flatten_dict(trainable_shardings, sep="/")
-
-  def sharding_of(path, leaf):
-    keys = []
-    for entry in reversed(path):
-      if not isinstance(entry, jax.tree_util.DictKey):
-        break
-      keys.insert(0, str(entry.key))
-    match = by_path.get("/".join(keys))
-    return match if match is not None and len(match.spec) <= leaf.ndim else replicated(mesh)
-
-  return jax.tree_util.tree_map_with_path(sharding_of, abstract_opt_state)
+def optimizer_shardings(mesh: Mesh, tx: optax.GradientTransformation, abstract_opt_state,
+                        trainable_shardings):
+  """Optimizer state sharded like the parameters it tracks; counters and the rest replicated."""
+  masked = lambda x: isinstance(x, optax.MaskedNode)  # Leaves another group's state holds.
+  return optax.tree_utils.tree_map_params(
+      tx, lambda value, sharding: value if masked(value) else sharding, abstract_opt_state,
+      trainable_shardings, transform_non_params=lambda _: replicated(mesh), is_leaf=masked)
 
 
 def put_global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vpt_jax import methods, sharding
+from vpt_jax import paths, sharding
 from vpt_jax.data import device
 
 
@@ -19,7 +19,7 @@ def make_train_step(model, tx):
     weights = jnp.ones(labels.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
 
     def loss_fn(trainable):
-      params = methods.merge(trainable, frozen)
+      params = paths.merge(trainable, frozen)
       logits, _ = model.apply({"params": params}, images, train=True, rngs={"dropout": rng})
       losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
       return jnp.sum(losses * weights) / jnp.sum(weights), logits
@@ -46,22 +46,24 @@ def make_eval_step(model):
 
 
 def build_train_step(model, tx, mesh, state_shardings, steps_per_epoch: int, batch_size: int,
-                     normalization: str, train_rng, flip_rng=None):
-  """The jit-compiled step: (trainable, opt_state, frozen, images, labels, permutation, step) ->
-  (trainable, opt_state, metrics).
+                     normalization: str, flip: bool = False):
+  """The jit-compiled step: (trainable, opt_state, frozen, images, labels, permutation, step,
+  train_rng, flip_rng) -> (trainable, opt_state, metrics).
 
   The whole uint8 train set and the epoch's permutation are device arrays: the step gathers its
   own batch, normalises it and splits it over the data axis; parameters and optimizer state are
-  donated, so they are updated in place.
+  donated, so they are updated in place. Random keys are arguments, so runs with other seeds
+  reuse the compiled step.
   """
   trainable_sharding, opt_sharding, frozen_sharding = state_shardings
   replicated, batch = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   train_step = make_train_step(model, tx)
 
-  def step_fn(trainable, opt_state, frozen, images, labels, permutation, step):
+  def step_fn(trainable, opt_state, frozen, images, labels, permutation, step, train_rng,
+              flip_rng):
     batch_images, batch_labels, mask = device.take_batch(
         images, labels, permutation, step % steps_per_epoch, batch_size,
-        None if flip_rng is None else jax.random.fold_in(flip_rng, step))
+        jax.random.fold_in(flip_rng, step) if flip else None)
     batch_images = jax.lax.with_sharding_constraint(
         device.normalize(batch_images, normalization), batch)
     batch_labels = jax.lax.with_sharding_constraint(batch_labels, batch)
@@ -72,5 +74,5 @@ def build_train_step(model, tx, mesh, state_shardings, steps_per_epoch: int, bat
   return jax.jit(
       step_fn, donate_argnums=(0, 1),
       in_shardings=(trainable_sharding, opt_sharding, frozen_sharding, replicated, replicated,
-                    replicated, replicated),
+                    replicated, replicated, replicated, replicated),
       out_shardings=(trainable_sharding, opt_sharding, replicated))

@@ -1,6 +1,6 @@
 """The paper's protocol over many runs: a base_lr x weight_decay grid scored on validation data,
 the best setting (ties -> smaller lr, then smaller weight decay) rerun with several seeds and
-scored on test.
+scored on test. Where the runs execute is vpt_jax/executors.py's job.
 
 Every run has its own workdir under the sweep directory:
 
@@ -15,21 +15,22 @@ and skipped; anything else is (re)started and resumes from its own checkpoints.
 """
 
 import dataclasses
-import json
 import os
 import queue
-import shlex
-import subprocess
-import sys
 from concurrent import futures
 from typing import Callable
 
 import ml_collections
 
-from vpt_jax import train
+from vpt_jax import files, methods, recipes, train
 from vpt_jax.data import tasks as tasks_lib
 
 PHASES = ("search", "final")
+# Fields a sweep sets per run; overriding them for a whole sweep would silently be undone.
+SWEEP_FIELDS = ("seed", "phase", "optim.base_lr", "optim.weight_decay", "data.train_subset",
+                "data.eval_subset")
+# Failures that are results (recorded in failed.json, reported, not retried).
+RECORDED_FAILURES = (train.NonFiniteLossError, tasks_lib.InfeasibleSubsetError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,31 +52,6 @@ class Run:
     leaf = (f"lr{self.base_lr:g}_wd{self.weight_decay:g}" if self.phase == "search"
             else f"seed{self.seed}")
     return os.path.join(self.group_dir, self.phase, leaf)
-
-
-def _flatten(tree, prefix=""):
-  out = {}
-  for key, value in tree.items():
-    path = f"{prefix}.{key}" if prefix else key
-    if isinstance(value, (dict, ml_collections.ConfigDict)):
-      out.update(_flatten(value, path))
-    else:
-      out[path] = value
-  return out
-
-
-def _set(config, path, value):
-  *parents, leaf = path.split(".")
-  for parent in parents:
-    config = config[parent]
-  with config.ignore_type():
-    config[leaf] = value
-
-
-def user_overrides(config, default) -> dict:
-  """The fields a user changed on the command line (`--config.x=y`), as flat paths."""
-  mine, theirs = _flatten(config.to_dict()), _flatten(default.to_dict())
-  return {k: v for k, v in mine.items() if k not in ("task", "method") and theirs.get(k) != v}
 
 
 def settings(sweep_config) -> list[str]:
@@ -121,6 +97,15 @@ def status(sweep_dir: str, run: Run) -> str:
   return "pending"
 
 
+def _free_name(base: str) -> str:
+  """`base`, or `base`_2, _3, ... whichever does not exist yet."""
+  target, n = base, 1
+  while os.path.exists(target):
+    n += 1
+    target = f"{base}_{n}"
+  return target
+
+
 def set_aside_superseded(sweep_dir: str, run: Run, log=print) -> None:
   """A final run started with another setting than the one now selected (the grid changed) moves
   to <method>/superseded/lr<a>_wd<b>/seed<s>: kept, but no longer counted or resumed."""
@@ -128,17 +113,12 @@ def set_aside_superseded(sweep_dir: str, run: Run, log=print) -> None:
   path = os.path.join(workdir, "config.json")
   if run.phase != "final" or not os.path.exists(path):
     return
-  with open(path) as f:
-    stored = json.load(f)
+  stored = files.read_json(path)
   setting = (stored.get("optim.base_lr"), stored.get("optim.weight_decay"))
   if setting == (run.base_lr, run.weight_decay):
     return
-  base = os.path.join(sweep_dir, run.group_dir, "superseded",
-                      f"lr{setting[0]:g}_wd{setting[1]:g}", f"seed{run.seed}")
-  target, n = base, 1
-  while os.path.exists(target):  # The same old setting set aside before: keep both.
-    n += 1
-    target = f"{base}_{n}"
+  target = _free_name(os.path.join(sweep_dir, run.group_dir, "superseded",
+                                   f"lr{setting[0]:g}_wd{setting[1]:g}", f"seed{run.seed}"))
   os.makedirs(os.path.dirname(target), exist_ok=True)
   os.replace(workdir, target)
   log(f"{run.workdir} was trained with base_lr={setting[0]:g} weight_decay={setting[1]:g}, not "
@@ -148,10 +128,7 @@ def set_aside_superseded(sweep_dir: str, run: Run, log=print) -> None:
 
 def read_result(sweep_dir: str, run: Run) -> dict | None:
   path = os.path.join(sweep_dir, run.workdir, "result.json")
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  return files.read_json(path) if os.path.exists(path) else None
 
 
 def select_best(sweep_dir: str, runs: list[Run]) -> dict:
@@ -169,73 +146,70 @@ def select_best(sweep_dir: str, runs: list[Run]) -> dict:
           "grid_points": len(runs), "finished": len(scored)}
 
 
-# Fields a sweep sets per run; overriding them for a whole sweep would silently be undone.
-SWEEP_FIELDS = ("seed", "optim.base_lr", "optim.weight_decay", "data.train_subset",
-                "data.eval_subset")
+def best_setting(sweep_dir: str, grid: list[Run]) -> dict:
+  """The selection of a grid: best.json when the sweep wrote it, else chosen now and written."""
+  path = os.path.join(sweep_dir, grid[0].group_dir, "best.json")
+  if os.path.exists(path):
+    return files.read_json(path)
+  best = select_best(sweep_dir, grid)
+  files.write_json(path, best)
+  return best
 
 
 class Planner:
-  """Builds each run's config from `get_config` (the config file) plus the user's overrides."""
+  """Every run's config, from one ConfigDict: the user's config with the run's fields set."""
 
-  def __init__(self, get_config: Callable, config: ml_collections.ConfigDict, arg: str | None,
-               for_sweep: bool = False):
-    self._get_config = get_config
-    self._args = dict(item.split("=", 1) for item in filter(None, (arg or "").split(",")))
-    self.overrides = user_overrides(config, get_config(arg))
-    if for_sweep and (fixed := sorted(set(self.overrides) & set(SWEEP_FIELDS))):
+  def __init__(self, config: ml_collections.ConfigDict, overrides: dict | None = None):
+    if fixed := sorted(set(overrides or {}) & set(SWEEP_FIELDS)):
       raise ValueError(f"A sweep sets {', '.join(fixed)} itself (seeds 0..sweep.seeds-1, the "
                        "grid sweep.base_lrs x sweep.weight_decays, the protocol's subsets); "
                        "drop those overrides and set config.sweep instead.")
+    self.config = config
+    self.tasks = tasks_lib.expand(config.task)
+    self.methods = list(dict.fromkeys(config.method.split("+")))
+    for method in self.methods:
+      methods.stage_names(method)  # Unknown names fail here, before anything runs.
 
-  def base(self, **args) -> ml_collections.ConfigDict:
-    """The config file's config for these arguments (e.g. one task and method), overridden."""
-    merged = {**self._args, **{k: str(v) for k, v in args.items()}}
-    config = self._get_config(",".join(f"{k}={v}" for k, v in merged.items()))
-    for path, value in self.overrides.items():
-      _set(config, path, value)
+  def base(self, task: str, method: str) -> ml_collections.ConfigDict:
+    config = self.config.copy_and_resolve_references()
+    config.task, config.method = task, method
     return config
 
   def sweep_config(self, task: str, method: str):
     """The grid and protocol for one task and method (grids differ between methods)."""
-    return self.base(task=task, method=method).sweep
+    return recipes.resolve(self.base(task, method)).sweep
 
-  def config(self, run: Run) -> ml_collections.ConfigDict:
-    mode = "final" if run.phase == "final" else "search"
-    config = self.base(task=run.task, method=run.method, mode=mode, seed=run.seed)
-    config.seed = run.seed
-    config.optim.base_lr = run.base_lr
-    config.optim.weight_decay = run.weight_decay
+  def groups(self) -> list[tuple[str, str, str]]:
+    return [(setting, task, method) for setting in settings(self.config.sweep)
+            for task in self.tasks for method in self.methods]
+
+  def run_config(self, run: Run) -> ml_collections.ConfigDict:
+    config = self.base(run.task, run.method)
+    config.seed, config.phase = run.seed, run.phase
+    config.optim.base_lr, config.optim.weight_decay = run.base_lr, run.weight_decay
     config.data.train_subset, config.data.eval_subset = subsets(run.setting, run.phase, run.seed)
     return config
 
+  def search_runs(self) -> list[Run]:
+    return [run for group in self.groups()
+            for run in search_runs(*group, self.sweep_config(*group[1:]))]
 
-def run_in_process(config, workdir: str, log=print) -> None:
-  train.train_and_evaluate(config, workdir, log=log)
+  def final_slots(self) -> list[tuple[tuple[str, str, str], int]]:
+    """(group, seed) of every final run, known before any selection (job-array indices)."""
+    return [(group, seed) for group in self.groups()
+            for seed in range(self.sweep_config(*group[1:]).seeds)]
 
-
-def run_in_subprocess(config, workdir: str, env: dict | None = None, log=print) -> None:
-  """One `launch/main.py` process per run: own memory, own devices (via `env`)."""
-  os.makedirs(workdir, exist_ok=True)
-  requested = os.path.join(workdir, "requested_config.json")
-  with open(requested, "w") as f:
-    f.write(config.to_json(indent=2))
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  command = [sys.executable, os.path.join(repo, "launch", "main.py"),
-             f"--config={os.path.join(repo, 'configs', 'from_json.py')}:{requested}",
-             f"--workdir={workdir}"]
-  process = subprocess.run(command, env={**os.environ, **(env or {})}, capture_output=True,
-                           text=True)
-  if process.returncode:
-    message = (process.stderr.strip().splitlines() or ["no output"])[-1]
-    if "Loss became" in message:
-      raise train.NonFiniteLossError(message.removeprefix("error: "))
-    if "cannot hold data-scale size" in message:
-      raise tasks_lib.InfeasibleSubsetError(message.removeprefix("error: "))
-    raise RuntimeError(f"Run {workdir} failed: {message}")
+  def final_run(self, sweep_dir: str, group, seed: int) -> Run:
+    best = best_setting(sweep_dir, search_runs(*group, self.sweep_config(*group[1:])))
+    return Run(*group, "final", best["base_lr"], best["weight_decay"], seed)
 
 
-def execute(sweep_dir: str, runs: list[Run], planner: Planner, runner=run_in_process,
-            parallel: int = 1, device_ids: tuple[str, ...] = (), log=print) -> dict:
+# A runner trains one run in its workdir: runner(run, workdir, log, env=None) (executors.py).
+Runner = Callable[..., None]
+
+
+def execute(sweep_dir: str, runs: list[Run], runner: Runner, parallel: int = 1,
+            device_ids: tuple[str, ...] = (), log=print) -> dict:
   """Runs what is not done yet; returns counts of skipped, ran and failed runs."""
   counts = {"skipped": 0, "ran": 0, "failed": 0}
   free_slots = queue.Queue()  # A device slot is held for the whole of one run.
@@ -254,20 +228,20 @@ def execute(sweep_dir: str, runs: list[Run], planner: Planner, runner=run_in_pro
     workdir = os.path.join(sweep_dir, run.workdir)
     slot = free_slots.get()
     try:
-      kwargs = {}
+      env = None
       if device_ids:
         device = device_ids[slot % len(device_ids)]
         share = device_ids.count(device)
-        kwargs["env"] = {"CUDA_VISIBLE_DEVICES": device,
-                         "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{0.9 / share:.2f}"}
-      runner(planner.config(run), workdir, log=log, **kwargs)
+        env = {"CUDA_VISIBLE_DEVICES": device,
+               "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{0.9 / share:.2f}"}
+      try:
+        runner(run, workdir, log=log, env=env)
+      except RECORDED_FAILURES as e:
+        files.write_json(os.path.join(workdir, "failed.json"), {"error": str(e)})
+      if status(sweep_dir, run) == "failed":
+        log(f"FAILED {run.workdir}: {files.read_json(os.path.join(workdir, 'failed.json'))['error']}")
+        return "failed"
       return "ran"
-    except (train.NonFiniteLossError, tasks_lib.InfeasibleSubsetError) as e:
-      os.makedirs(workdir, exist_ok=True)
-      with open(os.path.join(workdir, "failed.json"), "w") as f:
-        json.dump({"error": str(e)}, f)
-      log(f"FAILED {run.workdir}: {e}")
-      return "failed"
     finally:
       free_slots.put(slot)
 
@@ -281,18 +255,13 @@ def execute(sweep_dir: str, runs: list[Run], planner: Planner, runner=run_in_pro
   return counts
 
 
-def plan(tasks: list[str], methods: list[str], sweep_config) -> list[tuple[str, str, str]]:
-  return [(setting, task, method) for setting in settings(sweep_config) for task in tasks
-          for method in methods]
-
-
-def run_protocol(sweep_dir: str, groups, planner: Planner, log=print, **execute_kwargs) -> dict:
+def run_protocol(sweep_dir: str, planner: Planner, runner: Runner, log=print,
+                 **execute_kwargs) -> dict:
   """Grid search, selection, then final seeds, for every (setting, task, method)."""
-  totals = {"skipped": 0, "ran": 0, "failed": 0}
-  grids = {group: search_runs(*group, planner.sweep_config(*group[1:])) for group in groups}
-  counts = execute(sweep_dir, [r for runs in grids.values() for r in runs], planner, log=log,
+  grids = {group: search_runs(*group, planner.sweep_config(*group[1:]))
+           for group in planner.groups()}
+  totals = execute(sweep_dir, [r for runs in grids.values() for r in runs], runner, log=log,
                    **execute_kwargs)
-  totals = {k: totals[k] + counts[k] for k in totals}
   finals = []
   for group, grid in grids.items():
     try:
@@ -300,41 +269,9 @@ def run_protocol(sweep_dir: str, groups, planner: Planner, log=print, **execute_
     except RuntimeError as e:  # Every grid run failed (or cannot run): say so, go on.
       log(f"SKIPPED final runs of {grid[0].group_dir}: {e}")
       continue
-    path = os.path.join(sweep_dir, grid[0].group_dir, "best.json")
-    with open(path + ".tmp", "w") as f:
-      json.dump(best, f, indent=2)
-    os.replace(path + ".tmp", path)
+    files.write_json(os.path.join(sweep_dir, grid[0].group_dir, "best.json"), best)
     log(f"{grid[0].group_dir}: best base_lr={best['base_lr']:g} weight_decay="
         f"{best['weight_decay']:g} (val accuracy {best['val_accuracy']:.4f})")
     finals += final_runs(*group, best, planner.sweep_config(*group[1:]))
-  counts = execute(sweep_dir, finals, planner, log=log, **execute_kwargs)
+  counts = execute(sweep_dir, finals, runner, log=log, **execute_kwargs)
   return {k: totals[k] + counts[k] for k in totals}
-
-
-SLURM_TEMPLATE = """#!/bin/bash
-#SBATCH --job-name=vpt-{phase}
-#SBATCH --array=0-{last}
-#SBATCH --gres=gpu:1
-#SBATCH --cpus-per-task=8
-#SBATCH --time=12:00:00
-#SBATCH --output={sweep_dir}/slurm/%x-%A_%a.out
-cd {repo}
-python launch/sweep.py --config={config} --sweep_dir={sweep_dir} --phase={phase} \\
-    --run_index=$SLURM_ARRAY_TASK_ID {extra}
-"""
-
-
-def slurm_scripts(config_arg: str, sweep_dir: str, num_search: int, num_final: int,
-                  extra_flags: tuple[str, ...] = ()) -> dict[str, str]:
-  """Two job arrays: the grid, then (after it succeeds) the final seeds, which pick the best."""
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  scripts = {
-      phase: SLURM_TEMPLATE.format(phase=phase, last=count - 1, sweep_dir=shlex.quote(sweep_dir),
-                                   repo=shlex.quote(repo), config=shlex.quote(config_arg),
-                                   extra=" ".join(shlex.quote(f) for f in extra_flags))
-      for phase, count in (("search", num_search), ("final", num_final))}
-  scripts["submit"] = (
-      "#!/bin/bash\nset -e\n"
-      f"search=$(sbatch --parsable {sweep_dir}/slurm/search.sbatch)\n"
-      f"sbatch --dependency=afterok:$search {sweep_dir}/slurm/final.sbatch\n")
-  return scripts

@@ -14,8 +14,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from vpt_jax import checkpoints
-from vpt_jax.data import demo  # pylint: disable=unused-import  (registers the mini_vtab builder)
+from vpt_jax import files
+from vpt_jax.data import demo  # noqa: F401  (registers the mini_vtab builder)
 from vpt_jax.data import tasks as tasks_lib
 
 # TensorFlow only feeds the host pipeline; it must not take the accelerators' memory.
@@ -31,11 +31,6 @@ class DataNotPreparedError(RuntimeError):
 def default_data_dir() -> str:
   return os.environ.get("TFDS_DATA_DIR", os.path.join(os.path.expanduser("~"),
                                                       "tensorflow_datasets"))
-
-
-def default_cache_dir() -> str:
-  return os.path.join(os.environ.get("VPT_JAX_CACHE", os.path.join(
-      os.path.expanduser("~"), ".cache", "vpt_jax")), "arrays")
 
 
 def builder(task: tasks_lib.Task, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
@@ -108,10 +103,10 @@ def load_arrays(task_name: str, subset: str, resolution: int, data_dir: str | No
   task = tasks_lib.get(task_name)
   dataset_builder = builder(task, data_dir)
   version = dataset_builder.info.full_name.replace("/", "_")
-  cache = os.path.join(cache_dir or default_cache_dir(), task.name,
+  cache = os.path.join(cache_dir or files.cache_dir("arrays"), task.name,
                        f"{version}_{subset}_{resolution}px.npz")
   if os.path.exists(cache):
-    arrays = checkpoints.read_npz(cache)
+    arrays = files.read_npz(cache)
     return arrays["images"], arrays["labels"]
 
   started = time.time()
@@ -127,7 +122,7 @@ def load_arrays(task_name: str, subset: str, resolution: int, data_dir: str | No
   if not images:
     raise ValueError(f"Subset {subset} of {task.name} is empty.")
   images, labels = np.stack(images), np.asarray(labels, np.int32)
-  checkpoints.write_npz_atomic({"images": images, "labels": labels}, cache)
+  files.write_npz(cache, {"images": images, "labels": labels})
   logging.info("Cached %s/%s at %dpx: %d images in %.1fs -> %s", task.name, subset, resolution,
                len(images), time.time() - started, cache)
   return images, labels
@@ -149,9 +144,3 @@ def eval_batches(task_name: str, subset: str, resolution: int, batch_size: int,
       batch = {key: pad(value) for key, value in batch.items()}
     yield {**batch, "mask": mask}
 
-
-def num_examples(task_name: str, subset: str, data_dir: str | None = None) -> int:
-  task = tasks_lib.get(task_name)
-  dataset_builder = builder(task, data_dir)
-  split = tasks_lib.split_for(task, subset, split_sizes(dataset_builder))
-  return dataset_builder.info.splits[split].num_examples

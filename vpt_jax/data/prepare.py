@@ -15,19 +15,6 @@ class Row:
   sizes: str = ""
 
 
-def expand(task_list: str) -> list[str]:
-  """'all', a group name, or a comma-separated list of task names."""
-  names = []
-  for item in filter(None, (s.strip() for s in task_list.split(","))):
-    if item == "all":
-      names += tasks_lib.VTAB_TASKS
-    elif item in tasks_lib.GROUPS:
-      names += tasks_lib.by_group(item)
-    else:
-      names.append(tasks_lib.get(item).name)
-  return list(dict.fromkeys(names))
-
-
 def prepare(task_names: list[str], data_dir: str, manual_dir: str | None = None,
             download: bool = True, log=print) -> list[Row]:
   """Prepares each task's builder once (tasks may share one) unless `download` is False."""

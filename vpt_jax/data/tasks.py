@@ -1,7 +1,7 @@
 """The 19 VTAB-1k tasks: TFDS builders, where their train/val/test examples come from, labels.
 
 Each task names two regions of its TFDS splits, VTAB's train and validation sets (see
-shared/reference/vtab1k.md). VTAB-1k takes the first 800 examples of the train region (train800) and
+docs/vtab1k.md). VTAB-1k takes the first 800 examples of the train region (train800) and
 the first 200 of the validation region (val200); the data-scale protocol takes larger prefixes of
 both at 4:1. Label functions map a decoded TFDS example to an int label, in TensorFlow ops.
 """
@@ -162,6 +162,28 @@ def get(name: str) -> Task:
 
 def by_group(group: str) -> tuple[str, ...]:
   return tuple(name for name in VTAB_TASKS if TASKS[name].group == group)
+
+
+def expand(spec: str) -> list[str]:
+  """Task names from "dtd", "all" (VTAB-1k's 19), a group ("natural", ...), "demo" (the demo's
+  five) or several of these joined by "+" or ","."""
+  names = []
+  for item in filter(None, (s.strip() for s in spec.replace(",", "+").split("+"))):
+    if item == "all":
+      names += VTAB_TASKS
+    elif item == "demo":
+      names += DEMO_TASKS
+    elif item in GROUPS:
+      names += by_group(item)
+    elif item in TASKS:
+      names.append(item)
+    else:
+      raise ValueError(f"task={item!r} is not a VTAB-1k task or a demo task; choose one of: "
+                       f"{', '.join(TASKS)} (or all, demo, a group: {', '.join(GROUPS)}; several "
+                       "joined by +).")
+  if not names:
+    raise ValueError("No task given: set task=NAME (e.g. task=dtd or task=all).")
+  return list(dict.fromkeys(names))
 
 
 def suite(name: str) -> tuple[str, ...]:

@@ -11,7 +11,7 @@ The parameter tree is the one of Google's ImageNet-21k checkpoints, with Linen's
   pre_logits                              optional tanh representation layer
   head
 
-`vpt_jax.checkpoints` maps both published layouts (vision_transformer and big_vision) onto this tree.
+`vpt_jax.pretrained` maps both published layouts (vision_transformer and big_vision) onto this tree.
 """
 
 import dataclasses
@@ -149,8 +149,9 @@ class Attention(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class Extras:
-  """Parameter-efficient modules inside every block; all start as the identity."""
+class PeftModules:
+  """Parameter-efficient modules inside every block (LoRA, adapters, SSF); all start as the
+  identity, so the pre-trained model's outputs are unchanged at step 0."""
   lora_rank: int = 0
   lora_alpha: float = 0.0
   adapter_dim: int = 0
@@ -163,25 +164,25 @@ class Encoder1DBlock(nn.Module):
   num_heads: int
   dropout: float = 0.0
   dtype: Any = None
-  extras: Extras = Extras()
+  peft: PeftModules = PeftModules()
   attention_impl: str | None = None
 
   @nn.compact
   def __call__(self, x, train=False, return_attention=False):
-    ssf = self.extras.ssf
+    ssf = self.peft.ssf
     y = _maybe_ssf(ssf, "LayerNorm_0")(nn.LayerNorm(dtype=self.dtype, name="LayerNorm_0")(x))
-    y, attention = Attention(self.num_heads, dtype=self.dtype, lora_rank=self.extras.lora_rank,
-                             lora_alpha=self.extras.lora_alpha, ssf=ssf,
+    y, attention = Attention(self.num_heads, dtype=self.dtype, lora_rank=self.peft.lora_rank,
+                             lora_alpha=self.peft.lora_alpha, ssf=ssf,
                              attention_impl=self.attention_impl,
                              name="MultiHeadDotProductAttention_0")(y, return_attention)
-    if self.extras.adapter_dim:
-      y = Adapter(self.extras.adapter_dim, dtype=self.dtype, name="adapter_attention")(y)
+    if self.peft.adapter_dim:
+      y = Adapter(self.peft.adapter_dim, dtype=self.dtype, name="adapter_attention")(y)
     y = nn.Dropout(rate=self.dropout)(y, deterministic=not train)
     x = x + y
     y = _maybe_ssf(ssf, "LayerNorm_1")(nn.LayerNorm(dtype=self.dtype, name="LayerNorm_1")(x))
     y = MlpBlock(self.mlp_dim, self.dropout, dtype=self.dtype, ssf=ssf, name="MlpBlock_0")(y, train)
-    if self.extras.adapter_dim:
-      y = Adapter(self.extras.adapter_dim, dtype=self.dtype, name="adapter_mlp")(y)
+    if self.peft.adapter_dim:
+      y = Adapter(self.peft.adapter_dim, dtype=self.dtype, name="adapter_mlp")(y)
     y = nn.Dropout(rate=self.dropout)(y, deterministic=not train)
     return x + y, attention
 
@@ -217,7 +218,7 @@ class Encoder(nn.Module):
   num_heads: int
   dropout: float = 0.0
   dtype: Any = None
-  extras: Extras = Extras()
+  peft: PeftModules = PeftModules()
   attention_impl: str | None = None
   remat: bool = False
 
@@ -233,7 +234,7 @@ class Encoder(nn.Module):
       if prompts is not None and i < len(prompts):
         x = insert_prompts(x, prompts[i], prompt_start, replace=i > 0)
       x, attention = block(self.mlp_dim, self.num_heads, self.dropout, dtype=self.dtype,
-                           extras=self.extras, attention_impl=self.attention_impl,
+                           peft=self.peft, attention_impl=self.attention_impl,
                            name=f"encoderblock_{i}")(x, train, return_attention)
       attentions.append(attention)
     x = nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
@@ -289,7 +290,7 @@ class Model(nn.Module):
     prompt_dropout: dropout on the prompt tokens while training.
     prompt_project: prompt width before a learned projection to the model width (None: no
       projection).
-    extras: LoRA, adapters and SSF inside the blocks.
+    peft: LoRA, adapters and SSF inside the blocks.
     attention_impl: None computes attention explicitly; "xla" or "cudnn" use
       jax.nn.dot_product_attention with that implementation (fused) when no weights are returned.
     remat: rematerialise each block in the backward pass (less memory, ~1/3 more compute).
@@ -305,7 +306,7 @@ class Model(nn.Module):
   prompt_deep: bool = False
   prompt_dropout: float = 0.0
   prompt_project: int | None = None
-  extras: Extras = Extras()
+  peft: PeftModules = PeftModules()
   attention_impl: str | None = None
   remat: bool = False
 
@@ -325,7 +326,7 @@ class Model(nn.Module):
     arch = self.architecture
     x = nn.Conv(arch.width, arch.patch_size, strides=arch.patch_size, padding="VALID",
                 dtype=self.dtype, name="embedding")(images)
-    x = _maybe_ssf(self.extras.ssf, "embedding")(x)
+    x = _maybe_ssf(self.peft.ssf, "embedding")(x)
     n, h, w, c = x.shape
     x = jnp.reshape(x, (n, h * w, c))
 
@@ -339,11 +340,11 @@ class Model(nn.Module):
                               name="prompt")(n, train)
 
     x, attentions = Encoder(arch.depth, arch.mlp_dim, arch.num_heads, self.dropout,
-                            dtype=self.dtype, extras=self.extras,
+                            dtype=self.dtype, peft=self.peft,
                             attention_impl=self.attention_impl, remat=self.remat,
                             name="Transformer")(
                                 x, prompts, int(self.has_class_token), train, return_attention)
-    x = _maybe_ssf(self.extras.ssf, "encoder_norm")(x)
+    x = _maybe_ssf(self.peft.ssf, "encoder_norm")(x)
     aux = {"encoded": x}
     if self.has_class_token:
       pooled = x[:, 0]

@@ -17,7 +17,7 @@ def available() -> bool:
   if any(importlib.util.find_spec(m) is None for m in ("torch", "timm")):
     return False
   try:
-    import timm  # pylint: disable=unused-import
+    import timm  # noqa: F401  (the import itself is the check)
   except Exception:  # e.g. a torchvision that does not match torch.
     return False
   return True

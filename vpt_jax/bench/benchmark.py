@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vpt_jax import methods, optim, sharding
+from vpt_jax import methods, optim, paths, sharding
 from vpt_jax import steps as train_steps
 from vpt_jax.models import vit
 
@@ -25,7 +25,6 @@ PEAK_TFLOPS = {
     "H200": {"bfloat16": 989.4, "float32": 494.7},
     "A100": {"bfloat16": 312.0, "float32": 156.0},
 }
-_FROZEN_BACKBONE = ("vpt_deep", "vpt_shallow", "lora", "adapter", "ssf", "bitfit", "layernorm")
 
 
 def peak_flops(device, dtype: str) -> float | None:
@@ -36,30 +35,36 @@ def peak_flops(device, dtype: str) -> float | None:
   return None
 
 
+def _tuned_stage(method: str, depth: int, prompt_tokens: int) -> methods.Method:
+  return methods.get(method, depth=depth, prompt_tokens=prompt_tokens, prompt_dropout=0.1,
+                     lora_rank=8, adapter_dim=64, partial_k=2).tuned_stage
+
+
 def analytic_flops(arch: vit.Architecture, image_size: int, num_classes: int, method: str,
                    prompt_tokens: int) -> float:
-  """Model FLOPs of one training example (a multiply-add is 2 FLOPs).
+  """Model FLOPs of one training example of the stage `method` tunes (a multiply-add is 2 FLOPs).
 
-  Full fine-tuning: forward + activation gradients + weight gradients = 3x forward. A frozen
-  backbone (VPT and the PEFT family, whose own parameters are negligible here) needs the forward
-  and the activation gradients through every block (matmuls 1x, attention 2x forward), but no
-  weight gradients and nothing for the patch embedding; linear probing needs the forward only.
+  A stage that trains the backbone: forward + activation gradients + weight gradients = 3x
+  forward. A frozen backbone (VPT and the PEFT family, whose own parameters are negligible here)
+  needs the forward and the activation gradients through every block (matmuls 1x, attention 2x
+  forward), but no weight gradients and nothing for the patch embedding; a stage that trains only
+  the head needs the forward only.
   """
+  stage = _tuned_stage(method, arch.depth, prompt_tokens)
+  trained_groups = {group for _, group in stage.rules} - {methods.FROZEN}
   patches = (image_size // arch.patch_size[0]) * (image_size // arch.patch_size[1])
-  tokens = patches + 1 + (prompt_tokens if method in ("vpt_deep", "vpt_shallow", "mixed") else 0)
+  tokens = patches + 1 + (stage.model_fields.get("prompt_tokens") or 0)
   d, m = arch.width, arch.mlp_dim
   matmuls = 2 * tokens * (4 * d * d + 2 * d * m)
   attention = 2 * 2 * tokens * tokens * d
   embedding = 2 * patches * arch.patch_size[0] * arch.patch_size[1] * 3 * d
   head = 2 * d * num_classes
   forward = embedding + arch.depth * (matmuls + attention) + head
-  if method in ("full", "mixed", "lp_ft", "ft_then_pt", "partial_k"):
+  if methods.BACKBONE in trained_groups:
     return 3.0 * forward
-  if method == "linear":
+  if trained_groups == {"head"}:
     return forward + head
-  if method in _FROZEN_BACKBONE:
-    return forward + arch.depth * (matmuls + 2 * attention) + 2 * head
-  raise ValueError(f"No FLOP model for method {method!r}.")
+  return forward + arch.depth * (matmuls + 2 * attention) + 2 * head
 
 
 @dataclasses.dataclass
@@ -79,29 +84,27 @@ class Setting:
 def measure(setting: Setting, steps: int = 20, warmup: int = 3, peak: float | None = None) -> dict:
   """Compiles and times the train step of `setting` on all local devices."""
   mesh = sharding.make_mesh()
-  method = methods.get(setting.method, depth=vit.decode_variant(setting.variant).depth
-                       if setting.depth is None else setting.depth,
-                       prompt_tokens=setting.prompt_tokens, prompt_dropout=0.1,
-                       lora_rank=8, adapter_dim=64, partial_k=2)
-  stage = method.stages[-1] if method.stages else method
+  stage = _tuned_stage(setting.method, vit.decode_variant(setting.variant).depth
+                       if setting.depth is None else setting.depth, setting.prompt_tokens)
   model = vit.Model(num_classes=setting.num_classes, variant=setting.variant, depth=setting.depth,
                     dtype=jnp.bfloat16 if setting.dtype == "bfloat16" else None,
                     attention_impl=setting.attention_impl, remat=setting.remat,
-                    **stage.model_kwargs)
+                    **stage.model_fields)
   size = setting.image_size
   params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))["params"]
   groups = methods.labels(params, stage.rules)
   trainable, frozen = methods.split(params, groups)
-  schedule = optim.warmup_cosine(0.01, 10, 1000)
-  tx = optim.sgd(methods.split(groups, groups)[0], schedule, momentum=0.9, weight_decay=1e-4)
+  tx = optim.make("sgd", methods.split(groups, groups)[0], optim.warmup_cosine(10, 1000),
+                  momentum=0.9)
   trainable_sharding = sharding.param_shardings(mesh, trainable, ((".*", "replicate"),))
   frozen_sharding = sharding.param_shardings(mesh, frozen, ((".*", "replicate"),))
-  opt_sharding = sharding.optimizer_shardings(mesh, jax.eval_shape(tx.init, trainable),
+  opt_sharding = sharding.optimizer_shardings(mesh, tx, jax.eval_shape(tx.init, trainable),
                                               trainable_sharding)
   state_shardings = (trainable_sharding, opt_sharding, frozen_sharding)
   trainable = jax.device_put(trainable, trainable_sharding)
   frozen = jax.device_put(frozen, frozen_sharding)
-  opt_state = jax.jit(tx.init, out_shardings=opt_sharding)(trainable)
+  opt_state = jax.jit(lambda t: optim.set_hyperparams(tx.init(t), peak_lr=0.01, weight_decay=1e-4),
+                      out_shardings=opt_sharding)(trainable)
   examples = 4 * setting.batch
   replicated = sharding.replicated(mesh)
   images = sharding.put_global(np.random.default_rng(0).integers(
@@ -110,8 +113,9 @@ def measure(setting: Setting, steps: int = 20, warmup: int = 3, peak: float | No
                                replicated)
   permutation = sharding.put_global(np.arange(examples, dtype=np.int32), replicated)
   step_fn = train_steps.build_train_step(model, tx, mesh, state_shardings, 4, setting.batch,
-                                   "inception", jax.random.PRNGKey(1))
-  args = (trainable, opt_state, frozen, images, labels, permutation, 0)
+                                         "inception")
+  rng = jax.random.PRNGKey(1)
+  args = (trainable, opt_state, frozen, images, labels, permutation, 0, rng, rng)
   started = time.perf_counter()
   compiled = step_fn.lower(*args).compile()
   compile_seconds = time.perf_counter() - started
@@ -123,7 +127,7 @@ def measure(setting: Setting, steps: int = 20, warmup: int = 3, peak: float | No
   for step in range(warmup + steps):
     started = time.perf_counter()
     trainable, opt_state, out = compiled(trainable, opt_state, frozen, images, labels, permutation,
-                                         step)
+                                         step, rng, rng)
     jax.block_until_ready(out["loss"])
     if step >= warmup:
       times.append(time.perf_counter() - started)
@@ -147,7 +151,7 @@ def measure(setting: Setting, steps: int = 20, warmup: int = 3, peak: float | No
       "compiled_memory_gb": (memory.temp_size_in_bytes + memory.argument_size_in_bytes
                              + memory.output_size_in_bytes) / 1e9 if memory else None,
       "compile_s": compile_seconds, "steps_timed": steps,
-      "trainable_parameters": methods.count(trainable),
+      "trainable_parameters": paths.count(trainable),
   }
 
 

@@ -1,4 +1,5 @@
-"""Checkpoint loading against an independent implementation, conversions, strictness, downloads."""
+"""Pre-trained checkpoint loading against an independent implementation (tests/parity_reference.py
+and, when present, the oracle directory), conversions, strictness, downloads."""
 
 import http.server
 import json
@@ -14,16 +15,17 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from vpt_jax import checkpoints
+from conftest import GENERATED_CASES, ORACLE_DIR, oracle_cases
+from vpt_jax import pretrained
 from vpt_jax.models import vit
 
 POSEMB = "Transformer/posembed_input/pos_embedding"
 
 
-def oracle_model(oracle_dir, case, **overrides):
-  spec = json.loads((oracle_dir / "cases.json").read_text())[case]
+def case_model(directory, case, **overrides):
+  spec = json.loads((directory / "cases.json").read_text())[case]
   kwargs = dict(num_classes=spec["num_classes"], variant=f"{spec['variant']}/{spec['patch']}",
-                pool_type=spec["pool"])
+                pool_type=spec["pool"], depth=spec.get("depth"))
   return vit.Model(**{**kwargs, **overrides})
 
 
@@ -31,21 +33,22 @@ def flat(params):
   return flax.traverse_util.flatten_dict(jax.device_get(params), sep="/")
 
 
-@pytest.mark.parametrize("case", ["vit_ti16_tok", "bv_ti16_gap_scan"])
-def test_logits_match_independent_implementation(oracle_dir, forward, case):
-  model = oracle_model(oracle_dir, case)
-  params = checkpoints.load_pretrained(str(oracle_dir / f"{case}.npz"), model, image_size=224,
-                                       keep_head=True)
-  expected = np.load(oracle_dir / f"{case}.expected.npz")
+@pytest.mark.parametrize("source, case", [("generated", c) for c in GENERATED_CASES]
+                         + [("oracle", c) for c in oracle_cases()])
+def test_logits_match_independent_implementation(checkpoint_dir, forward, source, case):
+  directory = checkpoint_dir if source == "generated" else ORACLE_DIR
+  model = case_model(directory, case)
+  params = pretrained.load(str(directory / f"{case}.npz"), model, image_size=224, keep_head=True)
+  expected = np.load(directory / f"{case}.expected.npz")
   logits, _ = forward(model)(params, expected["images"])
   chex.assert_shape(logits, expected["logits"].shape)
   np.testing.assert_allclose(np.asarray(logits, np.float64), expected["logits"], rtol=0, atol=1e-4)
 
 
-def test_big_vision_class_token_layout(oracle_dir, forward, tmp_path):
+def test_big_vision_class_token_layout(checkpoint_dir, forward, tmp_path):
   # The same network written the big_vision way: the position embedding has no class-token row
   # and is added before the token is prepended, so that row's value moves into `cls`.
-  original = checkpoints.read_npz(str(oracle_dir / "vit_ti16_tok.npz"))
+  original = pretrained.read(str(checkpoint_dir / "vit_ti16_tok.npz"))
   posemb = original.pop("Transformer/posembed_input/pos_embedding")
   bv = {"params/pos_embedding": posemb[:, 1:], "params/cls": original.pop("cls") + posemb[:, :1]}
   for key, value in original.items():
@@ -55,17 +58,17 @@ def test_big_vision_class_token_layout(oracle_dir, forward, tmp_path):
     bv["params/" + key] = value
   np.savez(tmp_path / "bv_tok.npz", **bv)
 
-  model = oracle_model(oracle_dir, "vit_ti16_tok")
-  params = checkpoints.load_pretrained(str(tmp_path / "bv_tok.npz"), model, keep_head=True)
-  expected = np.load(oracle_dir / "vit_ti16_tok.expected.npz")
+  model = case_model(checkpoint_dir, "vit_ti16_tok")
+  params = pretrained.load(str(tmp_path / "bv_tok.npz"), model, keep_head=True)
+  expected = np.load(checkpoint_dir / "vit_ti16_tok.expected.npz")
   logits, _ = forward(model)(params, expected["images"])
   np.testing.assert_allclose(np.asarray(logits, np.float64), expected["logits"], atol=1e-4)
 
 
-def test_posemb_resampled_for_higher_resolution(oracle_dir):
-  model = oracle_model(oracle_dir, "vit_ti16_tok")
-  original = checkpoints.read_npz(str(oracle_dir / "vit_ti16_tok.npz"))[POSEMB]
-  params = flat(checkpoints.load_pretrained(str(oracle_dir / "vit_ti16_tok.npz"), model,
+def test_posemb_resampled_for_higher_resolution(checkpoint_dir):
+  model = case_model(checkpoint_dir, "vit_ti16_tok")
+  original = pretrained.read(str(checkpoint_dir / "vit_ti16_tok.npz"))[POSEMB]
+  params = flat(pretrained.load(str(checkpoint_dir / "vit_ti16_tok.npz"), model,
                                             image_size=384))
   posemb = params[POSEMB]
   chex.assert_shape(posemb, (1, 1 + 24 * 24, 192))
@@ -80,97 +83,97 @@ def test_posemb_resampled_for_higher_resolution(oracle_dir):
   assert grid.min() >= old_grid.min() - 1e-6 and grid.max() <= old_grid.max() + 1e-6
 
 
-def test_posemb_resampled_without_class_token(oracle_dir):
-  model = oracle_model(oracle_dir, "bv_ti16_gap_scan")
-  params = flat(checkpoints.load_pretrained(str(oracle_dir / "bv_ti16_gap_scan.npz"), model,
+def test_posemb_resampled_without_class_token(checkpoint_dir):
+  model = case_model(checkpoint_dir, "bv_ti16_gap_scan")
+  params = flat(pretrained.load(str(checkpoint_dir / "bv_ti16_gap_scan.npz"), model,
                                             image_size=112))
   chex.assert_shape(params[POSEMB], (1, 49, 192))
 
 
-def test_head_kept_only_when_asked_and_fitting(oracle_dir):
-  path = str(oracle_dir / "vit_ti16_tok.npz")
-  original = checkpoints.read_npz(path)
-  kept = flat(checkpoints.load_pretrained(path, oracle_model(oracle_dir, "vit_ti16_tok"),
+def test_head_kept_only_when_asked_and_fitting(checkpoint_dir):
+  path = str(checkpoint_dir / "vit_ti16_tok.npz")
+  original = pretrained.read(path)
+  kept = flat(pretrained.load(path, case_model(checkpoint_dir, "vit_ti16_tok"),
                                           keep_head=True))
   np.testing.assert_array_equal(kept["head/kernel"], original["head/kernel"])
   for keep_head, num_classes in [(False, 10), (True, 5)]:
-    model = oracle_model(oracle_dir, "vit_ti16_tok", num_classes=num_classes)
-    params = flat(checkpoints.load_pretrained(path, model, keep_head=keep_head))
+    model = case_model(checkpoint_dir, "vit_ti16_tok", num_classes=num_classes)
+    params = flat(pretrained.load(path, model, keep_head=keep_head))
     chex.assert_shape(params["head/kernel"], (192, num_classes))
     assert not params["head/kernel"].any() and not params["head/bias"].any()
     np.testing.assert_array_equal(params["embedding/kernel"], original["embedding/kernel"])
-  headless = flat(checkpoints.load_pretrained(path, oracle_model(oracle_dir, "vit_ti16_tok",
+  headless = flat(pretrained.load(path, case_model(checkpoint_dir, "vit_ti16_tok",
                                                                  num_classes=0)))
   assert not any(k.startswith("head/") for k in headless)
 
 
-def test_pre_logits_dropped_or_kept(oracle_dir, tmp_path):
-  original = checkpoints.read_npz(str(oracle_dir / "vit_ti16_tok.npz"))
+def test_pre_logits_dropped_or_kept(checkpoint_dir, tmp_path):
+  original = pretrained.read(str(checkpoint_dir / "vit_ti16_tok.npz"))
   rng = np.random.default_rng(0)
   with_pre_logits = {**original, "pre_logits/kernel": rng.normal(size=(192, 192)).astype(np.float32),
                      "pre_logits/bias": rng.normal(size=(192,)).astype(np.float32)}
   path = str(tmp_path / "with_pre_logits.npz")
   np.savez(path, **with_pre_logits)
 
-  dropped = flat(checkpoints.load_pretrained(path, oracle_model(oracle_dir, "vit_ti16_tok")))
+  dropped = flat(pretrained.load(path, case_model(checkpoint_dir, "vit_ti16_tok")))
   assert not any(k.startswith("pre_logits") for k in dropped)
-  kept = flat(checkpoints.load_pretrained(
-      path, oracle_model(oracle_dir, "vit_ti16_tok", representation_size=192)))
+  kept = flat(pretrained.load(
+      path, case_model(checkpoint_dir, "vit_ti16_tok", representation_size=192)))
   np.testing.assert_array_equal(kept["pre_logits/kernel"], with_pre_logits["pre_logits/kernel"])
-  with pytest.raises(checkpoints.CheckpointError,
+  with pytest.raises(pretrained.CheckpointError,
                      match=r"2 missing \(pre_logits/bias \(192,\), pre_logits/kernel"):
-    checkpoints.load_pretrained(str(oracle_dir / "vit_ti16_tok.npz"),
-                                oracle_model(oracle_dir, "vit_ti16_tok", representation_size=192))
+    pretrained.load(str(checkpoint_dir / "vit_ti16_tok.npz"),
+                                case_model(checkpoint_dir, "vit_ti16_tok", representation_size=192))
 
 
-def test_strict_errors_list_every_problem(oracle_dir, tmp_path):
-  broken = checkpoints.read_npz(str(oracle_dir / "vit_ti16_tok.npz"))
-  del broken["Transformer/encoderblock_3/LayerNorm_2/scale"]
+def test_strict_errors_list_every_problem(checkpoint_dir, tmp_path):
+  broken = pretrained.read(str(checkpoint_dir / "vit_ti16_tok.npz"))
+  del broken["Transformer/encoderblock_2/LayerNorm_2/scale"]
   broken["Transformer/encoderblock_0/extra/kernel"] = np.zeros((3, 3), np.float32)
   broken["embedding/bias"] = np.zeros((191,), np.float32)
   path = str(tmp_path / "broken.npz")
   np.savez(path, **broken)
-  with pytest.raises(checkpoints.CheckpointError) as error:
-    checkpoints.load_pretrained(path, oracle_model(oracle_dir, "vit_ti16_tok"))
+  with pytest.raises(pretrained.CheckpointError) as error:
+    pretrained.load(path, case_model(checkpoint_dir, "vit_ti16_tok"))
   message = str(error.value)
   assert path in message and "\n" not in message
-  assert "1 missing (Transformer/encoderblock_3/LayerNorm_1/scale (192,))" in message
+  assert "1 missing (Transformer/encoderblock_2/LayerNorm_1/scale (192,))" in message
   assert "1 unexpected (Transformer/encoderblock_0/extra/kernel (3, 3))" in message
   assert "1 mismatched (embedding/bias (191,) vs model (192,))" in message
 
 
-def test_wrong_variant_is_refused(oracle_dir):
-  with pytest.raises(checkpoints.CheckpointError, match="mismatched"):
-    checkpoints.load_pretrained(str(oracle_dir / "vit_ti16_tok.npz"),
+def test_wrong_variant_is_refused(checkpoint_dir):
+  with pytest.raises(pretrained.CheckpointError, match="mismatched"):
+    pretrained.load(str(checkpoint_dir / "vit_ti16_tok.npz"),
                                 vit.Model(num_classes=10, variant="S/16"))
 
 
 @pytest.mark.parametrize("content", ["truncated", "text", "missing"])
-def test_unreadable_files_are_named(oracle_dir, tmp_path, content):
+def test_unreadable_files_are_named(checkpoint_dir, tmp_path, content):
   path = tmp_path / "bad.npz"
   if content == "truncated":
-    data = (oracle_dir / "vit_ti16_tok.npz").read_bytes()
+    data = (checkpoint_dir / "vit_ti16_tok.npz").read_bytes()
     path.write_bytes(data[: len(data) // 2])
   elif content == "text":
     path.write_text("<html>Access denied</html>")
-  with pytest.raises(checkpoints.CheckpointError, match=str(path)):
-    checkpoints.load_pretrained(str(path), oracle_model(oracle_dir, "vit_ti16_tok"))
+  with pytest.raises(pretrained.CheckpointError, match=str(path)):
+    pretrained.load(str(path), case_model(checkpoint_dir, "vit_ti16_tok"))
 
 
 @pytest.mark.parametrize("case", ["vit_ti16_tok", "bv_ti16_gap_scan"])
-def test_export_load_round_trip_is_exact(oracle_dir, tmp_path, case):
-  model = oracle_model(oracle_dir, case)
-  params = checkpoints.load_pretrained(str(oracle_dir / f"{case}.npz"), model, keep_head=True)
+def test_export_load_round_trip_is_exact(checkpoint_dir, tmp_path, case):
+  model = case_model(checkpoint_dir, case)
+  params = pretrained.load(str(checkpoint_dir / f"{case}.npz"), model, keep_head=True)
   exported = str(tmp_path / "exported.npz")
-  checkpoints.export_npz(params, exported)
-  written = checkpoints.read_npz(exported)
+  pretrained.export_npz(params, exported)
+  written = pretrained.read(exported)
   if case == "vit_ti16_tok":  # Same layout in and out: the file itself comes back.
-    original = checkpoints.read_npz(str(oracle_dir / f"{case}.npz"))
+    original = pretrained.read(str(checkpoint_dir / f"{case}.npz"))
     assert written.keys() == original.keys()
     for key in original:
       np.testing.assert_array_equal(written[key], original[key], err_msg=key)
   assert "Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel" in written
-  reloaded = checkpoints.load_pretrained(exported, model, keep_head=True)
+  reloaded = pretrained.load(exported, model, keep_head=True)
   chex.assert_trees_all_equal(reloaded, params)
 
 
@@ -183,7 +186,7 @@ def test_export_never_leaves_a_partial_file(tmp_path, monkeypatch):
     raise OSError("disk full")
   monkeypatch.setattr(np, "savez", failing_savez)
   with pytest.raises(OSError, match="disk full"):
-    checkpoints.export_npz({"head": {"bias": np.zeros(2)}}, str(target))
+    pretrained.export_npz({"head": {"bias": np.zeros(2)}}, str(target))
   assert target.read_bytes() == b"previous"
   assert os.listdir(tmp_path) == ["model.npz"]
 
@@ -216,10 +219,10 @@ class _Server:
 
 
 @pytest.fixture
-def published_root(oracle_dir, tmp_path):
+def published_root(checkpoint_dir, tmp_path):
   root = tmp_path / "remote"
   (root / "imagenet21k").mkdir(parents=True)
-  (root / "imagenet21k" / "ViT-B_16.npz").write_bytes((oracle_dir / "vit_ti16_tok.npz").read_bytes())
+  (root / "imagenet21k" / "ViT-B_16.npz").write_bytes((checkpoint_dir / "vit_ti16_tok.npz").read_bytes())
   return root
 
 
@@ -227,8 +230,8 @@ def test_published_name_downloads_once(published_root, tmp_path):
   server = _Server(published_root)
   try:
     cache = tmp_path / "cache"
-    first = checkpoints.resolve("ViT-B_16", str(cache), base_url=server.url)
-    second = checkpoints.resolve("imagenet21k/ViT-B_16", str(cache), base_url=server.url)
+    first = pretrained.resolve("ViT-B_16", str(cache), base_url=server.url)
+    second = pretrained.resolve("imagenet21k/ViT-B_16", str(cache), base_url=server.url)
   finally:
     server.close()
   assert first == second == str(cache / "imagenet21k" / "ViT-B_16.npz")
@@ -241,8 +244,8 @@ def test_short_download_leaves_nothing(published_root, tmp_path):
   server = _Server(published_root, truncate=True)
   cache = tmp_path / "cache"
   try:
-    with pytest.raises(checkpoints.CheckpointError, match="stopped after"):
-      checkpoints.resolve("ViT-B_16", str(cache), base_url=server.url)
+    with pytest.raises(pretrained.CheckpointError, match="stopped after"):
+      pretrained.resolve("ViT-B_16", str(cache), base_url=server.url)
   finally:
     server.close()
   assert os.listdir(cache / "imagenet21k") == []
@@ -252,43 +255,43 @@ def test_offline_error_says_where_to_put_the_file(tmp_path):
   probe = _Server(tmp_path)  # Take a free port, then close it: connections are refused at once.
   url = probe.url
   probe.close()
-  with pytest.raises(checkpoints.CheckpointError,
+  with pytest.raises(pretrained.CheckpointError,
                      match=f"place it at {tmp_path / 'c' / 'imagenet21k' / 'ViT-L_16.npz'}"):
-    checkpoints.resolve("ViT-L_16", str(tmp_path / "c"), base_url=url)
+    pretrained.resolve("ViT-L_16", str(tmp_path / "c"), base_url=url)
 
 
 def test_unknown_name_lists_published_ones():
-  with pytest.raises(checkpoints.CheckpointError, match="published names: ViT-B_16, ViT-B_32"):
-    checkpoints.resolve("ViT-Q_99")
+  with pytest.raises(pretrained.CheckpointError, match="published names: ViT-B_16, ViT-B_32"):
+    pretrained.resolve("ViT-Q_99")
 
 
 def test_network_is_blocked_in_tests(tmp_path):
-  with pytest.raises(checkpoints.CheckpointError, match="may not touch the network"):
-    checkpoints.download("http://192.0.2.1/x.npz", str(tmp_path / "x.npz"), timeout_s=1)
+  with pytest.raises(pretrained.CheckpointError, match="may not touch the network"):
+    pretrained.download("http://192.0.2.1/x.npz", str(tmp_path / "x.npz"), timeout_s=1)
 
 
-def test_describe_reads_the_architecture(oracle_dir, tmp_path):
-  assert checkpoints.describe(checkpoints.read_npz(str(oracle_dir / "vit_ti16_tok.npz"))) == dict(
-      variant="Ti/16", pool_type="tok", num_classes=10, representation_size=None)
-  assert checkpoints.describe(checkpoints.read_npz(str(oracle_dir / "bv_ti16_gap_scan.npz"))) == dict(
-      variant="Ti/16", pool_type="gap", num_classes=10, representation_size=None)
-  shallow = {k: v for k, v in checkpoints.read_npz(str(oracle_dir / "vit_ti16_tok.npz")).items()
+def test_describe_reads_the_architecture(checkpoint_dir, tmp_path):
+  assert pretrained.describe(pretrained.read(str(checkpoint_dir / "vit_ti16_tok.npz"))) == dict(
+      variant="Ti/16", pool_type="tok", num_classes=10, representation_size=None, depth=3)
+  assert pretrained.describe(pretrained.read(str(checkpoint_dir / "bv_ti16_gap_scan.npz"))) == dict(
+      variant="Ti/16", pool_type="gap", num_classes=10, representation_size=None, depth=3)
+  shallow = {k: v for k, v in pretrained.read(str(checkpoint_dir / "vit_ti16_tok.npz")).items()
              if not k.startswith("Transformer/encoderblock_")
              or k.split("/")[1] in ("encoderblock_0", "encoderblock_1")}
-  assert checkpoints.describe(shallow)["depth"] == 2
-  with pytest.raises(checkpoints.CheckpointError, match="Not a ViT checkpoint"):
-    checkpoints.describe({"weights": np.zeros(3)})
+  assert pretrained.describe(shallow)["depth"] == 2
+  with pytest.raises(pretrained.CheckpointError, match="Not a ViT checkpoint"):
+    pretrained.describe({"weights": np.zeros(3)})
 
 
-def test_inspect_command_reports_parity(oracle_dir):
+def test_inspect_command_reports_parity(checkpoint_dir):
   result = subprocess.run(
       [sys.executable, "launch/inspect_checkpoint.py",
-       f"--checkpoint={oracle_dir / 'vit_ti16_tok.npz'}",
-       f"--expected={oracle_dir / 'vit_ti16_tok.expected.npz'}"],
+       f"--checkpoint={checkpoint_dir / 'vit_ti16_tok.npz'}",
+       f"--expected={checkpoint_dir / 'vit_ti16_tok.expected.npz'}"],
       capture_output=True, text=True, check=True, timeout=300,
       cwd=os.path.dirname(os.path.dirname(__file__)))
   assert "variant=Ti/16, pool_type=tok, num_classes=10" in result.stdout
-  assert "parameters   5,526,346 at 224x224" in result.stdout
+  assert "parameters   1,522,570 at 224x224" in result.stdout  # Ti/16 of depth 3, 10 classes.
   difference = float(result.stdout.split("max |logits - expected| = ")[1].split()[0])
   assert difference < 1e-4
   failed = subprocess.run([sys.executable, "launch/inspect_checkpoint.py", "--checkpoint=nope.npz"],

@@ -1,6 +1,6 @@
-"""Google's ViT checkpoints (.npz): load into `vit.Model`, download by name, export back.
+"""Google's pre-trained ViT checkpoints (.npz): load into `vit.Model`, download by name, export.
 
-Two published layouts are understood (shared/reference/checkpoints.md):
+Two published layouts are understood (docs/checkpoints.md):
   * vision_transformer: pre-Linen block names (MultiHeadDotProductAttention_1, LayerNorm_2,
     MlpBlock_3), `Transformer/posembed_input/pos_embedding` with the class token's row,
     optional `pre_logits`. The VPT papers use imagenet21k/ViT-B_16.npz of this layout.
@@ -18,7 +18,6 @@ import re
 import tempfile
 import urllib.error
 import urllib.request
-import zipfile
 
 import flax.traverse_util
 import jax
@@ -26,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.ndimage
 
+from vpt_jax import files
 from vpt_jax.models import vit
 
 BASE_URL = "https://storage.googleapis.com/vit_models/"
@@ -48,39 +48,14 @@ class CheckpointError(ValueError):
   """A checkpoint that cannot be used as asked; the message says what to do."""
 
 
-def default_cache_dir() -> str:
-  return os.environ.get("VPT_JAX_CACHE",
-                        os.path.join(os.path.expanduser("~"), ".cache", "vpt_jax", "checkpoints"))
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading and writing files.
-
-def read_npz(path: str) -> dict[str, np.ndarray]:
-  """Reads every array of an .npz eagerly, so that a truncated file fails here, naming itself."""
-  if not os.path.exists(path):
-    raise CheckpointError(f"Checkpoint file {path} does not exist.")
+def read(path: str) -> dict[str, np.ndarray]:
+  """Every array of a checkpoint file; a missing or damaged file raises CheckpointError."""
   try:
-    with np.load(path, allow_pickle=False) as npz:
-      return {key: np.asarray(npz[key]) for key in npz.files}
-  except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
-    raise CheckpointError(
-        f"Checkpoint file {path} is not a readable .npz ({type(e).__name__}: {e}); it is probably "
-        "truncated or corrupt: delete it and download it again.") from None
-
-
-def write_npz_atomic(flat: dict[str, np.ndarray], path: str) -> None:
-  """Writes to a temporary file beside `path` and renames it, so a crash never leaves half a file."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **flat)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+    return files.read_npz(path)
+  except FileNotFoundError:
+    raise CheckpointError(f"Checkpoint file {path} does not exist.") from None
+  except files.DamagedFileError as e:
+    raise CheckpointError(f"Checkpoint file {e} Delete it and download it again.") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,7 +72,7 @@ def resolve(name_or_path: str, cache_dir: str | None = None, base_url: str = BAS
     raise CheckpointError(
         f"Checkpoint {name_or_path!r} is neither a file nor a published name; published names: "
         f"{', '.join(PUBLISHED)}.")
-  local = os.path.join(cache_dir or default_cache_dir(), relative)
+  local = os.path.join(cache_dir or files.cache_dir("checkpoints"), relative)
   if not os.path.exists(local):
     download(base_url + relative, local)
   return local
@@ -126,7 +101,8 @@ def download(url: str, dest: str, timeout_s: float = 30.0) -> None:
       raise CheckpointError(
           f"Download of {url} stopped after {received} of {expected} bytes; nothing was saved. "
           f"Try again, or place the file at {dest} by hand.")
-    read_npz(tmp)  # A server error page is not a checkpoint.
+    read(tmp)  # A server error page is not a checkpoint.
+    os.chmod(tmp, files.FILE_MODE)
     os.replace(tmp, dest)
   except BaseException:
     if os.path.exists(tmp):
@@ -249,8 +225,8 @@ def model_param_shapes(model, image_size: int) -> dict[str, jax.ShapeDtypeStruct
   return flax.traverse_util.flatten_dict(variables["params"], sep="/")
 
 
-def load_pretrained(name_or_path: str, model, image_size: int = 224, keep_head: bool = False,
-                    cache_dir: str | None = None, base_url: str = BASE_URL) -> dict:
+def load(name_or_path: str, model, image_size: int = 224, keep_head: bool = False,
+         cache_dir: str | None = None, base_url: str = BASE_URL) -> dict:
   """Returns `model`'s parameters (nested dict of float32 arrays) from a Google ViT checkpoint.
 
   Args:
@@ -261,7 +237,7 @@ def load_pretrained(name_or_path: str, model, image_size: int = 224, keep_head: 
   """
   path = resolve(name_or_path, cache_dir, base_url)
   expected = model_param_shapes(model, image_size)
-  flat = to_model_layout(read_npz(path), model.has_class_token)
+  flat = to_model_layout(read(path), model.has_class_token)
 
   if "pre_logits/kernel" not in expected:
     flat.pop("pre_logits/kernel", None)
@@ -292,4 +268,4 @@ def export_npz(params, path: str) -> None:
   """Writes parameters in the vision_transformer layout (opens in timm and Google's code)."""
   flat = flax.traverse_util.flatten_dict(jax.device_get(params), sep="/")
   flat = {k: np.asarray(v, dtype=np.float32) for k, v in flat.items()}
-  write_npz_atomic(_rename_blocks(flat, {new: old for old, new in _OLD_BLOCK_NAMES.items()}), path)
+  files.write_npz(path, _rename_blocks(flat, {new: old for old, new in _OLD_BLOCK_NAMES.items()}))

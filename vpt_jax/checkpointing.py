@@ -1,4 +1,4 @@
-"""Training-state checkpoints with orbax: saved at epoch ends, restored on restart.
+"""Training-state checkpoints (orbax): saved at epoch ends, restored when a run restarts.
 
 Orbax writes each checkpoint to a temporary directory and renames it when complete, so a killed
 save never looks finished. A checkpoint that is finished but unreadable (disk damage, a bad copy)

@@ -1,0 +1,1 @@
+"""Config files: `get_config(arg)` functions that extend configs/default.py."""
