@@ -12,12 +12,12 @@ eager and torch.compile) follow. Speed targets live here, never in tests.
 """
 
 import datetime
-import json
 import sys
 
 from absl import app, flags, logging
 import jax
 
+from vpt_jax import files
 from vpt_jax.bench import benchmark, torch_reference
 
 _VARIANT = flags.DEFINE_string("variant", None, "ViT variant (default: B/16 on GPU, Ti/16 on CPU).")
@@ -104,10 +104,8 @@ def main(argv):
     meta["torch"] = torch_reference.versions()
   text = benchmark.report(meta, rows)
   stem = benchmark.free_stem(_OUT_DIR.value, f"{stamp}_{device.device_kind}")
-  with open(f"{stem}.json", "w") as f:
-    json.dump({"meta": meta, "rows": rows}, f, indent=2)
-  with open(f"{stem}.md", "w") as f:
-    f.write(text)
+  files.write_json(f"{stem}.json", {"meta": meta, "rows": rows})
+  files.write_text(f"{stem}.md", text)
   print(f"\n{text}\nwrote {stem}.json and .md")
 
 

@@ -6,6 +6,8 @@ import os
 import jax
 import tensorflow as tf
 
+from vpt_jax import files
+
 
 class MetricWriter:
   def __init__(self, workdir: str):
@@ -31,8 +33,7 @@ class MetricWriter:
       return
     with open(self.path) as f:
       kept = [line for line in f if json.loads(line)["step"] <= step]
-    with open(self.path, "w") as f:
-      f.writelines(kept)
+    files.write_text(self.path, "".join(kept))
 
 
 def read(workdir: str) -> list[dict]:
