@@ -16,16 +16,30 @@ unset = config_lib.unset
 
 def _optim_fields():
   return dict(
-      name=unset(str), base_lr=unset(float), weight_decay=unset(float), momentum=unset(float),
-      batch_size=unset(int), epochs=unset(int), warmup_epochs=unset(int),
-      decay_rules=unset(tuple), lr_mults=ml_collections.ConfigDict())
+      name=unset(str),  # sgd, hf_adamw, adamw (vpt_jax/optim.py).
+      base_lr=unset(float),  # Peak lr = base_lr x batch / 256 when scale_lr.
+      weight_decay=unset(float),  # The grid's value; applied_weight_decay overrides what applies.
+      applied_weight_decay=unset(float),
+      momentum=unset(float), batch_size=unset(int), epochs=unset(int), warmup_epochs=unset(int),
+      schedule=unset(str),  # "epoch": lr changes once per epoch; "step": every step.
+      steps=unset(int), warmup_steps=unset(int),  # "step" schedules may count steps instead.
+      scale_lr=unset(bool), grad_clip_norm=unset(float),
+      decay_rules=unset(tuple),  # (regex, bool) over parameter paths, first match wins.
+      lr_mults=ml_collections.ConfigDict(),  # {group: multiplier}, e.g. {"backbone": 0.1}.
+      on_non_finite=unset(str),  # "score_last_epoch" (the VPT code) or "fail".
+      selected_in=unset(str))  # Where base_lr and weight_decay were chosen (set by sweeps).
+
+
+def _model_fields():
+  return dict(dropout=unset(float), attn_out_dropout=unset(float),
+              gelu_approximate=unset(bool), head_init=unset(str))
 
 
 def get_config():
   config = ml_collections.ConfigDict()
   config.task = "dtd"  # One task; launch/main.py and launch/sweep.py also take "a+b", "all".
   config.method = "vpt_deep"  # A name in vpt_jax/methods.py; "a+b" for several.
-  config.recipe = "vpt"  # How each method trains (vpt_jax/recipes.py).
+  config.recipe = "paper"  # How each method trains (vpt_jax/recipes.py).
   config.phase = "final"  # "final": train800val200 -> test; "search": train800 -> val200.
   config.seed = 0
 
@@ -33,7 +47,7 @@ def get_config():
   config.pretrained_cache_dir = unset(str)  # None: $VPT_JAX_CACHE/checkpoints.
   config.model = ml_collections.ConfigDict(dict(
       variant="B/16", depth=unset(int), pool_type="tok", representation_size=unset(int),
-      dropout=unset(float), remat=False, attention_impl=unset(str)))
+      remat=False, attention_impl=unset(str), **_model_fields()))
   config.dtype = "float32"  # Compute dtype: float32 or bfloat16 (parameters stay float32).
   config.method_kwargs = ml_collections.ConfigDict(dict(
       prompt_tokens=unset(int), prompt_dropout=unset(float), prompt_project=unset(int),
@@ -42,15 +56,16 @@ def get_config():
   config.data = ml_collections.ConfigDict(dict(
       data_dir=unset(str),  # None: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
       cache_dir=unset(str),  # None: $VPT_JAX_CACHE/arrays.
-      resolution=224, normalization="imagenet", flip=False,
+      resolution=224, normalization=unset(str), resize=unset(str), flip=False,
       train_subset=unset(str), eval_subset=unset(str)))  # None: as config.phase says.
 
   config.optim = ml_collections.ConfigDict(_optim_fields())
   # The earlier stage of a two-stage method (ft_then_pt: "full", lp_ft: "linear") trains with
   # these (the recipe's choice where unset); config.optim is the tuned, last stage's.
-  config.stage_optim = ml_collections.ConfigDict({
-      name: _optim_fields() for name in dict.fromkeys(
-          stage for method in methods.names() for stage in methods.stage_names(method)[:-1])})
+  earlier_stages = dict.fromkeys(
+      stage for method in methods.names() for stage in methods.stage_names(method)[:-1])
+  config.stage_optim = ml_collections.ConfigDict({name: _optim_fields() for name in earlier_stages})
+  config.stage_model = ml_collections.ConfigDict({name: _model_fields() for name in earlier_stages})
   # Per-method values below the explicit ones: {method: {section: {field: value}}}.
   config.method_overrides = ml_collections.ConfigDict()
 
@@ -63,9 +78,13 @@ def get_config():
   # launch/sweep.py: base_lr x weight_decay on val200 (ties -> smaller lr), then `seeds` runs on
   # train800val200 scored on test. protocol "data_scale" repeats that for each train size in
   # `sizes` (with N/4 validation examples); "kshot" trains on `shots` examples per class.
+  # protocol "kshot": `shots` per class from train800 to train and from val200 to validate in the
+  # search, 2 x shots from train800val200 for the final runs (VPT-or-FT's DATA.EVEN_SEPARETE),
+  # the same images for every seed unless kshot_per_seed.
   config.sweep = ml_collections.ConfigDict(dict(
-      base_lrs=unset(tuple), weight_decays=unset(tuple), seeds=unset(int), protocol="vtab1k",
-      sizes=(400, 800, 2000, 5000, 10000, 20000), shots=1))
+      base_lrs=unset(tuple), weight_decays=unset(tuple), seeds=unset(int),
+      seed_values=unset(tuple), protocol="vtab1k", sizes=(400, 800, 2000, 5000, 10000, 20000),
+      shots=1, kshot_per_seed=False))
   config.workdir = unset(str)  # None: runs/<config file>_<argument>.
   return config
 

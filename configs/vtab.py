@@ -22,7 +22,7 @@ from vpt_jax import config_lib
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg, task="dtd", method="vpt_deep", recipe="vpt", phase="final",
+  args = config_lib.parse_arg(arg, task="dtd", method="vpt_deep", recipe="paper", phase="final",
                               seed=0, fsdp=False, bf16=False)
   config = default.set_arguments(default.get_config(), args)
   config.dtype = "bfloat16" if args["bf16"] else "float32"

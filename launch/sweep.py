@@ -40,7 +40,7 @@ def main(argv):
   overrides = config_flags.get_override_values(flags.FLAGS["config"])
   sweep_dir = os.path.abspath(_SWEEP_DIR.value)
   try:
-    planner = sweep.Planner(_CONFIG.value, overrides)
+    planner = sweep.Planner(_CONFIG.value, overrides, sweep_dir)
     searches = planner.search_runs()
     finals = planner.final_slots()
   except ValueError as e:

@@ -1,6 +1,7 @@
 """VTAB data: task table, labels, subsets, cache, streaming, device batching, preparation."""
 
 import collections
+import random
 
 import jax
 import jax.numpy as jnp
@@ -161,7 +162,7 @@ def test_grayscale_task_with_its_own_label(data_dir, tmp_path):
 def test_cache_is_read_on_the_second_load(data_dir, tmp_path, monkeypatch):
   first = pipeline.load_arrays("dtd", "val200", RES, data_dir, str(tmp_path))
   cached = list(tmp_path.rglob("*.npz"))
-  assert [p.name for p in cached] == ["dtd_3.0.1_val200_16px.npz"]
+  assert [p.name for p in cached] == ["dtd_3.0.1_val200_16px_bilinear.npz"]
 
   def no_tfds(*args, **kwargs):
     raise AssertionError("read TFDS although the subset is cached")
@@ -169,7 +170,7 @@ def test_cache_is_read_on_the_second_load(data_dir, tmp_path, monkeypatch):
   second = pipeline.load_arrays("dtd", "val200", RES, data_dir, str(tmp_path))
   for a, b in zip(first, second):
     np.testing.assert_array_equal(a, b)
-  other_resolution = tmp_path / "dtd" / "dtd_3.0.1_val200_24px.npz"
+  other_resolution = tmp_path / "dtd" / "dtd_3.0.1_val200_24px_bilinear.npz"
   with pytest.raises(AssertionError, match="read TFDS"):
     pipeline.load_arrays("dtd", "val200", 24, data_dir, str(tmp_path))
   assert not other_resolution.exists()
@@ -207,28 +208,57 @@ def test_data_scale_subsets(data_dir):
   assert num_examples("dtd", "scale400_trainval", data_dir) == 500
 
 
-def test_kshot_indices_are_per_class_and_seeded():
-  labels = np.arange(300) % 10
-  one = pipeline.kshot_indices(labels, 1, 10, seed=0)
-  assert sorted(labels[one]) == list(range(10))
-  five = pipeline.kshot_indices(labels, 5, 10, seed=0)
-  assert collections.Counter(labels[five].tolist()) == {c: 5 for c in range(10)}
-  np.testing.assert_array_equal(pipeline.kshot_indices(labels, 1, 10, seed=0), one)
-  assert not np.array_equal(pipeline.kshot_indices(labels, 1, 10, seed=1), one)
-  with pytest.raises(ValueError, match="Only 30 examples of class 0.*31-shot"):
-    pipeline.kshot_indices(labels, 31, 10, seed=0)
+def vpt_or_ft_even_separate(items, labels, k, seed):
+  """ChengHan111/VPT-or-FT's DATA.EVEN_SEPARETE restated: random.seed, classes in the order they
+  first appear, random.sample of each class's items (not positions)."""
+  random.seed(seed)
+  by_class = collections.defaultdict(list)
+  for item, label in zip(items, labels):
+    by_class[label].append(item)
+  chosen = []
+  for _, class_items in by_class.items():
+    chosen += random.sample(class_items, min(len(class_items), k))
+  return chosen
 
 
-def test_one_shot_subset_from_tfds(data_dir, tmp_path):
+def test_kshot_indices_follow_the_reference_sampler():
+  rng = np.random.default_rng(0)
+  labels = rng.permutation(np.arange(300) % 10)
+  labels[labels == 3] = 4  # Class 3 missing, class 4 doubled.
+  items = [f"image{i}" for i in range(300)]
+  for k, seed in [(1, 0), (2, 0), (5, 3), (100, 0)]:
+    chosen = pipeline.even_separate_indices(labels, k, seed)
+    assert [items[i] for i in chosen] == vpt_or_ft_even_separate(items, labels.tolist(), k, seed)
+  one = pipeline.even_separate_indices(labels, 1, seed=0)
+  assert sorted(labels[one]) == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+  five = pipeline.even_separate_indices(labels, 5, seed=0)
+  assert collections.Counter(labels[five].tolist()) == {c: 5 for c in (0, 1, 2, 4, 5, 6, 7, 8, 9)}
+  assert not np.array_equal(pipeline.even_separate_indices(labels, 1, seed=1), one)
+  # A class with fewer than k examples gives what it has (the reference's min(len, k)).
+  assert collections.Counter(labels[pipeline.even_separate_indices(labels, 31, 0)].tolist())[4] \
+      == 31
+  assert collections.Counter(labels[pipeline.even_separate_indices(labels, 31, 0)].tolist())[0] \
+      == 30
+
+
+def test_one_shot_subsets_from_tfds(data_dir, tmp_path):
   images, labels = pipeline.load_arrays("dtd", "1shot_seed0", RES, data_dir, str(tmp_path))
   assert sorted(labels.tolist()) == list(range(47))
   np.testing.assert_array_equal(labels, [fake_tfds.decode_index(im) % 47 for im in images])
-  again, _ = pipeline.load_arrays("dtd", "1shot_seed0", RES, data_dir, str(tmp_path / "other"))
+  assert set(examples_in(images)) <= set(examples_of(data_dir, "dtd:3.*.*", "train[:800]"))
+  again, _ = pipeline.load_arrays("dtd", "1shot_train800_seed0", RES, data_dir,
+                                  str(tmp_path / "other"))
   np.testing.assert_array_equal(again, images)
   other_seed, _ = pipeline.load_arrays("dtd", "1shot_seed1", RES, data_dir, str(tmp_path))
   assert examples_in(other_seed) != examples_in(images)
-  with pytest.raises(ValueError, match="examples of class"):
-    pipeline.load_arrays("dtd", "19shot_seed0", RES, data_dir, str(tmp_path))
+  val, _ = pipeline.load_arrays("dtd", "1shot_val200_seed0", RES, data_dir, str(tmp_path))
+  assert {int(im[0, 0, 2]) for im in val} == {fake_tfds.SPLIT_IDS["validation"]}
+  final, final_labels = pipeline.load_arrays("dtd", "2shot_train800val200_seed0", RES, data_dir,
+                                             str(tmp_path))
+  assert collections.Counter(final_labels.tolist()) == {c: 2 for c in range(47)}
+  assert tasks_lib.parse_kshot("2shot_train800val200_seed7") == (2, "train800val200", 7)
+  assert tasks_lib.parse_kshot("1shot_seed3") == (1, "train800", 3)
+  assert tasks_lib.parse_kshot("train800") is None
 
 
 def test_unprepared_task_fails_at_once_with_the_command(tmp_path):
@@ -285,8 +315,13 @@ def test_device_epochs_reshuffle_and_cover_the_set():
   np.testing.assert_array_equal(masks, [True] * 10 + [False] * 2)
   real = np.concatenate([np.asarray(b[1]) for b in batches])[masks]
   assert sorted(real) == list(range(10))
-  with pytest.raises(ValueError, match="larger than the 10 training examples"):
-    device.steps_per_epoch(10, 16)
+  # A set smaller than the batch is one short batch, every example once (one-shot sets).
+  assert device.steps_per_epoch(10, 16) == 1
+  small_images, small_labels, mask = take(images, labels, permutation, 0, 16)
+  assert small_images.shape[0] == 16 and int(np.asarray(mask).sum()) == 10
+  assert sorted(np.asarray(small_labels)[np.asarray(mask)]) == list(range(10))
+  with pytest.raises(ValueError, match="training set is empty"):
+    device.steps_per_epoch(0, 16)
 
 
 def test_random_flip():

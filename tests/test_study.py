@@ -53,7 +53,7 @@ def test_selection_picks_the_planted_best_and_breaks_ties(tmp_path):
   write_result(tmp_path, grid[0], val_accuracy=0.9)
   assert sweep.select_best(str(tmp_path), grid)["base_lr"] == 5.0
   assert [r.seed for r in sweep.final_runs("vtab1k", "dtd", "vpt_deep", best,
-                                           recipes.resolve(config).sweep)] == [0, 1, 2, 3, 4]
+                                           recipes.resolve(config).sweep)] == [42, 44, 82, 100, 800]
   with pytest.raises(RuntimeError, match="No grid run of vtab1k/dtd/full finished"):
     sweep.select_best(str(tmp_path), sweep.search_runs("vtab1k", "dtd", "full", config.sweep))
 
@@ -63,7 +63,12 @@ def test_subsets_per_protocol():
   assert sweep.subsets("vtab1k", "final", 3) == ("train800val200", "test")
   assert sweep.subsets("scale2000", "search", 0) == ("scale2000_train", "scale2000_val")
   assert sweep.subsets("scale2000", "final", 1) == ("scale2000_trainval", "test")
-  assert sweep.subsets("1shot", "final", 2) == ("1shot_seed2", "test")
+  # One-shot as ChengHan111/VPT-or-FT: 1 per class of train800 / val200 to search, 2 per class of
+  # train800val200 for every final seed alike (or per seed, on request), the whole test split.
+  assert sweep.subsets("1shot", "search", 0) == ("1shot_train800_seed0", "1shot_val200_seed0")
+  assert sweep.subsets("1shot", "final", 2) == ("2shot_train800val200_seed0", "test")
+  assert sweep.subsets("1shot", "final", 2, kshot_per_seed=True) == (
+      "2shot_train800val200_seed2", "test")
   config = vtab_config.get_config("task=dtd")
   config.sweep.protocol = "data_scale"
   assert sweep.settings(config.sweep) == ["scale400", "scale800", "scale2000", "scale5000",
@@ -102,9 +107,9 @@ def test_sweep_runs_resumes_and_reports(fake_data_dir, tiny_backbone, tmp_path):
   assert again == {"skipped": 16, "ran": 0, "failed": 0}
 
   # Each run's config is the config file's for its task and method plus the overrides.
-  run_config = json.loads((tmp_path / "sweep/vtab1k/smallnorb_azi/vpt_deep/final/seed1/"
+  run_config = json.loads((tmp_path / "sweep/vtab1k/smallnorb_azi/vpt_deep/final/seed44/"
                            "config.json").read_text())
-  assert run_config["seed"] == 1 and run_config["data.train_subset"] == "train800val200"
+  assert run_config["seed"] == 44 and run_config["data.train_subset"] == "train800val200"
   assert run_config["optim.epochs"] == 1 and run_config["data.eval_subset"] == "test"
   best = json.loads((tmp_path / "sweep/vtab1k/smallnorb_azi/vpt_deep/best.json").read_text())
   assert run_config["optim.base_lr"] == best["base_lr"]
@@ -114,7 +119,7 @@ def test_sweep_runs_resumes_and_reports(fake_data_dir, tiny_backbone, tmp_path):
   assert failed == [] and unfinished == []
   for (task, method), cell in cells["vtab1k"].items():
     accuracies = [100 * json.loads((tmp_path / f"sweep/vtab1k/{task}/{method}/final/seed{s}/"
-                                    "result.json").read_text())["test_accuracy"] for s in (0, 1)]
+                                    "result.json").read_text())["test_accuracy"] for s in (42, 44)]
     assert cell.mean == pytest.approx(np.mean(accuracies))
     assert cell.std == pytest.approx(np.std(accuracies))
   text = report.write(sweep_dir, str(tmp_path / "report"), with_published=True)
@@ -128,7 +133,7 @@ def test_sweep_runs_resumes_and_reports(fake_data_dir, tiny_backbone, tmp_path):
       cells["vtab1k"][("smallnorb_azi", "linear")].mean)
 
   # A finished run loads back from its workdir and reproduces its test accuracy.
-  workdir = tmp_path / "sweep/vtab1k/dtd/vpt_deep/final/seed0"
+  workdir = tmp_path / "sweep/vtab1k/dtd/vpt_deep/final/seed42"
   model, params, run_config = artifacts.load_trained(str(workdir))
   correct = 0
   for batch in pipeline.eval_batches("dtd", "test", 32, 16, fake_data_dir):

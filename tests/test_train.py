@@ -236,7 +236,8 @@ def _nan_after(count_limit):
 
 def test_non_finite_loss_stops_and_keeps_good_checkpoints(fake_data_dir, tiny_backbone, tmp_path,
                                                           monkeypatch):
-  config = tiny_config(fake_data_dir, tiny_backbone, tmp_path, **{"optim.epochs": 3})
+  config = tiny_config(fake_data_dir, tiny_backbone, tmp_path,
+                       **{"optim.epochs": 3, "optim.on_non_finite": "fail"})
   monkeypatch.setattr(steps, "make_train_step", _nan_after(40))
   workdir = tmp_path / "run"
   with pytest.raises(train.NonFiniteLossError,
@@ -253,8 +254,9 @@ def test_config_arguments():
   assert (config.task, config.method, config.seed) == ("svhn", "full", 3)
   assert (config.data.train_subset, config.data.eval_subset) == ("train800", "val200")
   assert config.method_kwargs.prompt_tokens == 50
-  assert config.optim.epochs == 100 and config.optim.warmup_epochs == 10
-  assert config.optim.batch_size == 64 and config.optim.momentum == 0.9
+  # Full fine-tuning as ChengHan111/VPT-or-FT trains it (configs/base-finetune.yaml, command.txt).
+  assert config.optim.epochs == 100 and config.optim.warmup_epochs == 5
+  assert config.optim.batch_size == 128 and config.optim.momentum == 0.9
   assert config.backbone == "ViT-B_16" and config.model.variant == "B/16"
   with pytest.raises(ValueError, match="valid keys: task, method, recipe, phase, seed, fsdp, bf16"):
     vtab_config.get_config("task=svhn,lr=0.1")
@@ -277,7 +279,7 @@ def test_unknown_method_and_bad_dtype(fake_data_dir, tiny_backbone, tmp_path):
   with pytest.raises(ValueError, match="dtype='float16' must be 'float32' or 'bfloat16'"):
     train.train_and_evaluate(config, str(tmp_path / "b"), log=lambda *_: None)
   config = tiny_config(fake_data_dir, tiny_backbone, tmp_path, **{"optim.warmup_epochs": 2})
-  with pytest.raises(ValueError, match=r"warm-up \(64 steps\) must be shorter than training"):
+  with pytest.raises(ValueError, match=r"warm-up \(2 epochs\) must be shorter than training"):
     train.train_and_evaluate(config, str(tmp_path / "c"), log=lambda *_: None)
 
 

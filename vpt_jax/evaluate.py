@@ -27,10 +27,11 @@ class Evaluator:
             "examples": count}
 
   def stream(self, params, task: str, subset: str, resolution: int, batch_size: int,
-             data_dir: str | None) -> dict:
+             data_dir: str | None, resize_method: str = "bilinear") -> dict:
     sums = None
     put = lambda x: sharding.put_batch(self._mesh, x)
-    for batch in pipeline.eval_batches(task, subset, resolution, batch_size, data_dir):
+    for batch in pipeline.eval_batches(task, subset, resolution, batch_size, data_dir,
+                                       resize_method):
       out = self._step(params, put(batch["image"]), put(batch["label"]), put(batch["mask"]))
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     return self._finish(sums)

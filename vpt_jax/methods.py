@@ -29,6 +29,7 @@ class Method:
   rules: tuple[tuple[str, str], ...] = ()
   model_fields: dict[str, Any] = dataclasses.field(default_factory=dict)  # vit.Model fields.
   stages: tuple["Method", ...] = ()
+  carry_head: bool = True  # Later stages start from the earlier stage's head (else a fresh one).
 
   @property
   def single_stages(self) -> tuple["Method", ...]:
@@ -125,7 +126,9 @@ def mixed(*, prompt_tokens, prompt_dropout, prompt_project=None, **_):
 
 @register(stages=("full", "vpt_deep"))
 def ft_then_pt(*, depth, **hparams):
-  return Method("ft_then_pt", stages=(full(), vpt_deep(depth=depth, **hparams)))
+  # The prompt stage loads the fine-tuned backbone without its head, and prompts and head start
+  # afresh (ChengHan111/VPT-or-FT src/models/build_vit_backbone.py L580-605).
+  return Method("ft_then_pt", stages=(full(), vpt_deep(depth=depth, **hparams)), carry_head=False)
 
 
 @register(stages=("linear", "full"))

@@ -1,17 +1,27 @@
 """Recipes: how each method trains, by name, and the resolution of a config into one run's settings.
 
-A recipe maps (method, task) to config values: optimizer, schedule, batch, epochs, dropout, the
-sweep's grids, and for two-stage methods the earlier stage's optimizer (config.stage_optim).
-`resolve(config)` fills every field the config leaves unset from its recipe; what the config sets
-(in a config file, by `config.method_overrides[method]`, or on the command line) wins.
+A recipe maps (method, task) to config values: optimizer and its parameter groups, weight-decay
+rule, schedule (per epoch or per step), warm-up, epochs, batch, backbone dropout, head init, GELU
+form, resize kernel, lr and wd grids, final-run seeds, how a diverged run is scored, and for
+two-stage methods the earlier stage's settings. `resolve(config)` fills every field the config
+leaves unset from its recipe; what the config sets (in a config file, in
+`config.method_overrides[method]`, or on the command line) wins.
 
-  vpt   KMnP/vpt's recipe for every method: SGD with momentum 0.9 and coupled weight decay (none
-        on the head's bias), lr = base_lr x batch / 256, batch 64, 100 epochs with 10 of linear
-        warm-up then cosine decay, prompt dropout 0.1 for VPT-deep and 0 for VPT-shallow, the
-        published prompt length per task, and the lr grids of the VPT code's tune_vtab.py.
+  paper   The papers' own code. VPT-shallow, VPT-deep and linear as KMnP/vpt trains them; full
+          fine-tuning, Mixed and FT-then-PT as ChengHan111/VPT-or-FT does (FT: its AdamW, batch
+          128, 5 warm-up epochs, dropout 0.1). Methods neither paper trained (bitfit, layernorm,
+          lora, adapter, ssf, partial_k, lp_ft) take the VPT recipe: SGD, batch 64, 10 warm-up
+          epochs, no dropout.
+  google  How Google fine-tunes these checkpoints for VTAB-1k (ViT paper, appendix B.1.1 and
+          Table 4; google-research/vision_transformer vit_jax/train.py and configs/common.py):
+          SGD momentum 0.9, no weight decay, gradient clipping at global norm 1, lr 0.01 (not
+          scaled by batch), 2,500 steps at batch 512 with a per-step cosine schedule after 500
+          warm-up steps (vit_jax's default; the paper does not state VTAB's), inputs in [-1, 1],
+          a zero-initialised head, the tanh GELU. For `full` only. Not reproduced: the 384 px
+          resolution (set data.resolution=384) and BiT's random crops and flips.
 
-To add one: write a function (method, task) -> nested dict of config values and register it in
-RECIPES.
+To add one: write a function (method, task, requested) -> nested dict of config values, where
+`requested` holds the values the config sets itself, and register it in RECIPES.
 """
 
 from typing import Callable
@@ -21,50 +31,110 @@ import ml_collections
 from vpt_jax import methods
 from vpt_jax.data import tasks as tasks_lib
 
-# VPT-deep prompt length per task, as the published configs list them.
+# VPT-deep prompt length per task, as the published configs list them; dsprites_ori as
+# ChengHan111/VPT-or-FT's commands (command.txt L531, tempo_command.txt L175) run it.
 PROMPT_TOKENS = {
     "cifar100": 10, "caltech101": 10, "dtd": 10, "oxford_flowers102": 1, "oxford_iiit_pet": 1,
     "svhn": 50, "sun397": 5, "patch_camelyon": 100, "eurosat": 100, "resisc45": 10,
     "diabetic_retinopathy": 1, "clevr_count": 100, "clevr_dist": 200, "dmlab": 100,
-    "kitti_dist": 100, "dsprites_loc": 100, "dsprites_ori": 100, "smallnorb_azi": 200,
+    "kitti_dist": 100, "dsprites_loc": 100, "dsprites_ori": 50, "smallnorb_azi": 200,
     "smallnorb_ele": 200}
 
-# KMnP/vpt tune_vtab.py: lr grids for methods that move the backbone and for the rest; one wd grid.
+# tune_vtab.py get_lrwd_range (KMnP/vpt L215-266): full fine-tuning's grid and the prompt/linear
+# grid; one weight-decay grid; five final seeds (L284).
 BACKBONE_LRS = (0.005, 0.001, 0.0005, 0.0001)
 PROMPT_LRS = (50.0, 25.0, 10.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1, 0.05)
 WEIGHT_DECAYS = (0.01, 0.001, 0.0001, 0.0)
+SEEDS = (42, 44, 82, 100, 800)
+# VPT-or-FT's AdamW ignores the grid's value: any wd > 0 decays by 0.01 (src/solver/optimizer.py
+# L36-50), wd == 0 switches to SGD.
+FT_ADAMW_DECAY = 0.01
 
 
-def _vpt_single(method: str) -> dict:
-  moves_backbone = methods.moves_backbone(method)
+def _vpt_code(method: str) -> dict:
+  """KMnP/vpt (configs/base-prompt.yaml, base-linear.yaml; src/solver/optimizer.py): SGD, coupled
+  decay on all but the head's bias (`last_layer.bias`), a per-epoch schedule with 10 warm-up
+  epochs, and the frozen backbone in eval mode (`PromptedTransformer.train`, vit_models.py L222),
+  so no backbone dropout."""
+  linear = methods.stage_names(method)[-1] == "linear"
   return dict(
-      model=dict(dropout=0.0),
+      model=dict(dropout=0.0, attn_out_dropout=0.0, gelu_approximate=False, head_init="vpt"),
       method_kwargs=dict(prompt_dropout=0.0 if method == "vpt_shallow" else 0.1),
-      optim=dict(name="sgd", base_lr=0.001 if moves_backbone else 0.5, weight_decay=1e-4,
-                 momentum=0.9, batch_size=64, epochs=100, warmup_epochs=10,
-                 # As the VPT code: no decay on the classifier's bias.
-                 decay_rules=((r"head/bias", False), (".*", True))),
-      sweep=dict(base_lrs=BACKBONE_LRS if moves_backbone else PROMPT_LRS,
-                 weight_decays=WEIGHT_DECAYS, seeds=5))
+      data=dict(normalization="imagenet", resize="tf1_bilinear"),
+      optim=dict(name="sgd", base_lr=0.5 if not methods.moves_backbone(method) else 0.001,
+                 weight_decay=1e-4, momentum=0.9, batch_size=1024 if linear else 64, epochs=100,
+                 warmup_epochs=10, schedule="epoch", scale_lr=True, grad_clip_norm=None,
+                 decay_rules=((r"head/bias", False), (".*", True)),
+                 on_non_finite="score_last_epoch"),
+      sweep=dict(base_lrs=BACKBONE_LRS if methods.moves_backbone(method) else PROMPT_LRS,
+                 weight_decays=WEIGHT_DECAYS, seeds=len(SEEDS), seed_values=SEEDS))
 
 
-# The earlier stage of a two-stage method: FT-then-PT fine-tunes at a typical full-FT choice,
-# LP-FT probes at a typical linear-probe one.
-_VPT_FIRST_STAGE = {"full": dict(base_lr=0.001, weight_decay=1e-4),
-                    "linear": dict(base_lr=1.0, weight_decay=0.0)}
-
-
-def vpt(method: str, task: str) -> dict:
-  settings = _vpt_single(methods.stage_names(method)[-1])
-  if task in PROMPT_TOKENS:
-    settings["method_kwargs"]["prompt_tokens"] = PROMPT_TOKENS[task]
-  settings["stage_optim"] = {
-      stage: {**_vpt_single(stage)["optim"], **_VPT_FIRST_STAGE[stage]}
-      for stage in methods.stage_names(method)[:-1]}
+def _vpt_or_ft_full(weight_decay: float | None) -> dict:
+  """ChengHan111/VPT-or-FT full fine-tuning (configs/base-finetune.yaml, command.txt): batch 128,
+  5 warm-up epochs, the whole ViT in train mode with dropout 0.1 after the position embedding and
+  in the MLP (its attention dropouts are 0), and the optimizer quirk: wd > 0 means its AdamW with
+  decoupled decay 0.01 on every parameter whose name holds no "bias" (its LayerNorms are named
+  attention_norm/ffn_norm/encoder_norm, so their scales are decayed), wd == 0 means SGD with
+  momentum 0.9 and no decay."""
+  settings = _vpt_code("full")
+  weight_decay = 0.01 if weight_decay is None else weight_decay
+  settings["model"].update(dropout=0.1)
+  settings["optim"].update(batch_size=128, warmup_epochs=5, base_lr=0.001,
+                           weight_decay=weight_decay)
+  if weight_decay > 0:
+    settings["optim"].update(name="hf_adamw", applied_weight_decay=FT_ADAMW_DECAY,
+                             decay_rules=((r".*/bias", False), (".*", True)))
+  else:
+    settings["optim"].update(name="sgd", applied_weight_decay=0.0)
   return settings
 
 
-RECIPES: dict[str, Callable[[str, str], dict]] = {"vpt": vpt}
+def paper(method: str, task: str, requested: dict) -> dict:
+  requested_optim = requested.get("optim", {})
+  if method == "full":
+    settings = _vpt_or_ft_full(requested_optim.get("weight_decay"))
+  else:
+    # Mixed (VPT-or-FT MODEL.PROMPT.FT_PT_MIXED): one SGD over prompts, backbone and head with
+    # the prompt grid, batch 64, the backbone in eval mode (the same train() override).
+    settings = _vpt_code(methods.stage_names(method)[-1])
+    if method in ("mixed", "ft_then_pt"):
+      settings["sweep"]["base_lrs"] = PROMPT_LRS
+      settings["optim"]["base_lr"] = 0.5
+  if task in PROMPT_TOKENS:
+    settings["method_kwargs"]["prompt_tokens"] = PROMPT_TOKENS[task]
+  stages = {}
+  for stage in methods.stage_names(method)[:-1]:
+    requested_stage = requested.get("stage_optim", {}).get(stage, {})
+    stage_settings = (_vpt_or_ft_full(requested_stage.get("weight_decay")) if method == "ft_then_pt"
+                      else _vpt_code(stage))
+    if stage == "linear":  # LP-FT probes at a typical linear-probe setting.
+      stage_settings["optim"].update(base_lr=1.0, weight_decay=0.0)
+    stages[stage] = stage_settings
+  settings["stage_optim"] = {name: s["optim"] for name, s in stages.items()}
+  settings["stage_model"] = {name: s["model"] for name, s in stages.items()}
+  return settings
+
+
+def google(method: str, task: str, requested: dict) -> dict:
+  del task, requested
+  if method != "full":
+    raise ValueError(f"Recipe 'google' is Google's full fine-tuning of these checkpoints; it has "
+                     f"no setting for method {method!r}. Use recipe=paper.")
+  return dict(
+      model=dict(dropout=0.0, attn_out_dropout=None, gelu_approximate=True, head_init="zeros"),
+      method_kwargs={},
+      data=dict(normalization="inception", resize="bilinear"),
+      optim=dict(name="sgd", base_lr=0.01, weight_decay=0.0, momentum=0.9, batch_size=512,
+                 epochs=1, warmup_epochs=0, steps=2500, warmup_steps=500, schedule="step",
+                 scale_lr=False, grad_clip_norm=1.0, decay_rules=((".*", False),),
+                 on_non_finite="fail"),
+      sweep=dict(base_lrs=(0.03, 0.01, 0.003), weight_decays=(0.0,), seeds=len(SEEDS),
+                 seed_values=SEEDS),
+      stage_optim={}, stage_model={})
+
+
+RECIPES: dict[str, Callable[[str, str, dict], dict]] = {"paper": paper, "google": google}
 
 
 def _merge(base: dict, top: dict) -> dict:
@@ -79,6 +149,18 @@ def _merge(base: dict, top: dict) -> dict:
       out[key] = value
     else:
       out.setdefault(key, None)
+  return out
+
+
+def _explicit(tree: dict) -> dict:
+  """The leaves a config sets (not None), nested."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      if inner := _explicit(value):
+        out[key] = inner
+    elif value is not None:
+      out[key] = value
   return out
 
 
@@ -103,24 +185,34 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   stages = methods.stage_names(config.method)  # Also checks the name.
   given = config.to_dict()
   per_method = given.pop("method_overrides", None) or {}
-  settings = _merge(RECIPES[config.recipe](config.method, config.task),
+  requested = _merge(per_method.get(config.method, {}), _explicit(given))
+  settings = _merge(RECIPES[config.recipe](config.method, config.task, requested),
                     per_method.get(config.method, {}))
   stage_optim = given.pop("stage_optim", None) or {}
-  for name, fields in stage_optim.items():
-    explicit = {k: v for k, v in fields.items() if v is not None and v != {}}
-    if name not in stages[:-1] and explicit:
-      raise ValueError(f"config.stage_optim.{name}: {config.method} has no earlier stage called "
-                       f"{name!r} (its stages: {', '.join(stages)}; the last one takes "
-                       f"config.optim itself).")
-    if unknown := set(explicit) - set(given["optim"]):
-      raise ValueError(f"config.stage_optim.{name} sets {sorted(unknown)}, which are not "
-                       f"config.optim fields.")
+  stage_model = given.pop("stage_model", None) or {}
+  for section, entries in (("stage_optim", stage_optim), ("stage_model", stage_model)):
+    for name, fields in entries.items():
+      explicit = _explicit(fields)
+      if name not in stages[:-1] and explicit:
+        raise ValueError(f"config.{section}.{name}: {config.method} has no earlier stage called "
+                         f"{name!r} (its stages: {', '.join(stages)}; the last one takes "
+                         f"config.{section.removeprefix('stage_')} itself).")
+      fields_of = given["optim"] if section == "stage_optim" else given["model"]
+      if unknown := set(explicit) - set(fields_of):
+        raise ValueError(f"config.{section}.{name} sets {sorted(unknown)}, which are not "
+                         f"config.{section.removeprefix('stage_')} fields.")
   resolved = _merge(settings, given)
-  # Earlier stages: their recipe values, the shared optim fields the config sets (all but the
-  # tuned stage's base_lr and weight_decay), then config.stage_optim.
-  shared = {k: v for k, v in given["optim"].items() if k not in ("base_lr", "weight_decay")}
+  # Earlier stages: their recipe values, the shared fields the config sets (all but the tuned
+  # stage's base_lr, weight_decay and where they were selected), then config.stage_optim.
+  shared = {k: v for k, v in given["optim"].items()
+            if k not in ("base_lr", "weight_decay", "selected_in")}
   resolved["stage_optim"] = {
       name: _merge(_merge(settings["stage_optim"][name], shared), stage_optim.get(name, {}))
+      for name in stages[:-1]}
+  # Model fields the config sets hold for every stage (variant, depth, ...), then its stage_model.
+  resolved["stage_model"] = {
+      name: _merge(_merge(settings["stage_model"][name], given["model"]),
+                   stage_model.get(name, {}))
       for name in stages[:-1]}
   train_subset, eval_subset = _phase_subsets(resolved["phase"])
   resolved["data"]["train_subset"] = resolved["data"]["train_subset"] or train_subset

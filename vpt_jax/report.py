@@ -20,6 +20,14 @@ class Cell:
   accuracies: list[float]  # Percent, one per seed.
   tuned_percent: float
   wall_seconds: float = 0.0  # Summed over seeds.
+  diverged: int = 0  # Seeds whose loss turned non-finite, scored at their last finished epoch.
+  recipes: set = dataclasses.field(default_factory=set)
+
+  def add(self, result: dict, accuracy_key: str = "test_accuracy") -> None:
+    self.accuracies.append(100 * result[accuracy_key])
+    self.wall_seconds += result["wall_seconds"]
+    self.diverged += "diverged" in result
+    self.recipes.add(result.get("recipe", "paper"))
 
   @property
   def mean(self) -> float:
@@ -38,9 +46,7 @@ def collect(sweep_dir: str):
     result = files.read_json(path)
     setting = os.path.relpath(path, sweep_dir).split(os.sep)[0]
     key = (result["task"], result["method"])
-    cell = cells[setting].setdefault(key, Cell([], result["tuned_percent"]))
-    cell.accuracies.append(100 * result["test_accuracy"])
-    cell.wall_seconds += result["wall_seconds"]
+    cells[setting].setdefault(key, Cell([], result["tuned_percent"])).add(result)
   failed = sorted(os.path.relpath(os.path.dirname(p), sweep_dir) for p in glob.glob(
       os.path.join(sweep_dir, "*", "*", "*", "*", "*", "failed.json")))
   unfinished = sorted(
@@ -49,6 +55,17 @@ def collect(sweep_dir: str):
       if not os.path.exists(os.path.join(os.path.dirname(p), "result.json"))
       and not os.path.exists(os.path.join(os.path.dirname(p), "failed.json")))
   return dict(cells), failed, unfinished
+
+
+def _diverged_runs(sweep_dir: str) -> list[str]:
+  lines = []
+  for path in sorted(glob.glob(os.path.join(sweep_dir, "*", "*", "*", "*", "*", "result.json"))):
+    diverged = files.read_json(path).get("diverged")
+    if diverged:
+      lines.append(f"- {os.path.relpath(os.path.dirname(path), sweep_dir)}: diverged at step "
+                   f"{diverged['step']} (epoch {diverged['epoch']}), scored at epoch "
+                   f"{diverged['scored_epoch']}")
+  return lines
 
 
 def _ordered(names, order):
@@ -111,13 +128,19 @@ def cells_from_results(results: list[dict]) -> dict:
   cells = {}
   for result in results:
     cell = cells.setdefault((result["task"], result["method"]), Cell([], result["tuned_percent"]))
-    cell.accuracies.append(100 * result.get("test_accuracy", result.get("val_accuracy")))
-    cell.wall_seconds += result["wall_seconds"]
+    cell.add(result, "test_accuracy" if "test_accuracy" in result else "val_accuracy")
   return cells
 
 
-def tables(cells: dict, with_published: bool = False, with_chance: bool = False):
-  """(markdown, csv rows) for one setting's cells."""
+def _cell_text(cell: Cell) -> str:
+  text = f"{cell.mean:.1f} ± {cell.std:.1f}"
+  return text + "†" if cell.diverged else text
+
+
+def tables(cells: dict, with_published: bool = False, with_chance: bool = False,
+           setting: str = "vtab1k"):
+  """(markdown, csv rows) for one setting's cells; † marks cells with a diverged seed. With
+  `with_published`, the published rows that these runs' recipe reproduces follow."""
   tasks = _ordered({t for t, _ in cells}, list(tasks_lib.TASKS))
   methods = _ordered({m for _, m in cells}, ["linear", "full", "vpt_shallow", "vpt_deep", "mixed",
                                              "ft_then_pt", "lp_ft"])
@@ -128,8 +151,7 @@ def tables(cells: dict, with_published: bool = False, with_chance: bool = False)
   rows = []
   for method in methods:
     s = stats[method]
-    per_task = [f"{cells[(t, method)].mean:.1f} ± {cells[(t, method)].std:.1f}"
-                if (t, method) in cells else "—" for t in tasks]
+    per_task = [_cell_text(cells[(t, method)]) if (t, method) in cells else "—" for t in tasks]
     wins = f"{s['wins']}/{s['compared']}" if method != BASELINE else "—"
     wall = sum(cells[(t, method)].wall_seconds for t in tasks if (t, method) in cells)
     line = [method, *per_task, *(str(s["groups"][g]) for g in tasks_lib.GROUPS),
@@ -146,25 +168,37 @@ def tables(cells: dict, with_published: bool = False, with_chance: bool = False)
                  "mean_tasks": s["task_mean"].value,
                  "wins_vs_full": s["wins"] if method != BASELINE else None,
                  "tuned_percent": s["tuned_percent"], "wall_seconds": wall,
+                 "diverged_seeds": sum(cells[(t, method)].diverged for t in tasks
+                                       if (t, method) in cells),
                  "source": "this sweep"})
   if with_chance:
     line = ["chance", *(f"{100 / tasks_lib.get(t).num_classes:.1f}" for t in tasks)]
     markdown.append("| " + " | ".join(line + [""] * (len(header) - len(line))) + " |")
+  notes = []
   if with_published:
-    for method, numbers in published.VPT_PAPER.items():
-      if method not in methods:
-        continue
-      paper = summary({(t, method): Cell([v], 0.0) for t, v in numbers.items()})[method]
-      line = [f"{method} (VPT paper)", *(_fmt(numbers.get(t)) for t in tasks),
+    recipes = set().union(*(cell.recipes for cell in cells.values())) or {"paper"}
+    for row in [r for recipe in sorted(recipes) for r in published.rows_for(recipe, setting,
+                                                                             methods)]:
+      numbers = row.accuracies
+      paper = summary({(t, row.method): Cell([v], 0.0) for t, v in numbers.items()})[row.method]
+      label = row.source.split(",")[0]
+      line = [f"{row.method} ({label})",
+              *(_fmt(numbers.get(t)) + ("?" if t in row.uncertain else "") for t in tasks),
               *(str(paper["groups"][g]) for g in tasks_lib.GROUPS), str(paper["mean"]),
               str(paper["task_mean"])]
       line += [""] * (len(header) - len(line))
       markdown.append("| " + " | ".join(line) + " |")
-      rows.append({"method": method, **{t: numbers.get(t) for t in tasks},
+      notes += [f"? {row.method} ({label}) {t}: {why}" for t, why in row.uncertain.items()
+                if t in tasks]
+      rows.append({"method": row.method, **{t: numbers.get(t) for t in tasks},
                    **{g: paper["groups"][g].value for g in tasks_lib.GROUPS},
                    "mean": paper["mean"].value, "mean_tasks": paper["task_mean"].value,
-                   "source": "VPT paper, Table 1"})
-  return "\n".join(markdown), rows
+                   "source": row.source})
+  if any(cell.diverged for cell in cells.values()):
+    notes.append("† a seed's loss turned non-finite; it is scored at its last finished epoch, "
+                 "as the VPT code does (see the diverged runs below).")
+  notes = list(dict.fromkeys(notes))
+  return "\n".join(markdown) + ("\n\n" + "\n".join(notes) if notes else ""), rows
 
 
 def write(sweep_dir: str, out_dir: str, with_published: bool = False) -> str:
@@ -173,7 +207,7 @@ def write(sweep_dir: str, out_dir: str, with_published: bool = False) -> str:
   os.makedirs(out_dir, exist_ok=True)
   parts = [f"# Sweep report: {sweep_dir}"]
   for setting in sorted(cells, key=lambda s: (not s.startswith("vtab"), s)):
-    markdown, rows = tables(cells[setting], with_published)
+    markdown, rows = tables(cells[setting], with_published, setting=setting)
     seeds = sorted({len(c.accuracies) for c in cells[setting].values()})
     parts.append(f"\n## {setting}: test top-1 (%), mean ± std (population, ddof 0) over "
                  f"{'/'.join(map(str, seeds))} seeds\n\n{markdown}")
@@ -188,6 +222,9 @@ def write(sweep_dir: str, out_dir: str, with_published: bool = False) -> str:
   if failed:
     parts.append("\n## Failed runs (non-finite loss, or a data-scale size the task cannot "
                  "hold; failed.json says which)\n\n" + "\n".join(f"- {r}" for r in failed))
+  if diverged := _diverged_runs(sweep_dir):
+    parts.append("\n## Diverged runs (non-finite loss; scored at their last finished epoch)\n\n"
+                 + "\n".join(diverged))
   if unfinished:
     parts.append("\n## Unfinished runs\n\n" + "\n".join(f"- {r}" for r in unfinished))
   text = "\n".join(parts) + "\n"

@@ -27,8 +27,8 @@ from vpt_jax.data import tasks as tasks_lib
 
 PHASES = ("search", "final")
 # Fields a sweep sets per run; overriding them for a whole sweep would silently be undone.
-SWEEP_FIELDS = ("seed", "phase", "optim.base_lr", "optim.weight_decay", "data.train_subset",
-                "data.eval_subset")
+SWEEP_FIELDS = ("seed", "phase", "optim.base_lr", "optim.weight_decay", "optim.selected_in",
+                "data.train_subset", "data.eval_subset")
 # Failures that are results (recorded in failed.json, reported, not retried).
 RECORDED_FAILURES = (train.NonFiniteLossError, tasks_lib.InfeasibleSubsetError)
 
@@ -65,16 +65,38 @@ def settings(sweep_config) -> list[str]:
   raise ValueError(f"sweep.protocol={protocol!r} must be 'vtab1k', 'data_scale' or 'kshot'.")
 
 
-def subsets(setting: str, phase: str, seed: int) -> tuple[str, str]:
-  """(train subset, eval subset) of a run."""
+def subsets(setting: str, phase: str, seed: int, kshot_per_seed: bool = False) -> tuple[str, str]:
+  """(train subset, eval subset) of a run.
+
+  k-shot (ChengHan111/VPT-or-FT DATA.EVEN_SEPARETE, src/data/datasets/tf_dataset.py): the search
+  trains on k per class of train800 and validates on k per class of val200; final runs train on
+  2k per class of train800val200, the same images for every seed (unless `kshot_per_seed`), and
+  score the whole test split. The reference draws the search's training images after an unseeded
+  shuffle; here they are drawn from train800 in order with seed 0, so reruns agree.
+  """
   final = phase == "final"
   if setting == "vtab1k":
     return ("train800val200", "test") if final else ("train800", "val200")
   if setting.startswith("scale"):
     return (f"{setting}_trainval", "test") if final else (f"{setting}_train", f"{setting}_val")
   if setting.endswith("shot"):
-    return f"{setting}_seed{seed}", "test" if final else "val200"
+    k = int(setting.removesuffix("shot"))
+    if final:
+      return f"{2 * k}shot_train800val200_seed{seed if kshot_per_seed else 0}", "test"
+    return f"{k}shot_train800_seed0", f"{k}shot_val200_seed0"
   raise ValueError(f"Unknown sweep setting {setting!r}.")
+
+
+def final_seeds(sweep_config) -> tuple[int, ...]:
+  """The seeds of the final runs: the first `seeds` of `seed_values` (the recipe's), else 0..n-1."""
+  values = sweep_config.get("seed_values")
+  if not values:
+    return tuple(range(sweep_config.seeds))
+  if sweep_config.seeds > len(values):
+    raise ValueError(f"sweep.seeds={sweep_config.seeds} but sweep.seed_values lists "
+                     f"{len(values)} seeds ({', '.join(map(str, values))}); set "
+                     "sweep.seed_values to as many seeds as you want runs.")
+  return tuple(values[:sweep_config.seeds])
 
 
 def search_runs(setting, task, method, sweep_config) -> list[Run]:
@@ -84,7 +106,7 @@ def search_runs(setting, task, method, sweep_config) -> list[Run]:
 
 def final_runs(setting, task, method, best, sweep_config) -> list[Run]:
   return [Run(setting, task, method, "final", best["base_lr"], best["weight_decay"], seed)
-          for seed in range(sweep_config.seeds)]
+          for seed in final_seeds(sweep_config)]
 
 
 def status(sweep_dir: str, run: Run) -> str:
@@ -159,12 +181,14 @@ def best_setting(sweep_dir: str, grid: list[Run]) -> dict:
 class Planner:
   """Every run's config, from one ConfigDict: the user's config with the run's fields set."""
 
-  def __init__(self, config: ml_collections.ConfigDict, overrides: dict | None = None):
+  def __init__(self, config: ml_collections.ConfigDict, overrides: dict | None = None,
+               sweep_dir: str | None = None):
     if fixed := sorted(set(overrides or {}) & set(SWEEP_FIELDS)):
-      raise ValueError(f"A sweep sets {', '.join(fixed)} itself (seeds 0..sweep.seeds-1, the "
+      raise ValueError(f"A sweep sets {', '.join(fixed)} itself (the seeds of sweep.seeds, the "
                        "grid sweep.base_lrs x sweep.weight_decays, the protocol's subsets); "
                        "drop those overrides and set config.sweep instead.")
     self.config = config
+    self.sweep_dir = sweep_dir
     self.tasks = tasks_lib.expand(config.task)
     self.methods = list(dict.fromkeys(config.method.split("+")))
     for method in self.methods:
@@ -187,8 +211,25 @@ class Planner:
     config = self.base(run.task, run.method)
     config.seed, config.phase = run.seed, run.phase
     config.optim.base_lr, config.optim.weight_decay = run.base_lr, run.weight_decay
-    config.data.train_subset, config.data.eval_subset = subsets(run.setting, run.phase, run.seed)
+    config.optim.selected_in = "search" if run.phase == "search" else os.path.join(
+        run.group_dir, "best.json")
+    config.data.train_subset, config.data.eval_subset = subsets(
+        run.setting, run.phase, run.seed, self.config.sweep.kshot_per_seed)
+    # A two-stage method's first stage trains with the setting this sweep selected for that
+    # method on the same task, when there is one (else its recipe's default).
+    for stage in methods.stage_names(run.method)[:-1]:
+      best = (os.path.join(self.sweep_dir, run.setting, run.task, stage, "best.json")
+              if self.sweep_dir else None)
+      if best and os.path.exists(best) and config.stage_optim[stage].base_lr is None:
+        chosen = files.read_json(best)
+        config.stage_optim[stage].base_lr = chosen["base_lr"]
+        config.stage_optim[stage].weight_decay = chosen["weight_decay"]
+        config.stage_optim[stage].selected_in = os.path.relpath(best, self.sweep_dir)
     return config
+
+  def waits_for(self, method: str) -> list[str]:
+    """The methods of this sweep whose selection `method`'s first stage takes."""
+    return [stage for stage in methods.stage_names(method)[:-1] if stage in self.methods]
 
   def search_runs(self) -> list[Run]:
     return [run for group in self.groups()
@@ -197,7 +238,7 @@ class Planner:
   def final_slots(self) -> list[tuple[tuple[str, str, str], int]]:
     """(group, seed) of every final run, known before any selection (job-array indices)."""
     return [(group, seed) for group in self.groups()
-            for seed in range(self.sweep_config(*group[1:]).seeds)]
+            for seed in final_seeds(self.sweep_config(*group[1:]))]
 
   def final_run(self, sweep_dir: str, group, seed: int) -> Run:
     best = best_setting(sweep_dir, search_runs(*group, self.sweep_config(*group[1:])))
@@ -257,9 +298,20 @@ def execute(sweep_dir: str, runs: list[Run], runner: Runner, parallel: int = 1,
 
 def run_protocol(sweep_dir: str, planner: Planner, runner: Runner, log=print,
                  **execute_kwargs) -> dict:
-  """Grid search, selection, then final seeds, for every (setting, task, method)."""
-  grids = {group: search_runs(*group, planner.sweep_config(*group[1:]))
-           for group in planner.groups()}
+  """Grid search, selection, then final seeds, for every (setting, task, method). Methods whose
+  first stage is another method of the sweep (ft_then_pt after full) go once that one is done."""
+  groups = planner.groups()
+  later = [g for g in groups if planner.waits_for(g[2])]
+  totals = {"skipped": 0, "ran": 0, "failed": 0}
+  for batch in ([g for g in groups if g not in later], later):
+    if batch:
+      counts = _protocol_of(sweep_dir, batch, planner, runner, log, **execute_kwargs)
+      totals = {k: totals[k] + counts[k] for k in totals}
+  return totals
+
+
+def _protocol_of(sweep_dir, groups, planner, runner, log, **execute_kwargs) -> dict:
+  grids = {group: search_runs(*group, planner.sweep_config(*group[1:])) for group in groups}
   totals = execute(sweep_dir, [r for runs in grids.values() for r in runs], runner, log=log,
                    **execute_kwargs)
   finals = []

@@ -46,30 +46,64 @@ class Stage:
   model: vit.Model
   optim: ml_collections.ConfigDict
   workdir: str
+  model_config: dict  # config.model (or stage_model) as the artifact records it.
+  keeps_previous_head: bool = True  # Starts from the earlier stage's head (else its own init).
+
+  def start_from(self, previous_params):
+    """What this stage takes over from the stage before it."""
+    if previous_params is None or self.keeps_previous_head:
+      return previous_params
+    return {k: v for k, v in previous_params.items() if k != "head"}
 
 
-def model_kwargs(config, num_classes: int) -> dict:
+def model_kwargs(config, num_classes: int, model_config=None) -> dict:
   """vit.Model arguments of the backbone (no method modules)."""
   dtype = {"float32": None, "bfloat16": jnp.bfloat16}.get(config.dtype, "invalid")
   if dtype == "invalid":
     raise ValueError(f"dtype={config.dtype!r} must be 'float32' or 'bfloat16'.")
-  return dict(num_classes=num_classes, dtype=dtype, **config.model.to_dict())
+  return dict(num_classes=num_classes, dtype=dtype, **(model_config or config.model).to_dict())
 
 
 def plan_stages(config, task: tasks_lib.Task, workdir: str) -> list[Stage]:
-  base = model_kwargs(config, task.num_classes)
-  depth = vit.Model(**base).architecture.depth
+  depth = vit.Model(**model_kwargs(config, task.num_classes)).architecture.depth
   method = methods.get(config.method, depth=depth, **config.method_kwargs.to_dict())
   singles = method.single_stages
   stages = []
   for index, single in enumerate(singles):
     last = index == len(singles) - 1
+    model_config = config.model if last else config.stage_model[single.name]
     stages.append(Stage(
-        single, vit.Model(**base, **single.model_fields),
+        single, vit.Model(**model_kwargs(config, task.num_classes, model_config),
+                          **single.model_fields),
         config.optim if last else config.stage_optim[single.name],
-        workdir if len(singles) == 1 else os.path.join(workdir,
-                                                       f"stage{index + 1}_{single.name}")))
+        workdir if len(singles) == 1 else os.path.join(workdir, f"stage{index + 1}_{single.name}"),
+        model_config.to_dict(), method.carry_head))
   return stages
+
+
+def applied_weight_decay(optim_config) -> float:
+  """The decay the optimizer applies (VPT-or-FT's AdamW applies 0.01 whatever the grid says)."""
+  if optim_config.get("applied_weight_decay") is not None:
+    return optim_config.applied_weight_decay
+  return optim_config.weight_decay
+
+
+def peak_lr(optim_config) -> float:
+  if optim_config.get("scale_lr", True):
+    return optim.learning_rate(optim_config.base_lr, optim_config.batch_size)
+  return optim_config.base_lr
+
+
+def make_schedule(optim_config, steps_per_epoch: int) -> tuple[optim.Schedule, int]:
+  """(schedule, total steps) of a stage."""
+  if optim_config.get("schedule", "epoch") == "epoch":
+    return (optim.warmup_cosine_epochs(optim_config.warmup_epochs, optim_config.epochs,
+                                       steps_per_epoch),
+            optim_config.epochs * steps_per_epoch)
+  total = optim_config.get("steps") or optim_config.epochs * steps_per_epoch
+  warmup = optim_config.get("warmup_steps")
+  warmup = optim_config.warmup_epochs * steps_per_epoch if warmup is None else warmup
+  return optim.warmup_cosine(warmup, total), total
 
 
 def claim_workdir(config, workdir: str) -> None:
@@ -91,13 +125,16 @@ def claim_workdir(config, workdir: str) -> None:
 
 
 def load_backbone(config, task: tasks_lib.Task) -> dict:
-  """The pre-trained parameters; with `config.backbone = None`, a random init (from scratch)."""
+  """The pre-trained parameters without a head (each stage's model initialises its own, as its
+  recipe says); with `config.backbone = None`, a random init (from scratch)."""
   base = vit.Model(**model_kwargs(config, task.num_classes))
   if config.backbone:
-    return pretrained.load(config.backbone, base, image_size=config.data.resolution,
-                           cache_dir=config.pretrained_cache_dir)
-  images = jnp.zeros((1, config.data.resolution, config.data.resolution, 3))
-  return jax.jit(base.init)(jax.random.PRNGKey(config.seed), images)["params"]
+    params = pretrained.load(config.backbone, base, image_size=config.data.resolution,
+                             cache_dir=config.pretrained_cache_dir)
+  else:
+    images = jnp.zeros((1, config.data.resolution, config.data.resolution, 3))
+    params = jax.jit(base.init)(jax.random.PRNGKey(config.seed), images)["params"]
+  return {k: v for k, v in params.items() if k != "head"}
 
 
 @dataclasses.dataclass
@@ -124,21 +161,21 @@ def create_train_state(config, stage: Stage, backbone, previous_params, mesh, nu
   init_rng, train_rng, data_rng, flip_rng = jax.random.split(rng, 4)
   params = methods.init_params(stage.model, backbone, init_rng, config.data.resolution)
   if previous_params is not None:
-    params = paths.merge(params, previous_params)
+    params = paths.merge(params, stage.start_from(previous_params))
   groups = methods.labels(params, stage.method.rules)
   trainable, frozen = methods.split(params, groups)
   trainable_groups, _ = methods.split(groups, groups)
-  backbone_count = paths.count(backbone) - paths.count(backbone.get("head", {}))
+  backbone_count = paths.count(backbone)
   log(methods.summary(stage.method.name, params, groups, backbone_count))
 
   batch_size = stage.optim.batch_size
   if batch_size % mesh.devices.size:
     raise ValueError(f"Batch size {batch_size} does not split over {mesh.devices.size} devices.")
   steps_per_epoch = device.steps_per_epoch(num_examples, batch_size)
-  total_steps = stage.optim.epochs * steps_per_epoch
-  schedule = optim.warmup_cosine(stage.optim.warmup_epochs * steps_per_epoch, total_steps)
+  schedule, total_steps = make_schedule(stage.optim, steps_per_epoch)
   tx = optim.make(stage.optim.name, trainable_groups, schedule, momentum=stage.optim.momentum,
-                  lr_mults=stage.optim.lr_mults.to_dict(), decay_rules=stage.optim.decay_rules)
+                  lr_mults=stage.optim.lr_mults.to_dict(), decay_rules=stage.optim.decay_rules,
+                  grad_clip_norm=stage.optim.get("grad_clip_norm"))
 
   trainable_sharding = sharding.param_shardings(mesh, trainable, config.sharding_strategy)
   frozen_sharding = sharding.param_shardings(mesh, frozen, config.sharding_strategy)
@@ -147,8 +184,8 @@ def create_train_state(config, stage: Stage, backbone, previous_params, mesh, nu
   trainable = jax.device_put(trainable, trainable_sharding)
   frozen = jax.device_put(frozen, frozen_sharding)
   opt_state = jax.jit(lambda t: optim.set_hyperparams(
-      tx.init(t), peak_lr=optim.learning_rate(stage.optim.base_lr, batch_size),
-      weight_decay=stage.optim.weight_decay), out_shardings=opt_sharding)(trainable)
+      tx.init(t), peak_lr=peak_lr(stage.optim), weight_decay=applied_weight_decay(stage.optim)),
+      out_shardings=opt_sharding)(trainable)
   shardings = (trainable_sharding, opt_sharding, frozen_sharding)
   train_step = steps.build_train_step(stage.model, tx, mesh, shardings, steps_per_epoch,
                                       batch_size, config.data.normalization, config.data.flip)
@@ -160,13 +197,31 @@ def create_train_state(config, stage: Stage, backbone, previous_params, mesh, nu
 
 
 def _evaluate(config, setup: TrainSetup, trainable, subset: str) -> dict:
-  return setup.evaluator.stream(paths.merge(trainable, setup.frozen), config.task, subset,
-                                config.data.resolution, config.eval_batch_size,
-                                config.data.data_dir)
+  params = paths.merge(trainable, setup.frozen)
+  if tasks_lib.parse_kshot(subset):  # A few examples per class: held as arrays, not streamed.
+    images, labels = _train_arrays(config, subset, setup.mesh)
+    return setup.evaluator.arrays(params, images, labels, config.eval_batch_size)
+  return setup.evaluator.stream(params, config.task, subset, config.data.resolution,
+                                config.eval_batch_size, config.data.data_dir, config.data.resize)
+
+
+def _train_arrays(config, subset: str, mesh):
+  """A small subset's images and labels, replicated on the devices."""
+  images, labels = pipeline.load_arrays(config.task, subset, config.data.resolution,
+                                        config.data.data_dir, config.data.cache_dir,
+                                        config.data.resize)
+  replicated = sharding.replicated(mesh)
+  return sharding.put_global(images, replicated), sharding.put_global(labels, replicated)
 
 
 def fit(config, setup: TrainSetup, state: dict, images, labels, log) -> dict:
-  """Trains from the newest readable checkpoint (or `state`) to the end; returns the final state."""
+  """Trains from the newest readable checkpoint (or `state`) to the end; returns the final state.
+
+  A non-finite loss stops training. With optim.on_non_finite "score_last_epoch" (the VPT code:
+  src/engine/trainer.py stops the run and its last recorded epoch is what counts) the returned
+  state holds the parameters of the last finished epoch and "diverged" says where it happened;
+  with "fail", or when no epoch finished, NonFiniteLossError.
+  """
   stage = setup.stage
   checkpointer = checkpointing.Checkpointer(os.path.join(stage.workdir, "checkpoints"),
                                             config.checkpoints_to_keep)
@@ -184,6 +239,7 @@ def fit(config, setup: TrainSetup, state: dict, images, labels, log) -> dict:
 
   batch_size, steps_per_epoch, total_steps = (stage.optim.batch_size, setup.steps_per_epoch,
                                               setup.total_steps)
+  score_last_epoch = stage.optim.get("on_non_finite", "fail") == "score_last_epoch"
   permutation_fn = jax.jit(
       lambda epoch: device.epoch_permutation(setup.rngs["data"], epoch, len(images)),
       out_shardings=sharding.replicated(setup.mesh))
@@ -192,11 +248,12 @@ def fit(config, setup: TrainSetup, state: dict, images, labels, log) -> dict:
                        mininterval=1.0, disable=None if jax.process_index() == 0 else True,
                        smoothing=0.1)
   trainable, opt_state = state["trainable"], state["opt_state"]
+  finished = jax.tree.map(jnp.copy, trainable) if score_last_epoch and step else None
   while step < total_steps:
     epoch = step // steps_per_epoch
     permutation = permutation_fn(epoch)
     losses, accuracies = [], []
-    for _ in range(steps_per_epoch):
+    for _ in range(min(steps_per_epoch, total_steps - step)):
       trainable, opt_state, step_metrics = setup.train_step(
           trainable, opt_state, setup.frozen, images, labels, permutation, step,
           setup.rngs["train"], setup.rngs["flip"])
@@ -207,18 +264,25 @@ def fit(config, setup: TrainSetup, state: dict, images, labels, log) -> dict:
     # One transfer per epoch: the steps above were dispatched without waiting for each other.
     losses, accuracies = jax.device_get((jnp.stack(losses), jnp.stack(accuracies)))
     if not np.all(np.isfinite(losses)):
-      bad = step - steps_per_epoch + int(np.argmin(np.isfinite(losses)))
-      kept = checkpointer.steps()
+      bad = step - len(losses) + int(np.argmin(np.isfinite(losses)))
       progress.close()
+      kept = checkpointer.steps()
       checkpointer.close()
+      if score_last_epoch and finished is not None:
+        log(f"Loss became {losses[bad - step + len(losses)]} at step {bad} (epoch {epoch + 1}); "
+            f"stopped, scored at epoch {epoch} as the VPT code does.")
+        return {"trainable": finished, "opt_state": None,
+                "diverged": {"step": bad, "epoch": epoch + 1, "scored_epoch": epoch}}
       raise NonFiniteLossError(
-          f"Loss became {losses[bad - step + steps_per_epoch]} at step {bad} (epoch {epoch + 1}); "
+          f"Loss became {losses[bad - step + len(losses)]} at step {bad} (epoch {epoch + 1}); "
           f"stopped. Last good checkpoint: "
           f"{f'step {kept[-1]}' if kept else 'none'} in {stage.workdir}/checkpoints. Lower the "
           f"learning rate (optim.base_lr={stage.optim.base_lr}) and use a new workdir.")
+    if score_last_epoch:  # The parameters a divergence in the next epoch would be scored with.
+      finished = jax.tree.map(jnp.copy, trainable)
     row = {"epoch": epoch + 1, "train_loss_running": float(losses.mean()),
            "train_accuracy_running": float(accuracies.mean()),
-           # That of the epoch's last step.
+           # That of the epoch's last step (the epoch's own under a per-epoch schedule).
            "learning_rate": float(optim.current_lr(setup.schedule, opt_state, step - 1))}
     if config.eval_every_epochs and ((epoch + 1) % config.eval_every_epochs == 0
                                      or step == total_steps):
@@ -249,18 +313,21 @@ def finish(config, setup: TrainSetup, state: dict, started: float) -> tuple[dict
   evaluation = _evaluate(config, setup, trainable, config.data.eval_subset)
   artifact_bytes = artifacts.save(os.path.join(stage.workdir, artifacts.FILENAME), trainable, {
       "task": config.task, "method": stage.method.name, "seed": config.seed,
-      "backbone": config.backbone, "model": config.model.to_dict(),
+      "backbone": config.backbone, "model": stage.model_config,
       "model_fields": artifacts.model_fields_to_json(stage.method.model_fields),
   }) if jax.process_index() == 0 else 0
   eval_name = "test" if config.data.eval_subset == "test" else "val"
-  batch_size = stage.optim.batch_size
   trained = paths.count(trainable)
   result = {
-      "task": config.task, "method": stage.method.name, "seed": config.seed,
+      "task": config.task, "method": stage.method.name, "recipe": config.recipe,
+      "seed": config.seed,
       "train_subset": config.data.train_subset, "eval_subset": config.data.eval_subset,
-      "base_lr": stage.optim.base_lr, "lr": optim.learning_rate(stage.optim.base_lr, batch_size),
-      "weight_decay": stage.optim.weight_decay, "batch_size": batch_size,
-      "epochs": stage.optim.epochs, "steps": setup.total_steps,
+      "optimizer": stage.optim.name, "base_lr": stage.optim.base_lr, "lr": peak_lr(stage.optim),
+      "weight_decay": stage.optim.weight_decay,
+      "applied_weight_decay": applied_weight_decay(stage.optim),
+      "batch_size": stage.optim.batch_size, "epochs": stage.optim.epochs,
+      "steps": setup.total_steps, "schedule": stage.optim.get("schedule", "epoch"),
+      "dropout": stage.model.dropout,
       f"{eval_name}_accuracy": evaluation["accuracy"], f"{eval_name}_loss": evaluation["loss"],
       "eval_examples": evaluation["examples"],
       "trainable_parameters": trained, "backbone_parameters": setup.backbone_count,
@@ -269,19 +336,16 @@ def finish(config, setup: TrainSetup, state: dict, started: float) -> tuple[dict
       "artifact_bytes": artifact_bytes, "full_model_bytes": 4 * paths.count(final_params),
       "wall_seconds": time.time() - started,
   }
+  if "diverged" in state:
+    result["diverged"] = state["diverged"]
   return result, final_params
 
 
 def _run_stage(config, stage: Stage, backbone, previous_params, mesh, log):
   started = time.time()
-  images, labels = pipeline.load_arrays(config.task, config.data.train_subset,
-                                        config.data.resolution, config.data.data_dir,
-                                        config.data.cache_dir)
+  images, labels = _train_arrays(config, config.data.train_subset, mesh)
   setup, state = create_train_state(config, stage, backbone, previous_params, mesh, len(images),
                                     log)
-  replicated = sharding.replicated(mesh)
-  images = sharding.put_global(images, replicated)
-  labels = sharding.put_global(labels, replicated)
   state = fit(config, setup, state, images, labels, log)
   return finish(config, setup, state, started)
 
@@ -291,7 +355,7 @@ def _restore_finished_stage(config, stage: Stage, backbone, previous_params):
   trained, _ = artifacts.load(os.path.join(stage.workdir, artifacts.FILENAME))
   base = methods.init_params(stage.model, backbone, jax.random.PRNGKey(0),
                              config.data.resolution)
-  return paths.merge(base, previous_params or {}, trained)
+  return paths.merge(base, stage.start_from(previous_params) or {}, trained)
 
 
 def _combine(config, stage_results: list[dict]) -> dict:

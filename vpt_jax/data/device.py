@@ -26,9 +26,10 @@ def normalize(images, mode: str):
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   """Every example once per epoch: the last batch is short when the batch size does not divide
-  the set (as the VPT code's loader, drop_last=False: 1,000 images at batch 64 are 16 steps)."""
-  if batch_size > num_examples:
-    raise ValueError(f"Batch size {batch_size} is larger than the {num_examples} training examples.")
+  the set (as the VPT code's loader, drop_last=False: 1,000 images at batch 64 are 16 steps), and
+  a set smaller than the batch is one short batch (one-shot sets, small data-scale sizes)."""
+  if num_examples < 1:
+    raise ValueError("The training set is empty.")
   return -(-num_examples // batch_size)
 
 

@@ -3,10 +3,16 @@
 Small train sets (train800val200, k-shot, data-scale) are decoded and resized once, cached on disk
 as uint8 arrays and then served from device memory (`vpt_jax.data.device`). Test splits are
 streamed in fixed-size, padded and masked batches, never held in memory whole.
+
+Resizing: "tf1_bilinear" is what the VPT code bases run (tensorflow.compat.v1's tf.image.resize:
+bilinear, align_corners=False, half_pixel_centers=False; KMnP/vpt src/data/datasets/tf_dataset.py),
+"bilinear" is TensorFlow 2's (half-pixel centres). Both are rounded to uint8 for the cache, which
+the VPT code does not do: at most 0.5/255 per pixel in [0, 1] units (docs/vtab1k.md).
 """
 
 import logging
 import os
+import random
 import time
 from typing import Iterator
 
@@ -51,72 +57,81 @@ def split_sizes(dataset_builder) -> dict[str, int]:
   return {name: info.num_examples for name, info in dataset_builder.info.splits.items()}
 
 
-def preprocess_fn(task: tasks_lib.Task, resolution: int):
-  """TFDS example -> {"image": (R, R, 3) uint8, "label": int32}: 3 channels, bilinear, no crop."""
+RESIZE_METHODS = ("tf1_bilinear", "bilinear")
+
+
+def resize(image, resolution: int, method: str):
+  """(H, W, C) image -> (R, R, C) float32."""
+  if method == "tf1_bilinear":  # The op behind tf.compat.v1.image.resize's default.
+    return tf.raw_ops.ResizeBilinear(images=image[None], size=(resolution, resolution),
+                                     align_corners=False, half_pixel_centers=False)[0]
+  if method == "bilinear":
+    return tf.image.resize(image, (resolution, resolution), method="bilinear")
+  raise ValueError(f"data.resize={method!r} must be one of {', '.join(RESIZE_METHODS)}.")
+
+
+def preprocess_fn(task: tasks_lib.Task, resolution: int, resize_method: str = "bilinear"):
+  """TFDS example -> {"image": (R, R, 3) uint8, "label": int32}: 3 channels, resized, no crop."""
   def preprocess(example):
     image = example[task.image_key]
     if task.binary_image:
       image = image * 255
     if image.shape[-1] == 1:
       image = tf.image.grayscale_to_rgb(image)
-    image = tf.image.resize(image, (resolution, resolution), method="bilinear")
+    image = resize(image, resolution, resize_method)
     image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
     return {"image": image, "label": tf.cast(task.label(example), tf.int32)}
   return preprocess
 
 
-def _dataset(dataset_builder, split: str, task, resolution: int) -> tf.data.Dataset:
+def _dataset(dataset_builder, split: str, task, resolution: int, resize_method: str):
   ds = dataset_builder.as_dataset(split=split, shuffle_files=False)
-  return ds.map(preprocess_fn(task, resolution), num_parallel_calls=tf.data.AUTOTUNE)
+  return ds.map(preprocess_fn(task, resolution, resize_method),
+                num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def kshot_indices(labels: np.ndarray, k: int, num_classes: int, seed: int) -> np.ndarray:
-  """Sorted positions of k examples per class, chosen at random but fixed by `seed`."""
-  rng = np.random.default_rng(seed)
+def even_separate_indices(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+  """Positions of up to k examples per class, as ChengHan111/VPT-or-FT's DATA.EVEN_SEPARETE
+  (src/data/datasets/tf_dataset.py): Python's random seeded with `seed`, classes in the order
+  they first appear, random.sample of min(k, count) positions within each, grouped by class."""
+  rng = random.Random(seed)
+  by_class = {}
+  for position, label in enumerate(labels.tolist()):
+    by_class.setdefault(label, []).append(position)
   chosen = []
-  for label in range(num_classes):
-    candidates = np.flatnonzero(labels == label)
-    if len(candidates) < k:
-      raise ValueError(f"Only {len(candidates)} examples of class {label} in the k-shot pool; "
-                       f"{k}-shot needs {k} of every class.")
-    chosen.append(rng.choice(candidates, size=k, replace=False))
-  return np.sort(np.concatenate(chosen))
-
-
-def _kshot_dataset(task, dataset_builder, k, seed, resolution, pool_size) -> tf.data.Dataset:
-  pool = task.train.take(min(pool_size, task.train.size(split_sizes(dataset_builder))))
-  label_ds = dataset_builder.as_dataset(split=pool, shuffle_files=False,
-                                        decoders={task.image_key: tfds.decode.SkipDecoding()})
-  labels = np.fromiter((int(x) for x in label_ds.map(task.label).as_numpy_iterator()), np.int64)
-  chosen = tf.constant(kshot_indices(labels, k, task.num_classes, seed))
-  examples = dataset_builder.as_dataset(split=pool, shuffle_files=False).enumerate()
-  examples = examples.filter(lambda i, _: tf.reduce_any(tf.equal(i, chosen)))
-  return examples.map(lambda _, example: preprocess_fn(task, resolution)(example))
+  for positions in by_class.values():
+    chosen += rng.sample(positions, min(len(positions), k))
+  return np.asarray(chosen, np.int64)
 
 
 def load_arrays(task_name: str, subset: str, resolution: int, data_dir: str | None = None,
-                cache_dir: str | None = None, kshot_pool: int = 20000) -> tuple[np.ndarray, ...]:
+                cache_dir: str | None = None,
+                resize_method: str = "bilinear") -> tuple[np.ndarray, np.ndarray]:
   """(images uint8 (N, R, R, 3), labels int32 (N,)) of a small subset, cached on disk.
 
-  The cache is keyed by task, TFDS version, subset and resolution, and written atomically.
+  The cache is keyed by task, TFDS version, subset, resolution and resize method, and written
+  atomically. A k-shot subset is drawn from its (cached) source subset.
   """
+  if kshot := tasks_lib.parse_kshot(subset):
+    k, source, seed = kshot
+    images, labels = load_arrays(task_name, source, resolution, data_dir, cache_dir,
+                                 resize_method)
+    chosen = even_separate_indices(labels, k, seed)
+    return images[chosen], labels[chosen]
   task = tasks_lib.get(task_name)
   dataset_builder = builder(task, data_dir)
   version = dataset_builder.info.full_name.replace("/", "_")
   cache = os.path.join(cache_dir or files.cache_dir("arrays"), task.name,
-                       f"{version}_{subset}_{resolution}px.npz")
+                       f"{version}_{subset}_{resolution}px_{resize_method}.npz")
   if os.path.exists(cache):
     arrays = files.read_npz(cache)
     return arrays["images"], arrays["labels"]
 
   started = time.time()
-  if kshot := tasks_lib.parse_kshot(subset):
-    ds = _kshot_dataset(task, dataset_builder, *kshot, resolution, kshot_pool)
-  else:
-    split = tasks_lib.split_for(task, subset, split_sizes(dataset_builder))
-    ds = _dataset(dataset_builder, split, task, resolution)
+  split = tasks_lib.split_for(task, subset, split_sizes(dataset_builder))
   images, labels = [], []
-  for example in ds.as_numpy_iterator():
+  for example in _dataset(dataset_builder, split, task, resolution,
+                          resize_method).as_numpy_iterator():
     images.append(example["image"])
     labels.append(example["label"])
   if not images:
@@ -129,13 +144,14 @@ def load_arrays(task_name: str, subset: str, resolution: int, data_dir: str | No
 
 
 def eval_batches(task_name: str, subset: str, resolution: int, batch_size: int,
-                 data_dir: str | None = None) -> Iterator[dict[str, np.ndarray]]:
+                 data_dir: str | None = None,
+                 resize_method: str = "bilinear") -> Iterator[dict[str, np.ndarray]]:
   """Streams a split in batches of exactly `batch_size`; the last is zero-padded, `mask` False
   on padding, so every example counts exactly once."""
   task = tasks_lib.get(task_name)
   dataset_builder = builder(task, data_dir)
   split = tasks_lib.split_for(task, subset, split_sizes(dataset_builder))
-  ds = _dataset(dataset_builder, split, task, resolution).batch(batch_size)
+  ds = _dataset(dataset_builder, split, task, resolution, resize_method).batch(batch_size)
   for batch in ds.prefetch(2).as_numpy_iterator():
     n = len(batch["label"])
     mask = np.arange(batch_size) < n

@@ -195,15 +195,18 @@ def suite(name: str) -> tuple[str, ...]:
 # Named subsets: VTAB-1k's four, data-scale sets and k-shot sets.
 
 _SCALE = re.compile(r"scale(\d+)_(train|val|trainval)")
-_SHOT = re.compile(r"(\d+)shot_seed(\d+)")
+_SHOT = re.compile(r"(\d+)shot_(?:(train800|val200|train800val200)_)?seed(\d+)")
 SUBSETS = ("train800", "val200", "train800val200", "test", "train_full", "val_full",
-           "scale<N>_{train,val,trainval}", "<k>shot_seed<s>")
+           "scale<N>_{train,val,trainval}", "<k>shot[_{train800,val200,train800val200}]_seed<s>")
 
 
-def parse_kshot(subset: str) -> tuple[int, int] | None:
-  """(k, seed) of a k-shot subset name such as "1shot_seed0", else None."""
+def parse_kshot(subset: str) -> tuple[int, str, int] | None:
+  """(k, source subset, seed) of a k-shot subset name, else None: "1shot_val200_seed0" is one
+  example per class of val200; "1shot_seed0" takes them from train800."""
   match = _SHOT.fullmatch(subset)
-  return (int(match.group(1)), int(match.group(2))) if match else None
+  if not match:
+    return None
+  return int(match.group(1)), match.group(2) or "train800", int(match.group(3))
 
 
 def split_for(task: Task, subset: str, split_sizes: dict[str, int] | None = None) -> str:

@@ -15,6 +15,7 @@ The parameter tree is the one of Google's ImageNet-21k checkpoints, with Linen's
 """
 
 import dataclasses
+import math
 import re
 from typing import Any
 
@@ -73,6 +74,7 @@ class MlpBlock(nn.Module):
   dropout: float = 0.0
   dtype: Any = None
   ssf: bool = False
+  gelu_approximate: bool = True
 
   @nn.compact
   def __call__(self, x, train=False):
@@ -82,7 +84,7 @@ class MlpBlock(nn.Module):
         kernel_init=nn.initializers.xavier_uniform(),
         bias_init=nn.initializers.normal(stddev=1e-6))
     x = _maybe_ssf(self.ssf, "Dense_0")(dense(self.mlp_dim, "Dense_0")(x))
-    x = nn.gelu(x)  # tanh approximation, as Google's ViTs.
+    x = nn.gelu(x, approximate=self.gelu_approximate)
     x = nn.Dropout(rate=self.dropout)(x, deterministic=not train)
     return _maybe_ssf(self.ssf, "Dense_1")(dense(width, "Dense_1")(x))
 
@@ -166,6 +168,8 @@ class Encoder1DBlock(nn.Module):
   dtype: Any = None
   peft: PeftModules = PeftModules()
   attention_impl: str | None = None
+  attn_out_dropout: float | None = None  # None: `dropout`.
+  gelu_approximate: bool = True
 
   @nn.compact
   def __call__(self, x, train=False, return_attention=False):
@@ -177,10 +181,12 @@ class Encoder1DBlock(nn.Module):
                              name="MultiHeadDotProductAttention_0")(y, return_attention)
     if self.peft.adapter_dim:
       y = Adapter(self.peft.adapter_dim, dtype=self.dtype, name="adapter_attention")(y)
-    y = nn.Dropout(rate=self.dropout)(y, deterministic=not train)
+    attn_out_dropout = self.dropout if self.attn_out_dropout is None else self.attn_out_dropout
+    y = nn.Dropout(rate=attn_out_dropout)(y, deterministic=not train)
     x = x + y
     y = _maybe_ssf(ssf, "LayerNorm_1")(nn.LayerNorm(dtype=self.dtype, name="LayerNorm_1")(x))
-    y = MlpBlock(self.mlp_dim, self.dropout, dtype=self.dtype, ssf=ssf, name="MlpBlock_0")(y, train)
+    y = MlpBlock(self.mlp_dim, self.dropout, dtype=self.dtype, ssf=ssf,
+                 gelu_approximate=self.gelu_approximate, name="MlpBlock_0")(y, train)
     if self.peft.adapter_dim:
       y = Adapter(self.peft.adapter_dim, dtype=self.dtype, name="adapter_mlp")(y)
     y = nn.Dropout(rate=self.dropout)(y, deterministic=not train)
@@ -221,6 +227,8 @@ class Encoder(nn.Module):
   peft: PeftModules = PeftModules()
   attention_impl: str | None = None
   remat: bool = False
+  attn_out_dropout: float | None = None
+  gelu_approximate: bool = True
 
   @nn.compact
   def __call__(self, x, prompts=None, prompt_start=0, train=False, return_attention=False):
@@ -235,6 +243,8 @@ class Encoder(nn.Module):
         x = insert_prompts(x, prompts[i], prompt_start, replace=i > 0)
       x, attention = block(self.mlp_dim, self.num_heads, self.dropout, dtype=self.dtype,
                            peft=self.peft, attention_impl=self.attention_impl,
+                           attn_out_dropout=self.attn_out_dropout,
+                           gelu_approximate=self.gelu_approximate,
                            name=f"encoderblock_{i}")(x, train, return_attention)
       attentions.append(attention)
     x = nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
@@ -268,6 +278,15 @@ class VisualPrompts(nn.Module):
     return nn.Dropout(rate=self.dropout)(prompts, deterministic=not train)
 
 
+def _head_initializers(head_init: str, num_classes: int) -> dict:
+  if head_init == "zeros":
+    return dict(kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros)
+  if head_init == "vpt":  # KMnP/vpt src/models/mlp.py: kaiming_normal_(fan_out), special_bias.
+    return dict(kernel_init=nn.initializers.normal(stddev=(2.0 / num_classes) ** 0.5),
+                bias_init=nn.initializers.constant(-math.log((1 - 0.01) / 0.01)))
+  raise ValueError(f"head_init={head_init!r} must be 'zeros' or 'vpt'.")
+
+
 class Model(nn.Module):
   """ViT classifier on NHWC images in [-1, 1] (or normalised however the backbone was trained).
 
@@ -281,8 +300,14 @@ class Model(nn.Module):
     pool_type: "tok" (class token) or "gap" (mean of the patch tokens after the final norm, prompt
       tokens excluded; no class token).
     representation_size: width of the tanh pre-logits layer, or None for none.
-    dropout: dropout rate after the position embedding, inside the MLPs and on both residual
-      branches.
+    dropout: dropout rate after the position embedding, inside the MLPs (after the GELU) and on
+      both residual branches, as Google's ViT; 0 is the frozen-backbone "eval mode".
+    attn_out_dropout: the rate on the attention branch instead (None: `dropout`); the ViT of the
+      VPT code bases has none there (its proj_dropout is 0).
+    gelu_approximate: the tanh form of GELU (Google's ViTs, the checkpoints' own) rather than the
+      exact erf form (PyTorch's, the VPT code bases').
+    head_init: "zeros" (Google's fine-tuning) or "vpt": kernel normal with std
+      sqrt(2 / num_classes) (kaiming, fan_out), bias -log(99) (prior 0.01), as the VPT code's head.
     dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32.
     depth: overrides the variant's depth (small models for tests and demos).
     prompt_tokens: number of visual prompt tokens (0: no prompts). Sequence: [CLS, prompts, patches].
@@ -300,6 +325,9 @@ class Model(nn.Module):
   pool_type: str = "tok"
   representation_size: int | None = None
   dropout: float = 0.0
+  attn_out_dropout: float | None = None
+  gelu_approximate: bool = True
+  head_init: str = "zeros"
   dtype: Any = None
   depth: int | None = None
   prompt_tokens: int = 0
@@ -342,7 +370,8 @@ class Model(nn.Module):
     x, attentions = Encoder(arch.depth, arch.mlp_dim, arch.num_heads, self.dropout,
                             dtype=self.dtype, peft=self.peft,
                             attention_impl=self.attention_impl, remat=self.remat,
-                            name="Transformer")(
+                            attn_out_dropout=self.attn_out_dropout,
+                            gelu_approximate=self.gelu_approximate, name="Transformer")(
                                 x, prompts, int(self.has_class_token), train, return_attention)
     x = _maybe_ssf(self.peft.ssf, "encoder_norm")(x)
     aux = {"encoded": x}
@@ -359,5 +388,5 @@ class Model(nn.Module):
     if not self.num_classes:
       return pooled.astype(jnp.float32), aux
     logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head",
-                      kernel_init=nn.initializers.zeros)(pooled)
+                      **_head_initializers(self.head_init, self.num_classes))(pooled)
     return logits.astype(jnp.float32), aux
