@@ -9,11 +9,11 @@ Columns per run: the last layer's class-token attention and the attention rollou
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 import jax
 import numpy as np
 
-from vpt_jax import artifacts, attention, files, pretrained
+from vpt_jax import artifacts, attention, cli, files, pretrained
 from vpt_jax.data import device, pipeline
 
 _RUNS = flags.DEFINE_list("runs", None, "Run workdirs (same task).")
@@ -33,7 +33,8 @@ def main(argv):
       raise ValueError(f"The runs are of different tasks ({sorted(tasks)}): compare one task.")
     config = loaded[0][3]
     batch = next(pipeline.eval_batches(config["task"], _SUBSET.value, config["data.resolution"],
-                                       _NUM_IMAGES.value, config.get("data.data_dir")))
+                                       _NUM_IMAGES.value, config.get("data.data_dir"),
+                                       config.get("data.resize") or "bilinear"))
   except (ValueError, FileNotFoundError, pretrained.CheckpointError, files.DamagedFileError,
           pipeline.DataNotPreparedError) as e:
     sys.exit(f"error: {e}")
@@ -52,4 +53,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

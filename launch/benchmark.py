@@ -14,10 +14,10 @@ eager and torch.compile) follow. Speed targets live here, never in tests.
 import datetime
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 import jax
 
-from vpt_jax import files
+from vpt_jax import cli, files
 from vpt_jax.bench import benchmark, torch_reference
 
 _VARIANT = flags.DEFINE_string("variant", None, "ViT variant (default: B/16 on GPU, Ti/16 on CPU).")
@@ -110,4 +110,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -13,11 +13,11 @@ folder of JPEG/PNG files such as a sample of them. Features: the pre-trained ViT
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 import numpy as np
 import tensorflow as tf
 
-from vpt_jax import distance, files, pretrained
+from vpt_jax import cli, distance, files, pretrained
 from vpt_jax.data import pipeline
 from vpt_jax.data import tasks as tasks_lib
 
@@ -81,4 +81,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -10,11 +10,11 @@ as tests/parity_reference.py writes. The model is built from the checkpoint's ow
 
 import sys
 
-from absl import app, flags
+from absl import flags
 import jax
 import numpy as np
 
-from vpt_jax import pretrained
+from vpt_jax import cli, pretrained
 from vpt_jax.models import vit
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "An .npz path or a published name.",
@@ -54,4 +54,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -12,20 +12,24 @@ resumes an interrupted run from its last checkpoint; a finished run is reported,
 import json
 import os
 import re
-import sys
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 import jax
 from ml_collections import config_flags
 
-from vpt_jax import files, pretrained, report, sweep, train
+from vpt_jax import cli, files, hosts, pretrained, report, sweep, train
 from vpt_jax.data import pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/vtab.py:task=dtd.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
-                                 "Call jax.distributed.initialize() first (one process per host).")
+                                 "One process per host: join the others first (cluster "
+                                 "auto-detection, or the three flags below).")
+_COORDINATOR = flags.DEFINE_string("coordinator", None, "With --distributed: HOST:PORT of process "
+                                   "0's coordination service.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --distributed: processes in all.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --distributed: this process's index.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -40,14 +44,16 @@ def _default_workdir(config, config_flag: str) -> str:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  config = cli.config_value(_CONFIG)
   if _DISTRIBUTED.value:
-    jax.distributed.initialize()
-  config = _CONFIG.value
+    with cli.errors(ValueError):
+      hosts.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   workdir = _WORKDIR.value or _default_workdir(
       config, config_flags.get_config_filename(flags.FLAGS["config"]))
   log = print if jax.process_index() == 0 else (lambda *_: None)
   started = time.time()
-  try:
+  with cli.errors(ValueError, RuntimeError, pretrained.CheckpointError, files.DamagedFileError,
+                  pipeline.DataNotPreparedError), hosts.peer_loss_is_fatal():
     planner = sweep.Planner(config)
     pairs = [(task, method) for task in planner.tasks for method in planner.methods]
     if len(pairs) == 1:
@@ -66,13 +72,10 @@ def main(argv):
       log(f"   {result['eval_subset']} accuracy {100 * accuracy:.1f}% "
           f"({result['wall_seconds']:.0f}s)")
       results.append(result)
-  except (ValueError, RuntimeError, pretrained.CheckpointError, files.DamagedFileError,
-          pipeline.DataNotPreparedError) as e:
-    sys.exit(f"error: {e}")
   table, _ = report.tables(report.cells_from_results(results), with_chance=True)
   log(f"\n{results[0]['eval_subset']} top-1 (%), one seed, {jax.devices()[0].platform}:\n{table}")
   log(f"\nTotal wall time {time.time() - started:.0f}s; results in {workdir}/<task>/<method>/.")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

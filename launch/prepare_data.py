@@ -10,8 +10,9 @@ when a requested task is not ready.
 
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from vpt_jax import cli
 from vpt_jax.data import pipeline, prepare
 from vpt_jax.data import tasks as tasks_lib
 
@@ -38,4 +39,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

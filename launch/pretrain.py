@@ -11,10 +11,10 @@ file loads through exactly the code that loads Google's checkpoints. Determinist
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from vpt_jax import artifacts, files, pretrained, train
+from vpt_jax import artifacts, cli, files, pretrained, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/demo_pretrain.py")
 _OUT = flags.DEFINE_string("out", None, "Where to write the npz checkpoint.")
@@ -25,7 +25,7 @@ flags.mark_flags_as_required(["config", "out"])
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  config = _CONFIG.value
+  config = cli.config_value(_CONFIG)
   if config.backbone is not None or config.method != "full":
     sys.exit("error: pre-training needs config.backbone = None and config.method = 'full'.")
   workdir = _WORKDIR.value or config.workdir
@@ -41,4 +41,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -12,9 +12,9 @@ launch/data_distance.py's output.
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from vpt_jax import plots, report
+from vpt_jax import cli, plots, report
 
 _SWEEP_DIR = flags.DEFINE_string("sweep_dir", None, "A launch/sweep.py output directory.")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Default: <sweep_dir>/report.")
@@ -43,4 +43,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

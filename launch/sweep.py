@@ -13,10 +13,12 @@ Rerunning the same command skips finished runs and resumes unfinished ones. Then
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from vpt_jax import executors, files, sweep
+from vpt_jax import cli, executors, files, pretrained, sweep
+from vpt_jax.data import pipeline
+from vpt_jax.data import tasks as tasks_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/vtab.py:task=...,method=...")
 _SWEEP_DIR = flags.DEFINE_string("sweep_dir", None, "Where all runs of the sweep go.")
@@ -34,17 +36,19 @@ flags.mark_flags_as_required(["config", "sweep_dir"])
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  executors.exit_with_parent()  # A --parallel child ends when its sweep does.
   if (_RUN_INDEX.value is None) != (_PHASE.value is None):
     sys.exit("error: --run_index and --phase go together (one job-array task of one phase).")
+  config = cli.config_value(_CONFIG)
   config_flag = config_flags.get_config_filename(flags.FLAGS["config"])
   overrides = config_flags.get_override_values(flags.FLAGS["config"])
   sweep_dir = os.path.abspath(_SWEEP_DIR.value)
-  try:
-    planner = sweep.Planner(_CONFIG.value, overrides, sweep_dir)
+  with cli.errors(ValueError):
+    if os.path.exists(sweep_dir) and not os.path.isdir(sweep_dir):
+      raise ValueError(f"--sweep_dir {sweep_dir} is a file: choose a directory.")
+    planner = sweep.Planner(config, overrides, sweep_dir)
     searches = planner.search_runs()
     finals = planner.final_slots()
-  except ValueError as e:
-    sys.exit(f"error: {e}")
   os.makedirs(sweep_dir, exist_ok=True)
 
   if _SLURM.value:
@@ -61,26 +65,30 @@ def main(argv):
       print(f"Wrote {sweep_dir}/slurm/; submit with: bash {sweep_dir}/slurm/submit.sh")
     return
 
-  try:
+  with cli.errors(ValueError, RuntimeError, IndexError, pretrained.CheckpointError,
+                  files.DamagedFileError, pipeline.DataNotPreparedError):
     if _RUN_INDEX.value is not None:  # One run, in this process (a job-array or parallel task).
       if _PHASE.value == "search":
         run = searches[_RUN_INDEX.value]
       else:
         run = planner.final_run(sweep_dir, *finals[_RUN_INDEX.value])
-      counts = sweep.execute(sweep_dir, [run], executors.local(planner))
+      counts = sweep.execute(sweep_dir, [run], executors.local(planner),
+                             expected=planner.expected_config)
     else:
+      # Every task's data, prepared (or generated) once here, before any run starts.
+      for task in planner.tasks:
+        pipeline.builder(tasks_lib.get(task), config.data.data_dir)
       print(f"Sweep of {len(planner.groups())} task/method settings: {len(searches)} grid runs, "
             f"then {len(finals)} final runs -> {sweep_dir}")
       runner = (executors.subprocess_runner(planner, config_flag, overrides, sweep_dir)
                 if _PARALLEL.value > 1 else executors.local(planner))
       counts = sweep.run_protocol(sweep_dir, planner, runner, parallel=_PARALLEL.value,
                                   device_ids=tuple(_DEVICE_IDS.value))
-  except (ValueError, RuntimeError, IndexError) as e:
-    sys.exit(f"error: {e}")
   print(f"Done: {counts['ran']} ran, {counts['skipped']} already finished, "
-        f"{counts['failed']} failed (see failed.json).")
+        f"{counts['failed']} failed (non-finite loss), {counts['infeasible']} infeasible "
+        "(a data-scale size the task cannot hold); failed.json says which.")
   print(f"Report: python launch/report.py --sweep_dir={sweep_dir}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -350,7 +350,7 @@ def test_a_kshot_sweep_runs(fake_data_dir, tiny_backbone, tmp_path):
   from vpt_jax import executors
   counts = sweep.run_protocol(str(tmp_path / "sweep"), planner, executors.local(planner),
                               log=lambda *_: None)
-  assert counts == {"skipped": 0, "ran": 2, "failed": 0}
+  assert counts == {"skipped": 0, "ran": 2, "failed": 0, "infeasible": 0}
   search = json.loads((tmp_path / "sweep/1shot/dtd/linear/search/lr0.5_wd0/result.json")
                       .read_text())
   final = json.loads((tmp_path / "sweep/1shot/dtd/linear/final/seed42/result.json").read_text())

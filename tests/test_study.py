@@ -101,10 +101,10 @@ def test_sweep_runs_resumes_and_reports(fake_data_dir, tiny_backbone, tmp_path):
     counts = sweep.run_protocol(sweep_dir, planner, runner, log=lambda *_: None)
   finally:
     del os.environ["RESUMED"]
-  assert counts == {"skipped": 5, "ran": 11, "failed": 0}
+  assert counts == {"skipped": 5, "ran": 11, "failed": 0, "infeasible": 0}
   assert len(completed) == len(set(completed)) == 16  # 4 x (2 grid + 2 seeds), none twice.
   again = sweep.run_protocol(sweep_dir, planner, runner, log=lambda *_: None)
-  assert again == {"skipped": 16, "ran": 0, "failed": 0}
+  assert again == {"skipped": 16, "ran": 0, "failed": 0, "infeasible": 0}
 
   # Each run's config is the config file's for its task and method plus the overrides.
   run_config = json.loads((tmp_path / "sweep/vtab1k/smallnorb_azi/vpt_deep/final/seed44/"
@@ -157,9 +157,9 @@ def test_failed_runs_are_recorded_not_retried(tmp_path):
     raise train.NonFiniteLossError("Loss became nan at step 3")
   (tmp_path / runs_[0].workdir).mkdir(parents=True)
   assert sweep.execute(str(tmp_path), runs_, runner, log=lambda *_: None) == \
-      {"skipped": 0, "ran": 0, "failed": 1}
+      {"skipped": 0, "ran": 0, "failed": 1, "infeasible": 0}
   assert sweep.execute(str(tmp_path), runs_, runner, log=lambda *_: None) == \
-      {"skipped": 0, "ran": 0, "failed": 1}
+      {"skipped": 0, "ran": 0, "failed": 1, "infeasible": 0}
   assert len(calls) == 1
   (tmp_path / runs_[0].workdir / "config.json").write_text("{}")
   _, failed, _ = report.collect(str(tmp_path))
@@ -340,7 +340,7 @@ def test_infeasible_sizes_are_recorded_and_the_sweep_goes_on(tmp_path):
 
   lines = []
   counts = sweep.run_protocol(str(tmp_path), planner, runner, log=lines.append)
-  assert counts == {"skipped": 0, "ran": 2, "failed": 1}
+  assert counts == {"skipped": 0, "ran": 2, "failed": 0, "infeasible": 1}
   assert any(line.startswith("SKIPPED final runs of scale20000/dtd/vpt_deep") for line in lines)
   assert json.loads((tmp_path / "scale20000/dtd/vpt_deep/search/lr1_wd0/failed.json")
                     .read_text())["error"].startswith("dtd cannot hold")
@@ -373,9 +373,9 @@ def test_final_runs_of_an_earlier_selection_are_set_aside_and_rerun(tmp_path):
     with open(os.path.join(workdir, "config.json"), "w") as f:
       json.dump({"optim.base_lr": run.base_lr, "optim.weight_decay": run.weight_decay}, f)
   assert sweep.execute(sweep_dir, [old], runner) == {
-      "skipped": 1, "ran": 0, "failed": 0}  # Same setting: kept as it is.
+      "skipped": 1, "ran": 0, "failed": 0, "infeasible": 0}  # Same setting: kept as it is.
   counts = sweep.execute(sweep_dir, [new], runner, log=lines.append)
-  assert counts == {"skipped": 0, "ran": 1, "failed": 0} and ran == [new]
+  assert counts == {"skipped": 0, "ran": 1, "failed": 0, "infeasible": 0} and ran == [new]
   kept = tmp_path / "vtab1k/dtd/vpt_deep/superseded/lr1_wd0/seed0/result.json"
   assert json.loads(kept.read_text()) == {"test_accuracy": 0.25}
   assert "moved to vtab1k/dtd/vpt_deep/superseded/lr1_wd0/seed0" in lines[0]

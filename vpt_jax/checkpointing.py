@@ -1,24 +1,48 @@
 """Training-state checkpoints (orbax): saved at epoch ends, restored when a run restarts.
 
 Orbax writes each checkpoint to a temporary directory and renames it when complete, so a killed
-save never looks finished. A checkpoint that is finished but unreadable (disk damage, a bad copy)
-is moved aside (to unreadable_checkpoints/, never deleted) with a warning, in favour of the one
-before it.
+save never looks finished; a save that fails (a full disk) leaves no temporary behind. Beside the
+checkpoints, checkpoint_checksums.<process>.json records a SHA-256 of what each one holds; a
+checkpoint that is
+unreadable or no longer matches it (disk damage, a bad copy) is moved aside (to
+unreadable_checkpoints/, never deleted) with a warning, in favour of the one before it.
 """
 
+import glob
+import hashlib
 import logging
 import os
+import shutil
 import time
 
 import jax
 from jax.experimental import multihost_utils
+import numpy as np
 import orbax.checkpoint as ocp
+
+from vpt_jax import files
+
+
+def checksum(state) -> str:
+  """SHA-256 of the values of a pytree of arrays, in tree order (this process's shards when an
+  array spans several hosts)."""
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    digest.update(jax.tree_util.keystr(path).encode())
+    if getattr(leaf, "is_fully_addressable", True):
+      digest.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
+    else:
+      for shard in sorted(leaf.addressable_shards, key=lambda s: str(s.index)):
+        digest.update(np.ascontiguousarray(shard.data).tobytes())
+  return digest.hexdigest()
 
 
 class Checkpointer:
   def __init__(self, directory: str, keep: int):
     directory = os.path.abspath(directory)  # Orbax needs absolute paths.
     self._directory = directory
+    self._sums_path = os.path.join(os.path.dirname(directory),
+                                   f"checkpoint_checksums.{jax.process_index()}.json")
     self._manager = ocp.CheckpointManager(
         directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=False))
@@ -26,15 +50,34 @@ class Checkpointer:
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
+  def _sums(self) -> dict:
+    try:
+      return files.read_json(self._sums_path) if os.path.exists(self._sums_path) else {}
+    except files.DamagedFileError:
+      return {}  # Without checksums, restoring still checks that orbax can read the files.
+
   def save(self, step: int, state) -> None:
-    self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
-    self._manager.wait_until_finished()
+    try:
+      self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+      self._manager.wait_until_finished()
+    except BaseException:
+      for tmp in glob.glob(os.path.join(self._directory, "*.orbax-checkpoint-tmp*")):
+        shutil.rmtree(tmp, ignore_errors=True)
+      raise
+    sums = {k: v for k, v in self._sums().items() if int(k) in self.steps()}
+    sums[str(step)] = checksum(state)
+    files.write_json(self._sums_path, sums)
 
   def restore_latest(self, abstract_state):
     """(step, state) of the newest readable checkpoint, or (None, None) when there is none."""
+    sums = self._sums()
     for step in reversed(self.steps()):
       try:
-        return step, self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        expected = sums.get(str(step))
+        if expected is not None and checksum(state) != expected:
+          raise ValueError("its contents do not match the checksum recorded when it was saved")
+        return step, state
       except MemoryError:
         raise
       except Exception as e:  # Orbax raises many types for damaged files; all mean "unreadable".

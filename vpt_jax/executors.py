@@ -8,8 +8,12 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
+import time
 
 from vpt_jax import config_lib, sweep, train
+
+PARENT_ENV = "VPT_JAX_PARENT_PID"
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP_SCRIPT = os.path.join(REPO, "launch", "sweep.py")
@@ -44,11 +48,27 @@ def subprocess_runner(planner: sweep.Planner, config_flag: str, overrides: dict,
   def run(run: sweep.Run, workdir: str, log=print, env=None):
     process = subprocess.run(
         [*command, f"--phase={run.phase}", f"--run_index={run_index(planner, run)}"],
-        env={**os.environ, **(env or {})}, capture_output=True, text=True)
+        env={**os.environ, **(env or {}), PARENT_ENV: str(os.getpid())}, capture_output=True,
+        text=True)
     if process.returncode and sweep.status(sweep_dir, run) == "pending":
       message = (process.stderr.strip().splitlines() or ["no output"])[-1]
       raise RuntimeError(f"Run {workdir} failed: {message}")
   return run
+
+
+def exit_with_parent(poll_seconds: float = 1.0) -> None:
+  """In a child of `subprocess_runner`: end this process as soon as the parent sweep is gone
+  (killed, even with SIGKILL), so that no run trains on without an owner."""
+  parent = os.environ.get(PARENT_ENV)
+  if not parent:
+    return
+
+  def watch():
+    while True:
+      if os.getppid() != int(parent):
+        os._exit(1)
+      time.sleep(poll_seconds)
+  threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 SLURM_TEMPLATE = """#!/bin/bash

@@ -1,11 +1,13 @@
 """Files: atomic writes (a crash or a full disk never leaves half a file behind), reads that name
-the damaged file, and where the caches live.
+the damaged file, setting files aside, checksums, OS locks, and where the caches live.
 
 The cache root is $VPT_JAX_CACHE, else ~/.cache/vpt_jax; pre-trained checkpoints go to
 <root>/checkpoints, decoded training arrays to <root>/arrays.
 """
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import tempfile
@@ -81,3 +83,90 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
   except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
     raise DamagedFileError(f"{path} is not a readable .npz ({type(e).__name__}: {e}); it is "
                            "probably truncated or corrupt.") from None
+
+
+def set_aside(path: str, why: str) -> str:
+  """Renames a damaged or outdated file (or directory) to <path>.<why>[.n]; never deletes it.
+  Returns the new name."""
+  base = f"{path}.{why}"
+  target, n = base, 1
+  while os.path.exists(target):
+    n += 1
+    target = f"{base}.{n}"
+  os.replace(path, target)
+  return target
+
+
+def sha256_file(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    while chunk := f.read(1 << 22):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+class BusyError(RuntimeError):
+  """Another process owns this run directory."""
+
+
+class RunLock:
+  """One owner per run directory: an exclusive OS lock on <workdir>/.lock, held while the run
+  trains and released by the OS when the process ends, however it ends (a SIGKILL too)."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, ".lock")
+    self._fd = None
+
+  def acquire(self) -> "RunLock":
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+      os.close(fd)
+      raise BusyError(f"{os.path.dirname(self.path)} is being trained by another process (pid "
+                      f"{owner}); wait for it, or use another workdir.") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    self._fd = fd
+    return self
+
+  def release(self) -> None:
+    if self._fd is not None:
+      os.close(self._fd)  # Closing the descriptor drops the lock.
+      self._fd = None
+
+  def __enter__(self):
+    return self.acquire()
+
+  def __exit__(self, *exc):
+    self.release()
+
+
+def is_locked(workdir: str) -> bool:
+  """Whether another process holds `workdir`'s RunLock right now."""
+  path = os.path.join(workdir, ".lock")
+  if not os.path.exists(path):
+    return False
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    return False
+  except BlockingIOError:
+    return True
+  finally:
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: str):
+  """Blocks until this process holds the OS lock `lock_path` (e.g. while preparing a dataset
+  that several processes need)."""
+  os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+  fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    yield
+  finally:
+    os.close(fd)

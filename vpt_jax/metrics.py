@@ -1,6 +1,7 @@
 """Metrics of a run: JSON lines (one per log point) and TensorBoard event files, written by host 0."""
 
 import json
+import logging
 import os
 
 import jax
@@ -28,17 +29,27 @@ class MetricWriter:
     self._tensorboard.flush()
 
   def drop_after(self, step: int) -> None:
-    """On resume: forget lines logged after the checkpoint we restart from (they will be redone)."""
+    """On resume: forget lines logged after the checkpoint we restart from (they will be redone),
+    and any damaged line (a write cut short), naming it."""
     if not self.enabled or not os.path.exists(self.path):
       return
-    with open(self.path) as f:
-      kept = [line for line in f if json.loads(line)["step"] <= step]
-    files.write_text(self.path, "".join(kept))
+    rows = _parse(self.path)
+    files.write_text(self.path, "".join(json.dumps(row) + "\n" for row in rows
+                                        if row["step"] <= step))
+
+
+def _parse(path: str) -> list[dict]:
+  rows = []
+  with open(path) as f:
+    for number, line in enumerate(f, start=1):
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        logging.warning("%s: line %d is damaged (%r); dropped, the epoch is logged again.",
+                        path, number, line[:80])
+  return rows
 
 
 def read(workdir: str) -> list[dict]:
   path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f]
+  return _parse(path) if os.path.exists(path) else []

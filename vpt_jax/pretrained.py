@@ -62,7 +62,11 @@ def read(path: str) -> dict[str, np.ndarray]:
 # Published names and downloads.
 
 def resolve(name_or_path: str, cache_dir: str | None = None, base_url: str = BASE_URL) -> str:
-  """Returns a local path: an existing file as is, a published name downloaded once into the cache."""
+  """Returns a local path: an existing file as is, a published name downloaded once into the cache.
+
+  A download records its SHA-256 beside the file (<file>.sha256); every later use checks it, and
+  a cached file that no longer matches is set aside and downloaded again.
+  """
   if os.path.exists(name_or_path):
     return name_or_path
   name = name_or_path.removesuffix(".npz")
@@ -73,8 +77,16 @@ def resolve(name_or_path: str, cache_dir: str | None = None, base_url: str = BAS
         f"Checkpoint {name_or_path!r} is neither a file nor a published name; published names: "
         f"{', '.join(PUBLISHED)}.")
   local = os.path.join(cache_dir or files.cache_dir("checkpoints"), relative)
+  if os.path.exists(local) and os.path.exists(local + ".sha256"):
+    with open(local + ".sha256") as f:
+      recorded = f.read().strip()
+    if files.sha256_file(local) != recorded:
+      aside = files.set_aside(local, "damaged")
+      logging.warning("%s no longer matches the SHA-256 recorded at its download; moved to %s, "
+                      "downloading it again.", local, aside)
   if not os.path.exists(local):
     download(base_url + relative, local)
+    files.write_text(local + ".sha256", files.sha256_file(local) + "\n")
   return local
 
 

@@ -24,12 +24,15 @@ To add one: write a function (method, task, requested) -> nested dict of config 
 `requested` holds the values the config sets itself, and register it in RECIPES.
 """
 
+import re
 from typing import Callable
 
 import ml_collections
 
-from vpt_jax import methods
+from vpt_jax import methods, optim
+from vpt_jax.data import device, pipeline
 from vpt_jax.data import tasks as tasks_lib
+from vpt_jax.models import vit
 
 # VPT-deep prompt length per task, as the published configs list them; dsprites_ori as
 # ChengHan111/VPT-or-FT's commands (command.txt L531, tempo_command.txt L175) run it.
@@ -217,4 +220,95 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   train_subset, eval_subset = _phase_subsets(resolved["phase"])
   resolved["data"]["train_subset"] = resolved["data"]["train_subset"] or train_subset
   resolved["data"]["eval_subset"] = resolved["data"]["eval_subset"] or eval_subset
+  validate(resolved, stages)
   return ml_collections.ConfigDict(resolved)
+
+
+_TRAINING_SUBSETS = re.compile(r"train800|train800val200|train_full|scale\d+_(train|trainval)|"
+                               r"\d+shot_(train800_|train800val200_)?seed\d+")
+
+
+def _check(ok: bool, field: str, value, valid: str) -> None:
+  if not ok:
+    raise ValueError(f"{field}={value!r} must be {valid}.")
+
+
+def validate(config: dict, stages=()) -> None:
+  """Refuses a resolved config that would train nonsense; one message per field, with the valid
+  range. Runs before anything is written."""
+  data, sweep = config["data"], config["sweep"]
+  patch = vit.decode_variant(config["model"]["variant"]).patch_size[0]
+  _check(data["resolution"] > 0 and data["resolution"] % patch == 0, "data.resolution",
+         data["resolution"], f"a positive multiple of the patch size {patch}")
+  _check(data["normalization"] in device.NORMALIZATIONS, "data.normalization",
+         data["normalization"], f"one of {', '.join(device.NORMALIZATIONS)}")
+  _check(data["resize"] in pipeline.RESIZE_METHODS, "data.resize", data["resize"],
+         f"one of {', '.join(pipeline.RESIZE_METHODS)}")
+  _check(not _TRAINING_SUBSETS.fullmatch(data["eval_subset"]), "data.eval_subset",
+         data["eval_subset"], "held-out data (val200, test, scale<N>_val, <k>shot_val200_seed<s>),"
+         " not a training subset, which would be reported as validation accuracy")
+  _check(config["dtype"] in ("float32", "bfloat16"), "dtype", config["dtype"],
+         "'float32' or 'bfloat16'")
+  _check(config["eval_batch_size"] >= 1, "eval_batch_size", config["eval_batch_size"], "≥ 1")
+  _check(config["checkpoints_to_keep"] >= 1, "checkpoints_to_keep",
+         config["checkpoints_to_keep"], "≥ 1 (a run resumes from its checkpoints)")
+  _check(config["checkpoint_every_epochs"] >= 0, "checkpoint_every_epochs",
+         config["checkpoint_every_epochs"], "≥ 0 (0: only at the end)")
+  _check(config["eval_every_epochs"] >= 0, "eval_every_epochs", config["eval_every_epochs"],
+         "≥ 0 (0: never during training)")
+  optims = [("optim", config["optim"], config["model"])] + [
+      (f"stage_optim.{name}", config["stage_optim"][name], config["stage_model"][name])
+      for name in config["stage_optim"]]
+  for prefix, optim_config, model in optims:
+    _validate_optim(prefix, optim_config)
+    for field in ("dropout", "attn_out_dropout"):
+      value = model.get(field)
+      _check(value is None or 0 <= value < 1, f"model.{field}", value, "in [0, 1)")
+    _check(model["head_init"] in ("zeros", "vpt"), "model.head_init", model["head_init"],
+           "zeros or vpt")
+  kwargs = config["method_kwargs"]
+  if any(s in ("vpt_shallow", "vpt_deep", "mixed") for s in stages):
+    _check(isinstance(kwargs.get("prompt_tokens"), int) and kwargs["prompt_tokens"] >= 1,
+           "method_kwargs.prompt_tokens", kwargs.get("prompt_tokens"), "an integer ≥ 1")
+    _check(0 <= kwargs["prompt_dropout"] < 1, "method_kwargs.prompt_dropout",
+           kwargs["prompt_dropout"], "in [0, 1)")
+  for field, method in (("lora_rank", "lora"), ("adapter_dim", "adapter"),
+                        ("partial_k", "partial_k")):
+    if method in stages:
+      _check(kwargs[field] >= 1, f"method_kwargs.{field}", kwargs[field], "≥ 1")
+  _check(sweep["seeds"] >= 1, "sweep.seeds", sweep["seeds"], "≥ 1")
+  _check(len(sweep["base_lrs"]) >= 1 and all(lr > 0 for lr in sweep["base_lrs"]),
+         "sweep.base_lrs", sweep["base_lrs"], "one or more learning rates > 0")
+  _check(len(sweep["weight_decays"]) >= 1 and all(wd >= 0 for wd in sweep["weight_decays"]),
+         "sweep.weight_decays", sweep["weight_decays"], "one or more weight decays ≥ 0")
+  _check(sweep["protocol"] in ("vtab1k", "data_scale", "kshot"), "sweep.protocol",
+         sweep["protocol"], "vtab1k, data_scale or kshot")
+  _check(sweep["shots"] >= 1, "sweep.shots", sweep["shots"], "≥ 1")
+
+
+def _validate_optim(prefix: str, o: dict) -> None:
+  _check(o["name"] in optim.OPTIMIZERS, f"{prefix}.name", o["name"],
+         f"one of {', '.join(optim.OPTIMIZERS)}")
+  _check(o["base_lr"] > 0, f"{prefix}.base_lr", o["base_lr"], "> 0")
+  _check(o["weight_decay"] >= 0, f"{prefix}.weight_decay", o["weight_decay"], "≥ 0")
+  _check(o.get("applied_weight_decay") is None or o["applied_weight_decay"] >= 0,
+         f"{prefix}.applied_weight_decay", o.get("applied_weight_decay"), "≥ 0")
+  _check(o["momentum"] is None or 0 <= o["momentum"] < 1, f"{prefix}.momentum", o["momentum"],
+         "in [0, 1)")
+  _check(o["batch_size"] >= 1, f"{prefix}.batch_size", o["batch_size"], "≥ 1")
+  _check(o["epochs"] >= 1, f"{prefix}.epochs", o["epochs"], "≥ 1")
+  _check(o["schedule"] in ("epoch", "step"), f"{prefix}.schedule", o["schedule"], "epoch or step")
+  if o["schedule"] == "epoch":
+    _check(o["warmup_epochs"] >= 0, f"{prefix}.warmup_epochs", o["warmup_epochs"], "≥ 0")
+    if o["warmup_epochs"] >= o["epochs"]:
+      raise ValueError(f"The warm-up ({o['warmup_epochs']} epochs) must be shorter than training "
+                       f"({o['epochs']} epochs): lower {prefix}.warmup_epochs or raise "
+                       f"{prefix}.epochs.")
+  else:
+    _check(o.get("steps") is None or o["steps"] >= 1, f"{prefix}.steps", o.get("steps"), "≥ 1")
+    _check(o.get("warmup_steps") is None or o["warmup_steps"] >= 0, f"{prefix}.warmup_steps",
+           o.get("warmup_steps"), "≥ 0")
+  _check(o.get("grad_clip_norm") is None or o["grad_clip_norm"] > 0, f"{prefix}.grad_clip_norm",
+         o.get("grad_clip_norm"), "> 0, or None for no clipping")
+  _check(o["on_non_finite"] in ("score_last_epoch", "fail"), f"{prefix}.on_non_finite",
+         o["on_non_finite"], "score_last_epoch or fail")

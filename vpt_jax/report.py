@@ -38,12 +38,38 @@ class Cell:
     return float(np.std(self.accuracies))
 
 
+def _final_dirs(sweep_dir: str) -> tuple[list[str], list[str]]:
+  """(final run dirs of the sweep's current configuration, final dirs outside it): a group's
+  sweep.json lists its current finals; a group without one counts all of them."""
+  current, outside = [], []
+  for group in sorted(glob.glob(os.path.join(sweep_dir, "*", "*", "*"))):
+    dirs = sorted(glob.glob(os.path.join(group, "final", "seed*")))
+    manifest = os.path.join(group, "sweep.json")
+    if not os.path.exists(manifest):
+      current += dirs
+      continue
+    try:
+      listed = {os.path.join(group, d) for d in files.read_json(manifest)["final"]}
+    except (files.DamagedFileError, KeyError):
+      listed = set(dirs)  # A damaged list counts every final; the next sweep writes it again.
+    current += [d for d in dirs if d in listed]
+    outside += [d for d in dirs if d not in listed]
+  return current, outside
+
+
 def collect(sweep_dir: str):
-  """{setting: {(task, method): Cell}} from final runs, plus failed and unfinished run dirs."""
+  """{setting: {(task, method): Cell}} from the final runs of the sweep's current configuration,
+  plus failed and unfinished run dirs."""
   cells = collections.defaultdict(dict)
-  for path in sorted(glob.glob(os.path.join(sweep_dir, "*", "*", "*", "final", "seed*",
-                                            "result.json"))):
-    result = files.read_json(path)
+  current, _ = _final_dirs(sweep_dir)
+  for workdir in current:
+    path = os.path.join(workdir, "result.json")
+    try:
+      result = files.read_json(path) if os.path.exists(path) else None
+    except files.DamagedFileError:
+      result = None  # Listed among the damaged files by write(); rerunning the sweep redoes it.
+    if result is None:
+      continue
     setting = os.path.relpath(path, sweep_dir).split(os.sep)[0]
     key = (result["task"], result["method"])
     cells[setting].setdefault(key, Cell([], result["tuned_percent"])).add(result)
@@ -53,19 +79,34 @@ def collect(sweep_dir: str):
       os.path.relpath(os.path.dirname(p), sweep_dir)
       for p in glob.glob(os.path.join(sweep_dir, "*", "*", "*", "*", "*", "config.json"))
       if not os.path.exists(os.path.join(os.path.dirname(p), "result.json"))
-      and not os.path.exists(os.path.join(os.path.dirname(p), "failed.json")))
+      and not os.path.exists(os.path.join(os.path.dirname(p), "failed.json"))
+      and os.sep + "superseded" + os.sep not in p)
   return dict(cells), failed, unfinished
 
 
-def _diverged_runs(sweep_dir: str) -> list[str]:
-  lines = []
+def _diverged_and_damaged(sweep_dir: str) -> tuple[list[str], list[str]]:
+  diverged, damaged = [], []
   for path in sorted(glob.glob(os.path.join(sweep_dir, "*", "*", "*", "*", "*", "result.json"))):
-    diverged = files.read_json(path).get("diverged")
-    if diverged:
-      lines.append(f"- {os.path.relpath(os.path.dirname(path), sweep_dir)}: diverged at step "
-                   f"{diverged['step']} (epoch {diverged['epoch']}), scored at epoch "
-                   f"{diverged['scored_epoch']}")
-  return lines
+    try:
+      result = files.read_json(path)
+    except files.DamagedFileError:
+      damaged.append(f"- {os.path.relpath(path, sweep_dir)}")
+      continue
+    if info := result.get("diverged"):
+      diverged.append(f"- {os.path.relpath(os.path.dirname(path), sweep_dir)}: diverged at step "
+                      f"{info['step']} (epoch {info['epoch']}), scored at epoch "
+                      f"{info['scored_epoch']}")
+  return diverged, damaged
+
+
+def _failure(workdir: str) -> str:
+  try:
+    record = files.read_json(os.path.join(workdir, "failed.json"))
+  except files.DamagedFileError:
+    return "failed.json is damaged"
+  kind = {"infeasible": "infeasible size", "failed": "non-finite loss"}.get(record.get("kind"),
+                                                                            "failed")
+  return f"{kind}: {record.get('error', '')[:160]}"
 
 
 def _ordered(names, order):
@@ -221,10 +262,19 @@ def write(sweep_dir: str, out_dir: str, with_published: bool = False) -> str:
     parts.append("\nNo finished final runs yet.")
   if failed:
     parts.append("\n## Failed runs (non-finite loss, or a data-scale size the task cannot "
-                 "hold; failed.json says which)\n\n" + "\n".join(f"- {r}" for r in failed))
-  if diverged := _diverged_runs(sweep_dir):
+                 "hold; failed.json says which)\n\n" + "\n".join(
+                     f"- {r}: {_failure(os.path.join(sweep_dir, r))}" for r in failed))
+  diverged, damaged = _diverged_and_damaged(sweep_dir)
+  if diverged:
     parts.append("\n## Diverged runs (non-finite loss; scored at their last finished epoch)\n\n"
                  + "\n".join(diverged))
+  if damaged:
+    parts.append("\n## Damaged result files (not counted; run the sweep again to redo them)\n\n"
+                 + "\n".join(damaged))
+  _, outside = _final_dirs(sweep_dir)
+  if outside:
+    parts.append("\n## Final runs of an earlier sweep configuration (not counted)\n\n"
+                 + "\n".join(f"- {os.path.relpath(d, sweep_dir)}" for d in outside))
   if unfinished:
     parts.append("\n## Unfinished runs\n\n" + "\n".join(f"- {r}" for r in unfinished))
   text = "\n".join(parts) + "\n"

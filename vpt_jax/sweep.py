@@ -17,18 +17,20 @@ and skipped; anything else is (re)started and resumes from its own checkpoints.
 import dataclasses
 import os
 import queue
+import time
 from concurrent import futures
 from typing import Callable
 
 import ml_collections
 
-from vpt_jax import files, methods, recipes, train
+from vpt_jax import config_lib, files, methods, recipes, train
 from vpt_jax.data import tasks as tasks_lib
 
 PHASES = ("search", "final")
 # Fields a sweep sets per run; overriding them for a whole sweep would silently be undone.
 SWEEP_FIELDS = ("seed", "phase", "optim.base_lr", "optim.weight_decay", "optim.selected_in",
                 "data.train_subset", "data.eval_subset")
+BUSY_POLL_SECONDS = 2.0
 # Failures that are results (recorded in failed.json, reported, not retried).
 RECORDED_FAILURES = (train.NonFiniteLossError, tasks_lib.InfeasibleSubsetError)
 
@@ -109,13 +111,19 @@ def final_runs(setting, task, method, best, sweep_config) -> list[Run]:
           for seed in final_seeds(sweep_config)]
 
 
-def status(sweep_dir: str, run: Run) -> str:
-  """"done", "failed" or "pending"."""
+def status(sweep_dir: str, run: Run, log=print) -> str:
+  """"done", "failed" (non-finite loss), "infeasible" (a data-scale size the task cannot hold) or
+  "pending". A damaged result.json is set aside and the run counts as pending (it finishes
+  again from its checkpoints)."""
   workdir = os.path.join(sweep_dir, run.workdir)
-  if os.path.exists(os.path.join(workdir, "result.json")):
+  if train.finished_result(os.path.join(workdir, "result.json"), log) is not None:
     return "done"
-  if os.path.exists(os.path.join(workdir, "failed.json")):
-    return "failed"
+  failed = os.path.join(workdir, "failed.json")
+  if os.path.exists(failed):
+    try:
+      return files.read_json(failed).get("kind", "failed")
+    except files.DamagedFileError as e:
+      log(f"{e} Moved to {files.set_aside(failed, 'damaged')}; the run is tried again.")
   return "pending"
 
 
@@ -128,29 +136,40 @@ def _free_name(base: str) -> str:
   return target
 
 
-def set_aside_superseded(sweep_dir: str, run: Run, log=print) -> None:
-  """A final run started with another setting than the one now selected (the grid changed) moves
-  to <method>/superseded/lr<a>_wd<b>/seed<s>: kept, but no longer counted or resumed."""
+def set_aside_stale(sweep_dir: str, run: Run, expected: dict | None, log=print) -> None:
+  """A run trained with another configuration than the one the sweep now asks for (the grid,
+  the selection, the epochs, ... changed) moves to <method>/superseded/: kept, but no longer
+  counted or resumed, and the run is trained again. `expected`: the run's flat config; None
+  compares only the setting the run's path names (base_lr, weight_decay)."""
   workdir = os.path.join(sweep_dir, run.workdir)
   path = os.path.join(workdir, "config.json")
-  if run.phase != "final" or not os.path.exists(path):
+  if not os.path.exists(path):
     return
-  stored = files.read_json(path)
-  setting = (stored.get("optim.base_lr"), stored.get("optim.weight_decay"))
-  if setting == (run.base_lr, run.weight_decay):
+  try:
+    stored = files.read_json(path)
+  except files.DamagedFileError:
+    return  # Training writes it again (train.claim_workdir); the results stay where they are.
+  if expected is None:
+    expected = {"optim.base_lr": run.base_lr, "optim.weight_decay": run.weight_decay}
+    changed = [k for k, v in expected.items() if stored.get(k) != v]
+  else:
+    changed = train.config_differences(stored, expected)
+  if not changed:
     return
-  target = _free_name(os.path.join(sweep_dir, run.group_dir, "superseded",
-                                   f"lr{setting[0]:g}_wd{setting[1]:g}", f"seed{run.seed}"))
+  setting = f"lr{stored.get('optim.base_lr'):g}_wd{stored.get('optim.weight_decay'):g}"
+  where = (os.path.join("search", setting) if run.phase == "search"
+           else os.path.join(setting, f"seed{run.seed}"))
+  target = _free_name(os.path.join(sweep_dir, run.group_dir, "superseded", where))
   os.makedirs(os.path.dirname(target), exist_ok=True)
   os.replace(workdir, target)
-  log(f"{run.workdir} was trained with base_lr={setting[0]:g} weight_decay={setting[1]:g}, not "
-      f"the selected {run.base_lr:g}/{run.weight_decay:g}: moved to "
-      f"{os.path.relpath(target, sweep_dir)}; rerunning it.")
+  shown = ", ".join(f"{k}: {stored.get(k)!r} -> {expected.get(k)!r}" for k in changed[:4])
+  log(f"{run.workdir} was trained with another configuration ({shown}"
+      f"{', ...' if len(changed) > 4 else ''}): moved to {os.path.relpath(target, sweep_dir)}; "
+      "training it again.")
 
 
 def read_result(sweep_dir: str, run: Run) -> dict | None:
-  path = os.path.join(sweep_dir, run.workdir, "result.json")
-  return files.read_json(path) if os.path.exists(path) else None
+  return train.finished_result(os.path.join(sweep_dir, run.workdir, "result.json"))
 
 
 def select_best(sweep_dir: str, runs: list[Run]) -> dict:
@@ -169,12 +188,10 @@ def select_best(sweep_dir: str, runs: list[Run]) -> dict:
 
 
 def best_setting(sweep_dir: str, grid: list[Run]) -> dict:
-  """The selection of a grid: best.json when the sweep wrote it, else chosen now and written."""
-  path = os.path.join(sweep_dir, grid[0].group_dir, "best.json")
-  if os.path.exists(path):
-    return files.read_json(path)
+  """The selection of a grid (job-array tasks of the final phase): chosen from the grid's results
+  and written to best.json, which every task of the array writes alike."""
   best = select_best(sweep_dir, grid)
-  files.write_json(path, best)
+  files.write_json(os.path.join(sweep_dir, grid[0].group_dir, "best.json"), best)
   return best
 
 
@@ -227,6 +244,10 @@ class Planner:
         config.stage_optim[stage].selected_in = os.path.relpath(best, self.sweep_dir)
     return config
 
+  def expected_config(self, run: Run) -> dict:
+    """The flat, resolved config the sweep asks of `run` now (what its config.json must say)."""
+    return config_lib.flatten(recipes.resolve(self.run_config(run)))
+
   def waits_for(self, method: str) -> list[str]:
     """The methods of this sweep whose selection `method`'s first stage takes."""
     return [stage for stage in methods.stage_names(method)[:-1] if stage in self.methods]
@@ -241,7 +262,9 @@ class Planner:
             for seed in final_seeds(self.sweep_config(*group[1:]))]
 
   def final_run(self, sweep_dir: str, group, seed: int) -> Run:
-    best = best_setting(sweep_dir, search_runs(*group, self.sweep_config(*group[1:])))
+    sweep_config = self.sweep_config(*group[1:])
+    best = best_setting(sweep_dir, search_runs(*group, sweep_config))
+    write_manifest(sweep_dir, group, final_runs(*group, best, sweep_config))
     return Run(*group, "final", best["base_lr"], best["weight_decay"], seed)
 
 
@@ -250,22 +273,28 @@ Runner = Callable[..., None]
 
 
 def execute(sweep_dir: str, runs: list[Run], runner: Runner, parallel: int = 1,
-            device_ids: tuple[str, ...] = (), log=print) -> dict:
-  """Runs what is not done yet; returns counts of skipped, ran and failed runs."""
-  counts = {"skipped": 0, "ran": 0, "failed": 0}
+            device_ids: tuple[str, ...] = (), log=print,
+            expected: Callable[[Run], dict] | None = None) -> dict:
+  """Runs what is not done yet; returns counts of skipped, ran, failed and infeasible runs.
+
+  `expected(run)` is the flat config the sweep now asks of a run; a run trained otherwise is set
+  aside and trained again. A run another process owns (its lock is held) is left to that process
+  and waited for, so that nothing is selected or reported before it is done.
+  """
+  counts = {"skipped": 0, "ran": 0, "failed": 0, "infeasible": 0}
   free_slots = queue.Queue()  # A device slot is held for the whole of one run.
   for slot in range(max(parallel, 1)):
     free_slots.put(slot)
-  pending = []
-  for run in runs:
-    set_aside_superseded(sweep_dir, run, log)
-    state = status(sweep_dir, run)
-    if state == "pending":
-      pending.append(run)
-    else:
-      counts["skipped" if state == "done" else "failed"] += 1
+  outcome_of = {"done": "skipped", "failed": "failed", "infeasible": "infeasible"}
 
-  def one(run):
+  def settle(run) -> str | None:
+    """The run's outcome if there is nothing to do, else None."""
+    if files.is_locked(os.path.join(sweep_dir, run.workdir)):
+      return "busy"
+    set_aside_stale(sweep_dir, run, expected(run) if expected else None, log)
+    return outcome_of.get(status(sweep_dir, run, log))
+
+  def one(run) -> str:
     workdir = os.path.join(sweep_dir, run.workdir)
     slot = free_slots.get()
     try:
@@ -278,31 +307,64 @@ def execute(sweep_dir: str, runs: list[Run], runner: Runner, parallel: int = 1,
       try:
         runner(run, workdir, log=log, env=env)
       except RECORDED_FAILURES as e:
-        files.write_json(os.path.join(workdir, "failed.json"), {"error": str(e)})
-      if status(sweep_dir, run) == "failed":
-        log(f"FAILED {run.workdir}: {files.read_json(os.path.join(workdir, 'failed.json'))['error']}")
-        return "failed"
+        kind = "infeasible" if isinstance(e, tasks_lib.InfeasibleSubsetError) else "failed"
+        files.write_json(os.path.join(workdir, "failed.json"), {"error": str(e), "kind": kind})
+      except files.BusyError:
+        return "busy"
+      state = status(sweep_dir, run, log)
+      if state in ("failed", "infeasible"):
+        log(f"{state.upper()} {run.workdir}: "
+            f"{files.read_json(os.path.join(workdir, 'failed.json'))['error']}")
+        return state
       return "ran"
     finally:
       free_slots.put(slot)
 
-  if parallel <= 1:
-    outcomes = [one(run) for run in pending]
-  else:
+  def run_all(todo):
+    if parallel <= 1 or len(todo) <= 1:
+      return [one(run) for run in todo]
     with futures.ThreadPoolExecutor(parallel) as pool:
-      outcomes = list(pool.map(one, pending))
-  for outcome in outcomes:
-    counts[outcome] += 1
+      return list(pool.map(one, todo))
+
+  todo = runs
+  announced = False
+  while todo:
+    settled = {run: settle(run) for run in todo}
+    for outcome in settled.values():
+      if outcome and outcome != "busy":
+        counts[outcome] += 1
+    outcomes = dict(zip([r for r, o in settled.items() if o is None],
+                        run_all([r for r, o in settled.items() if o is None])))
+    for outcome in outcomes.values():
+      if outcome != "busy":
+        counts[outcome] += 1
+    todo = [r for r, o in {**settled, **outcomes}.items() if o == "busy"]
+    if todo:
+      if not announced:
+        log(f"Waiting for {len(todo)} run(s) that another process is training "
+            f"(e.g. {todo[0].workdir}).")
+        announced = True
+      time.sleep(BUSY_POLL_SECONDS)
   return counts
+
+
+def write_manifest(sweep_dir: str, group, runs: list[Run]) -> None:
+  """<group>/sweep.json: the final runs of the sweep's current configuration, which are the ones
+  the report counts (finals of earlier configurations may still lie beside them)."""
+  files.write_json(os.path.join(sweep_dir, *group, "sweep.json"),
+                   {"final": sorted(os.path.relpath(r.workdir, os.path.join(*group))
+                                    for r in runs)})
 
 
 def run_protocol(sweep_dir: str, planner: Planner, runner: Runner, log=print,
                  **execute_kwargs) -> dict:
   """Grid search, selection, then final seeds, for every (setting, task, method). Methods whose
-  first stage is another method of the sweep (ft_then_pt after full) go once that one is done."""
+  first stage is another method of the sweep (ft_then_pt after full) go once that one is done.
+  Every run is checked against the configuration the sweep now asks of it."""
   groups = planner.groups()
   later = [g for g in groups if planner.waits_for(g[2])]
-  totals = {"skipped": 0, "ran": 0, "failed": 0}
+  totals = {"skipped": 0, "ran": 0, "failed": 0, "infeasible": 0}
+  execute_kwargs.setdefault("expected", planner.expected_config)
   for batch in ([g for g in groups if g not in later], later):
     if batch:
       counts = _protocol_of(sweep_dir, batch, planner, runner, log, **execute_kwargs)
@@ -320,10 +382,13 @@ def _protocol_of(sweep_dir, groups, planner, runner, log, **execute_kwargs) -> d
       best = select_best(sweep_dir, grid)
     except RuntimeError as e:  # Every grid run failed (or cannot run): say so, go on.
       log(f"SKIPPED final runs of {grid[0].group_dir}: {e}")
+      write_manifest(sweep_dir, group, [])
       continue
     files.write_json(os.path.join(sweep_dir, grid[0].group_dir, "best.json"), best)
     log(f"{grid[0].group_dir}: best base_lr={best['base_lr']:g} weight_decay="
         f"{best['weight_decay']:g} (val accuracy {best['val_accuracy']:.4f})")
-    finals += final_runs(*group, best, planner.sweep_config(*group[1:]))
+    group_finals = final_runs(*group, best, planner.sweep_config(*group[1:]))
+    write_manifest(sweep_dir, group, group_finals)
+    finals += group_finals
   counts = execute(sweep_dir, finals, runner, log=log, **execute_kwargs)
   return {k: totals[k] + counts[k] for k in totals}

@@ -35,6 +35,40 @@ class NonFiniteLossError(RuntimeError):
   pass
 
 
+class Clock:
+  """Wall time of a stage across restarts: what earlier attempts spent (<workdir>/elapsed.json,
+  updated every epoch) plus this attempt's."""
+
+  def __init__(self, workdir: str):
+    self._path = os.path.join(workdir, "elapsed.json")
+    self._started = time.time()
+    self._before = 0.0
+    if os.path.exists(self._path):
+      try:
+        self._before = float(files.read_json(self._path)["seconds"])
+      except (files.DamagedFileError, KeyError, TypeError, ValueError):
+        pass  # A lost count undercounts; it never stops a run.
+
+  def seconds(self) -> float:
+    return self._before + time.time() - self._started
+
+  def save(self) -> None:
+    if jax.process_index() == 0:
+      files.write_json(self._path, {"seconds": self.seconds()})
+
+
+def finished_result(path: str, log=print) -> dict | None:
+  """A finished (stage's) result, or None when there is none or it is damaged (then it is set
+  aside and the run finishes again from its checkpoints)."""
+  if not os.path.exists(path):
+    return None
+  try:
+    return files.read_json(path)
+  except files.DamagedFileError as e:
+    log(f"{e} Moved to {files.set_aside(path, 'damaged')}; finishing the run again.")
+    return None
+
+
 class ConfigMismatchError(ValueError):
   pass
 
@@ -106,16 +140,25 @@ def make_schedule(optim_config, steps_per_epoch: int) -> tuple[optim.Schedule, i
   return optim.warmup_cosine(warmup, total), total
 
 
-def claim_workdir(config, workdir: str) -> None:
+def config_differences(stored: dict, current: dict) -> list[str]:
+  """The fields in which two flat configs train differently."""
+  return sorted(k for k in set(current) | set(stored)
+                if current.get(k) != stored.get(k) and k not in RESUMABLE_CHANGES
+                and not k.startswith(_NOT_RUN_SETTINGS))
+
+
+def claim_workdir(config, workdir: str, log=print) -> None:
   """The workdir belongs to one configuration: a different one must use another workdir."""
   path = os.path.join(workdir, "config.json")
   current = config_lib.flatten(config)
+  stored = None
   if os.path.exists(path):
-    stored = files.read_json(path)
-    differences = sorted(
-        k for k in set(current) | set(stored)
-        if current.get(k) != stored.get(k) and k not in RESUMABLE_CHANGES
-        and not k.startswith(_NOT_RUN_SETTINGS))
+    try:
+      stored = files.read_json(path)
+    except files.DamagedFileError as e:  # The config is ours to write again; results are kept.
+      log(f"{e} Moved to {files.set_aside(path, 'damaged')}; writing it again.")
+  if stored is not None:
+    differences = config_differences(stored, current)
     if differences:
       shown = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in differences[:6])
       raise ConfigMismatchError(
@@ -214,7 +257,7 @@ def _train_arrays(config, subset: str, mesh):
   return sharding.put_global(images, replicated), sharding.put_global(labels, replicated)
 
 
-def fit(config, setup: TrainSetup, state: dict, images, labels, log) -> dict:
+def fit(config, setup: TrainSetup, state: dict, images, labels, log, clock: Clock) -> dict:
   """Trains from the newest readable checkpoint (or `state`) to the end; returns the final state.
 
   A non-finite loss stops training. With optim.on_non_finite "score_last_epoch" (the VPT code:
@@ -292,6 +335,7 @@ def fit(config, setup: TrainSetup, state: dict, images, labels, log) -> dict:
       row.update(train_loss=on_train["loss"], train_accuracy=on_train["accuracy"],
                  eval_loss=held_out["loss"], eval_accuracy=held_out["accuracy"])
     writer.write(step, **row)
+    clock.save()
     progress.set_postfix(epoch=epoch + 1, loss=f"{row['train_loss_running']:.3f}")
     every = config.checkpoint_every_epochs  # 0: only at the end.
     if (every and (epoch + 1) % every == 0) or step == total_steps:
@@ -303,7 +347,7 @@ def fit(config, setup: TrainSetup, state: dict, images, labels, log) -> dict:
   return {"trainable": trainable, "opt_state": opt_state}
 
 
-def finish(config, setup: TrainSetup, state: dict, started: float) -> tuple[dict, dict]:
+def finish(config, setup: TrainSetup, state: dict, clock: Clock) -> tuple[dict, dict]:
   """Evaluates the trained stage, writes its artifact; returns (result, final parameters)."""
   stage = setup.stage
   # Replicated first, so every host holds the whole of FSDP-sharded arrays for the artifact.
@@ -311,7 +355,8 @@ def finish(config, setup: TrainSetup, state: dict, started: float) -> tuple[dict
       state["trainable"])
   final_params = paths.merge(trainable, setup.frozen)
   evaluation = _evaluate(config, setup, trainable, config.data.eval_subset)
-  artifact_bytes = artifacts.save(os.path.join(stage.workdir, artifacts.FILENAME), trainable, {
+  artifact = os.path.join(stage.workdir, artifacts.FILENAME)
+  artifact_bytes = artifacts.save(artifact, trainable, {
       "task": config.task, "method": stage.method.name, "seed": config.seed,
       "backbone": config.backbone, "model": stage.model_config,
       "model_fields": artifacts.model_fields_to_json(stage.method.model_fields),
@@ -334,7 +379,8 @@ def finish(config, setup: TrainSetup, state: dict, started: float) -> tuple[dict
       "tuned_percent": 100 * (trained - paths.count(trainable.get("head", {})))
                        / setup.backbone_count,
       "artifact_bytes": artifact_bytes, "full_model_bytes": 4 * paths.count(final_params),
-      "wall_seconds": time.time() - started,
+      "artifact_sha256": files.sha256_file(artifact) if jax.process_index() == 0 else None,
+      "wall_seconds": clock.seconds(),
   }
   if "diverged" in state:
     result["diverged"] = state["diverged"]
@@ -342,17 +388,23 @@ def finish(config, setup: TrainSetup, state: dict, started: float) -> tuple[dict
 
 
 def _run_stage(config, stage: Stage, backbone, previous_params, mesh, log):
-  started = time.time()
+  clock = Clock(stage.workdir)
   images, labels = _train_arrays(config, config.data.train_subset, mesh)
   setup, state = create_train_state(config, stage, backbone, previous_params, mesh, len(images),
                                     log)
-  state = fit(config, setup, state, images, labels, log)
-  return finish(config, setup, state, started)
+  state = fit(config, setup, state, images, labels, log, clock)
+  return finish(config, setup, state, clock)
 
 
-def _restore_finished_stage(config, stage: Stage, backbone, previous_params):
-  """Final parameters of a finished stage: its artifact on top of what it started from."""
-  trained, _ = artifacts.load(os.path.join(stage.workdir, artifacts.FILENAME))
+def _restore_finished_stage(config, stage: Stage, backbone, previous_params, result: dict):
+  """Final parameters of a finished stage: its artifact (checked against the checksum its result
+  recorded) on top of what it started from."""
+  path = os.path.join(stage.workdir, artifacts.FILENAME)
+  if not os.path.exists(path):
+    raise files.DamagedFileError(f"{path} is missing.")
+  if result.get("artifact_sha256") and files.sha256_file(path) != result["artifact_sha256"]:
+    raise files.DamagedFileError(f"{path} does not match the checksum its stage recorded.")
+  trained, _ = artifacts.load(path)
   base = methods.init_params(stage.model, backbone, jax.random.PRNGKey(0),
                              config.data.resolution)
   return paths.merge(base, stage.start_from(previous_params) or {}, trained)
@@ -371,25 +423,42 @@ def _combine(config, stage_results: list[dict]) -> dict:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=print) -> dict:
   """Runs (or resumes) the run configured by `config` in `workdir`; returns its result."""
-  config = recipes.resolve(config)
+  config = recipes.resolve(config)  # Validates: nothing is written for a config it refuses.
   task = tasks_lib.get(config.task)
-  stages = plan_stages(config, task, workdir)  # Fails on bad settings before the workdir exists.
-  claim_workdir(config, workdir)
+  stages = plan_stages(config, task, workdir)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"--workdir {workdir} is a file, not a directory: choose another workdir.")
+  lock = files.RunLock(workdir) if jax.process_index() == 0 else None
+  if lock:
+    lock.acquire()  # One owner at a time; the OS drops the lock if this process dies.
+  try:
+    return _train_and_evaluate(config, task, stages, workdir, log)
+  finally:
+    if lock:
+      lock.release()
+
+
+def _train_and_evaluate(config, task, stages: list[Stage], workdir: str, log) -> dict:
+  claim_workdir(config, workdir, log)
   result_path = os.path.join(workdir, "result.json")
-  if os.path.exists(result_path):
+  if (result := finished_result(result_path, log)) is not None:
     log(f"{workdir} already holds a finished run; not retraining. Delete {result_path} to rerun.")
-    return files.read_json(result_path)
+    return result
 
   backbone = load_backbone(config, task)
   mesh = sharding.make_mesh()
   params, stage_results = None, []
   for index, stage in enumerate(stages):
     stage_result_path = os.path.join(stage.workdir, "result.json")
-    if len(stages) > 1 and os.path.exists(stage_result_path):
-      stage_results.append(files.read_json(stage_result_path))
-      params = _restore_finished_stage(config, stage, backbone, params)
-      log(f"Stage {index + 1} ({stage.method.name}) already finished.")
-      continue
+    if len(stages) > 1 and (done := finished_result(stage_result_path, log)) is not None:
+      try:
+        params = _restore_finished_stage(config, stage, backbone, params, done)
+        stage_results.append(done)
+        log(f"Stage {index + 1} ({stage.method.name}) already finished.")
+        continue
+      except files.DamagedFileError as e:  # Finish the stage again from its checkpoints.
+        log(f"{e} Stage {index + 1} ({stage.method.name}) is finished again; its result moved "
+            f"to {files.set_aside(stage_result_path, 'damaged')}.")
     result, params = _run_stage(config, stage, backbone, params, mesh, log)
     stage_results.append(result)
     if len(stages) > 1 and jax.process_index() == 0:

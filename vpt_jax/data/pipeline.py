@@ -39,13 +39,22 @@ def default_data_dir() -> str:
                                                       "tensorflow_datasets"))
 
 
+def preparation_lock(data_dir: str, builder_name: str):
+  """One process at a time prepares a dataset (others wait, then find it prepared)."""
+  return files.exclusive(os.path.join(data_dir, ".vpt_jax_locks",
+                                      builder_name.replace("/", "_").replace(":", "_") + ".lock"))
+
+
 def builder(task: tasks_lib.Task, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
   """The task's prepared TFDS builder; fails at once (no download attempt) if it is not prepared."""
   data_dir = data_dir or default_data_dir()
   result = tfds.builder(task.builder, data_dir=data_dir)
   if not result.is_prepared() and task.generated:
-    logging.info("Generating %s in %s (offline, once).", task.builder, data_dir)
-    result.download_and_prepare()
+    with preparation_lock(data_dir, task.builder):
+      result = tfds.builder(task.builder, data_dir=data_dir)  # Another process may have done it.
+      if not result.is_prepared():
+        logging.info("Generating %s in %s (offline, once).", task.builder, data_dir)
+        result.download_and_prepare()
   if not result.is_prepared():
     raise DataNotPreparedError(
         f"Task {task.name} ({task.builder}) is not prepared in {data_dir}; prepare it with: "
@@ -124,8 +133,12 @@ def load_arrays(task_name: str, subset: str, resolution: int, data_dir: str | No
   cache = os.path.join(cache_dir or files.cache_dir("arrays"), task.name,
                        f"{version}_{subset}_{resolution}px_{resize_method}.npz")
   if os.path.exists(cache):
-    arrays = files.read_npz(cache)
-    return arrays["images"], arrays["labels"]
+    try:
+      arrays = files.read_npz(cache)
+      return arrays["images"], arrays["labels"]
+    except (files.DamagedFileError, KeyError) as e:  # A cache is rebuilt, never trusted.
+      logging.warning("Data cache %s is damaged (%s); rebuilding it.", cache, e)
+      os.unlink(cache)
 
   started = time.time()
   split = tasks_lib.split_for(task, subset, split_sizes(dataset_builder))

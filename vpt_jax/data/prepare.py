@@ -4,6 +4,7 @@ import dataclasses
 
 import tensorflow_datasets as tfds
 
+from vpt_jax.data import pipeline
 from vpt_jax.data import tasks as tasks_lib
 
 
@@ -36,8 +37,11 @@ def _prepare_builder(task, data_dir, manual_dir, download, log):
   if not builder.is_prepared() and download:
     log(f"Preparing {task.builder} in {data_dir} ...")
     try:
-      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-          manual_dir=manual_dir))
+      with pipeline.preparation_lock(data_dir, task.builder):
+        builder = tfds.builder(task.builder, data_dir=data_dir)
+        if not builder.is_prepared():
+          builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+              manual_dir=manual_dir))
     except AssertionError as e:  # TFDS's way of saying the manual files are missing.
       if task.manual_download:
         log(f"Manual step for {task.name}: {task.manual_download}\n  TFDS says: {e}")
