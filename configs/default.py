@@ -16,7 +16,7 @@ unset = config_lib.unset
 
 def _optim_fields():
   return dict(
-      name=unset(str),  # sgd, hf_adamw, adamw (vpt_jax/optim.py).
+      name=unset(str),  # sgd, adam, hf_adamw, galore_adamw, adamw (vpt_jax/optim.py).
       base_lr=unset(float),  # Peak lr = base_lr x batch / 256 when scale_lr.
       weight_decay=unset(float),  # The grid's value; applied_weight_decay overrides what applies.
       applied_weight_decay=unset(float),
@@ -27,12 +27,16 @@ def _optim_fields():
       decay_rules=unset(tuple),  # (regex, bool) over parameter paths, first match wins.
       lr_mults=ml_collections.ConfigDict(),  # {group: multiplier}, e.g. {"backbone": 0.1}.
       on_non_finite=unset(str),  # "score_last_epoch" (the VPT code) or "fail".
+      # galore_adamw: rank, projector refresh period (steps) and update scale of the low-rank
+      # Adam statistics, and (regex, bool) rules choosing the kernels that get them.
+      galore_rank=unset(int), galore_update_period=unset(int), galore_scale=unset(float),
+      galore_rules=unset(tuple),
       selected_in=unset(str))  # Where base_lr and weight_decay were chosen (set by sweeps).
 
 
 def _model_fields():
   return dict(dropout=unset(float), attn_out_dropout=unset(float),
-              gelu_approximate=unset(bool), head_init=unset(str))
+              embedding_dropout=unset(float), gelu_approximate=unset(bool), head_init=unset(str))
 
 
 def get_config():
@@ -51,6 +55,7 @@ def get_config():
   config.dtype = "float32"  # Compute dtype: float32 or bfloat16 (parameters stay float32).
   config.method_kwargs = ml_collections.ConfigDict(dict(
       prompt_tokens=unset(int), prompt_dropout=unset(float), prompt_project=unset(int),
+      query_tokens=unset(int), query_dropout=unset(float),
       lora_rank=8, lora_alpha=8.0, adapter_dim=8, partial_k=1))
 
   config.data = ml_collections.ConfigDict(dict(
@@ -72,6 +77,9 @@ def get_config():
   config.sharding_strategy = ((".*", "replicate"),)  # (regex, "replicate" | "fsdp") per parameter.
   config.eval_batch_size = 256
   config.eval_every_epochs = 0  # >0: train and eval loss/accuracy every N epochs (curves).
+  # Corrupted test copies ("gaussian_noise:3", ...; vpt_jax/data/shifts.py) the main job and
+  # launch/robustness.py evaluate finished final runs on.
+  config.eval_shifts = ()
   config.checkpoint_every_epochs = 10
   config.checkpoints_to_keep = 2
 
@@ -84,7 +92,10 @@ def get_config():
   config.sweep = ml_collections.ConfigDict(dict(
       base_lrs=unset(tuple), weight_decays=unset(tuple), seeds=unset(int),
       seed_values=unset(tuple), protocol="vtab1k", sizes=(400, 800, 2000, 5000, 10000, 20000),
-      shots=1, kshot_per_seed=False))
+      shots=1, kshot_per_seed=False,
+      pack=1))  # Grid points or seeds trained at once in one compiled program (in-process).
+  # JAX's persistent compilation cache: "auto" ($VPT_JAX_CACHE/xla), "off", or a directory.
+  config.compilation_cache = "auto"
   config.workdir = unset(str)  # None: runs/<config file>_<argument>.
   return config
 

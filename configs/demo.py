@@ -43,6 +43,7 @@ def get_config(arg=None):
       dict(optim=dict(base_lr=0.1), sweep=dict(base_lrs=(0.4, 0.1, 0.025)))
       for name in methods.names()}
   config.eval_batch_size = 250
+  config.eval_shifts = ("gaussian_noise:3", "gaussian_blur:3", "contrast:3", "jpeg:3")
   config.checkpoint_every_epochs, config.checkpoints_to_keep = 6, 1
   config.workdir = "runs/demo"
   return config

@@ -11,6 +11,7 @@ torch and timm are installed, the same model and batch in PyTorch (timm ViT, ful
 eager and torch.compile) follow. Speed targets live here, never in tests.
 """
 
+import dataclasses
 import datetime
 import sys
 
@@ -31,6 +32,7 @@ _PROMPT_TOKENS = flags.DEFINE_integer("prompt_tokens", 50, "VPT prompt length.")
 _ATTENTION = flags.DEFINE_string("attention_impl", "auto",
                                  "auto (cudnn on GPU), none (explicit), xla or cudnn.")
 _REMAT = flags.DEFINE_bool("remat", False, "Rematerialise blocks (large batches).")
+_PACK = flags.DEFINE_integer("pack", 1, "Also time K runs packed into one step (sweep.pack=K).")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (after compilation and warm-up).")
 _TORCH = flags.DEFINE_enum("torch", "auto", ["auto", "eager", "both", "none"],
                            "PyTorch reference: auto = eager and torch.compile when installed.")
@@ -72,6 +74,13 @@ def main(argv):
                                 steps=_STEPS.value, peak=peak)
       rows.append(row)
       print(benchmark.markdown([row]).splitlines()[-1])
+      if _PACK.value > 1:  # The same step for several runs at once (sweep.pack).
+        packed = benchmark.measure(dataclasses.replace(
+            setting, attention_impl=row["attention_impl"], pack=_PACK.value),
+            steps=_STEPS.value, peak=peak)
+        packed["speedup_of_packing"] = packed["images_per_s"] / row["images_per_s"]
+        rows.append(packed)
+        print(benchmark.markdown([packed]).splitlines()[-1])
       modes = {"auto": ("eager", "compile"), "both": ("eager", "compile"), "eager": ("eager",),
                "none": ()}[_TORCH.value]
       if modes and method in ("full", "vpt_deep") and torch_reference.available():

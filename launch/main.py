@@ -18,7 +18,7 @@ from absl import flags, logging
 import jax
 from ml_collections import config_flags
 
-from vpt_jax import cli, files, hosts, pretrained, report, sweep, train
+from vpt_jax import cli, files, hosts, pretrained, report, robustness, sweep, timing, train
 from vpt_jax.data import pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/vtab.py:task=dtd.")
@@ -41,6 +41,16 @@ def _default_workdir(config, config_flag: str) -> str:
   return os.path.join("runs", re.sub(r"[^A-Za-z0-9_.+-]+", "_", f"{name}_{arg}" if arg else name))
 
 
+def _shift_table(shifted: list[dict], run_methods: list[str], names) -> str:
+  rows = ["| method | clean | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
+  for method in dict.fromkeys(run_methods):
+    mine = [s for s, m in zip(shifted, run_methods) if m == method]
+    mean = lambda values: f"{100 * sum(values) / len(values):.1f}"
+    rows.append(f"| {method} | {mean([s['clean'] for s in mine])} | " + " | ".join(
+        mean([s["accuracy"][n] for s in mine]) for n in names) + " |")
+  return "\n".join(rows)
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
@@ -48,6 +58,7 @@ def main(argv):
   if _DISTRIBUTED.value:
     with cli.errors(ValueError):
       hosts.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  timing.enable_compilation_cache(config.compilation_cache)
   workdir = _WORKDIR.value or _default_workdir(
       config, config_flags.get_config_filename(flags.FLAGS["config"]))
   log = print if jax.process_index() == 0 else (lambda *_: None)
@@ -63,7 +74,7 @@ def main(argv):
       log(json.dumps({k: v for k, v in result.items() if k != "stages"}, indent=2))
       return
     # Several tasks or methods: one run each (no grid search: that is launch/sweep.py's job).
-    results = []
+    results, run_dirs = [], []
     for task, method in pairs:
       run_dir = os.path.join(workdir, task, method)
       log(f"\n== {task} / {method} -> {run_dir}")
@@ -72,8 +83,13 @@ def main(argv):
       log(f"   {result['eval_subset']} accuracy {100 * accuracy:.1f}% "
           f"({result['wall_seconds']:.0f}s)")
       results.append(result)
+      run_dirs.append(run_dir)
   table, _ = report.tables(report.cells_from_results(results), with_chance=True)
   log(f"\n{results[0]['eval_subset']} top-1 (%), one seed, {jax.devices()[0].platform}:\n{table}")
+  if config.eval_shifts and results[0]["eval_subset"] == "test":
+    log(f"\nShifted test sets ({', '.join(config.eval_shifts)}): top-1 (%), mean over tasks")
+    log(_shift_table([robustness.shift_run(d, config.eval_shifts, log=lambda *_: None)
+                      for d in run_dirs], [r["method"] for r in results], config.eval_shifts))
   log(f"\nTotal wall time {time.time() - started:.0f}s; results in {workdir}/<task>/<method>/.")
 
 

@@ -3,6 +3,11 @@
   python launch/report.py --sweep_dir=sweeps/a                 # -> sweeps/a/report/
   python launch/report.py --sweep_dir=sweeps/a --published     # with the VPT paper's numbers
   python launch/report.py --sweep_dir=sweeps/a --distances=sweeps/a/distances.json
+  python launch/report.py --sweep_dir=sweeps/a --ensembles=vpt_deep+lora+ssf,full+vpt_deep
+
+Final runs save their test logits: the report always has the error-disagreement matrix and each
+method's seed ensemble per task; --ensembles adds prediction ensembles of method sets. Clean vs
+shifted accuracy and WiSE-FT appear once launch/robustness.py has evaluated the runs.
 
 The loss-curve figure needs runs made with --config.eval_every_epochs=1; the data-scale figure
 needs a sweep with --config.sweep.protocol=data_scale; the distance chart needs
@@ -14,12 +19,13 @@ import sys
 
 from absl import flags
 
-from vpt_jax import cli, plots, report
+from vpt_jax import cli, methods, plots, predictions, report
 
 _SWEEP_DIR = flags.DEFINE_string("sweep_dir", None, "A launch/sweep.py output directory.")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Default: <sweep_dir>/report.")
 _PUBLISHED = flags.DEFINE_bool("published", False, "Add the published numbers as extra rows.")
 _DISTANCES = flags.DEFINE_string("distances", None, "distances.json from launch/data_distance.py.")
+_ENSEMBLES = flags.DEFINE_list("ensembles", [], "Method sets to ensemble, e.g. vpt_deep+lora+ssf.")
 flags.mark_flags_as_required(["sweep_dir"])
 
 
@@ -28,11 +34,24 @@ def main(argv):
   if not os.path.isdir(_SWEEP_DIR.value):
     sys.exit(f"error: {_SWEEP_DIR.value} is not a directory; run launch/sweep.py first.")
   out_dir = _OUT_DIR.value or os.path.join(_SWEEP_DIR.value, "report")
-  print(report.write(_SWEEP_DIR.value, out_dir, _PUBLISHED.value))
+  ensembles = tuple(tuple(e.split("+")) for e in _ENSEMBLES.value)
+  for members in ensembles:
+    if len(members) < 2 or any(m not in methods.names() for m in members):
+      sys.exit(f"error: --ensembles={'+'.join(members)} must join two or more method names "
+               f"with + (methods: {', '.join(methods.names())}).")
+  print(report.write(_SWEEP_DIR.value, out_dir, _PUBLISHED.value, ensembles))
   cells, _, _ = report.collect(_SWEEP_DIR.value)
+  current, _ = report.final_dirs(_SWEEP_DIR.value)
+  vtab = [d for d in current if os.path.relpath(d, _SWEEP_DIR.value).startswith("vtab1k")]
+  curves = {k[1:]: v for k, v in report.wise_curves(_SWEEP_DIR.value).items()
+            if k[0] == "vtab1k"}
   figures = {
       "loss_curves.png": lambda p: plots.loss_curves(_SWEEP_DIR.value, p),
       "data_scale.png": lambda p: plots.data_scale(cells, p),
+      "ensembles.png": lambda p: plots.ensembles(
+          predictions.analyse(predictions.load(vtab), list(ensembles)), p),
+      "robustness.png": lambda p: plots.robustness(
+          report.shift_rows(_SWEEP_DIR.value).get("vtab1k", {}), curves, p),
   }
   if _DISTANCES.value:
     figures["data_distance.png"] = lambda p: plots.distance_chart(

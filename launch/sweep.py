@@ -12,11 +12,12 @@ Rerunning the same command skips finished runs and resumes unfinished ones. Then
 
 import os
 import sys
+import time
 
 from absl import flags, logging
 from ml_collections import config_flags
 
-from vpt_jax import cli, executors, files, pretrained, sweep
+from vpt_jax import cli, executors, files, pretrained, sweep, timing
 from vpt_jax.data import pipeline
 from vpt_jax.data import tasks as tasks_lib
 
@@ -65,6 +66,8 @@ def main(argv):
       print(f"Wrote {sweep_dir}/slurm/; submit with: bash {sweep_dir}/slurm/submit.sh")
     return
 
+  timing.enable_compilation_cache(config.compilation_cache)
+  started, spent = time.time(), timing.snapshot()
   with cli.errors(ValueError, RuntimeError, IndexError, pretrained.CheckpointError,
                   files.DamagedFileError, pipeline.DataNotPreparedError):
     if _RUN_INDEX.value is not None:  # One run, in this process (a job-array or parallel task).
@@ -80,13 +83,21 @@ def main(argv):
         pipeline.builder(tasks_lib.get(task), config.data.data_dir)
       print(f"Sweep of {len(planner.groups())} task/method settings: {len(searches)} grid runs, "
             f"then {len(finals)} final runs -> {sweep_dir}")
-      runner = (executors.subprocess_runner(planner, config_flag, overrides, sweep_dir)
-                if _PARALLEL.value > 1 else executors.local(planner))
+      in_process = _PARALLEL.value <= 1
+      runner = (executors.local(planner) if in_process else
+                executors.subprocess_runner(planner, config_flag, overrides, sweep_dir))
       counts = sweep.run_protocol(sweep_dir, planner, runner, parallel=_PARALLEL.value,
-                                  device_ids=tuple(_DEVICE_IDS.value))
+                                  device_ids=tuple(_DEVICE_IDS.value),
+                                  pack=config.sweep.pack if in_process else 1)
+  times = (timing.since(spent) if _RUN_INDEX.value is not None or _PARALLEL.value <= 1 else
+           sweep.times_of_runs_since(sweep_dir, started))
   print(f"Done: {counts['ran']} ran, {counts['skipped']} already finished, "
         f"{counts['failed']} failed (non-finite loss), {counts['infeasible']} infeasible "
         "(a data-scale size the task cannot hold); failed.json says which.")
+  print(f"Wall time {time.time() - started:.1f}s: " + ", ".join(
+      f"{name} {times.get(name, 0):.1f}s" for name in timing.PHASES)
+      + f" ({int(times.get('compiles', 0))} compilations, {int(times.get('cache_loads', 0))} "
+        "programs from the compilation cache).")
   print(f"Report: python launch/report.py --sweep_dir={sweep_dir}")
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import socket
+import tempfile
 
 import jax
 import numpy as np
@@ -14,6 +15,9 @@ import pytest
 import parity_reference
 
 jax.config.update("jax_default_matmul_precision", "highest")
+# Caches (downloads, arrays, compiled programs) of the suite's own, never the user's; the
+# subprocesses the tests start inherit it and share compiled programs through it.
+os.environ.setdefault("VPT_JAX_CACHE", tempfile.mkdtemp(prefix="vpt_jax_test_cache_"))
 
 # Optional extra parity cases (checkpoints with logits from another implementation) in the same
 # format as the generated ones: <case>.npz, <case>.expected.npz and cases.json.

@@ -62,8 +62,30 @@ def _blocks(weights: dict) -> list[dict]:
           for i in range(depth)]
 
 
-def logits(checkpoint: dict, images: np.ndarray, pool: str) -> np.ndarray:
-  """Logits (float64) of a Google checkpoint (either layout) for NHWC images; pool "tok" or "gap"."""
+def _attend(b, tokens, readers):
+  """Attention output for `readers`, which read the keys and values of `tokens`."""
+  y = _layer_norm(tokens, b["ln1_scale"], b["ln1_bias"])
+  r = _layer_norm(readers, b["ln1_scale"], b["ln1_bias"])
+  q = np.einsum("ntd,dhk->nthk", r, b["q_kernel"]) + b["q_bias"]
+  k, v = (np.einsum("ntd,dhk->nthk", y, b[f"{name}_kernel"]) + b[f"{name}_bias"]
+          for name in ("k", "v"))
+  weights = _softmax(np.einsum("nqhk,nthk->nhqt", q, k) / math.sqrt(q.shape[-1]))
+  heads = np.einsum("nhqt,nthk->nqhk", weights, v)
+  return np.einsum("nqhk,hkd->nqd", heads, b["o_kernel"]) + b["o_bias"]
+
+
+def _mlp(b, tokens, gelu):
+  y = _layer_norm(tokens, b["ln2_scale"], b["ln2_bias"])
+  return tokens + gelu(y @ b["fc1_kernel"] + b["fc1_bias"]) @ b["fc2_kernel"] + b["fc2_bias"]
+
+
+def logits(checkpoint: dict, images: np.ndarray, pool: str, queries=None, head=None,
+           gelu=_gelu_tanh) -> np.ndarray:
+  """Logits (float64) of a Google checkpoint (either layout) for NHWC images; pool "tok" or "gap".
+
+  With `queries` (layers, Q, D), VQT as andytu28/VQT computes it: layer i's queries read that
+  layer's tokens (nothing reads them), and `head` {"kernel", "bias"} acts on [L2-normalised CLS
+  output, L2-normalised flattened query outputs of each layer]."""
   w = {k.removeprefix("params/"): np.asarray(v, np.float64) for k, v in checkpoint.items()}
   x = np.asarray(images, np.float64)
   kernel = w["embedding/kernel"]  # (p, p, 3, D)
@@ -77,19 +99,19 @@ def logits(checkpoint: dict, images: np.ndarray, pool: str) -> np.ndarray:
     tokens = np.concatenate([np.broadcast_to(w["cls"], (n, 1, width)), tokens], axis=1)
   if "Transformer/posembed_input/pos_embedding" in w:
     tokens = tokens + w["Transformer/posembed_input/pos_embedding"]
-  for b in _blocks(w):
-    y = _layer_norm(tokens, b["ln1_scale"], b["ln1_bias"])
-    q, k, v = (np.einsum("ntd,dhk->nthk", y, b[f"{name}_kernel"]) + b[f"{name}_bias"]
-               for name in ("q", "k", "v"))
-    weights = _softmax(np.einsum("nqhk,nthk->nhqt", q, k) / math.sqrt(q.shape[-1]))
-    heads = np.einsum("nhqt,nthk->nqhk", weights, v)
-    tokens = tokens + np.einsum("nqhk,hkd->nqd", heads, b["o_kernel"]) + b["o_bias"]
-    y = _layer_norm(tokens, b["ln2_scale"], b["ln2_bias"])
-    hidden = _gelu_tanh(y @ b["fc1_kernel"] + b["fc1_bias"])
-    tokens = tokens + hidden @ b["fc2_kernel"] + b["fc2_bias"]
+  query_outputs = []
+  for i, b in enumerate(_blocks(w)):
+    if queries is not None:
+      q = np.broadcast_to(np.asarray(queries[i], np.float64), (n,) + queries[i].shape)
+      query_outputs.append(_mlp(b, q + _attend(b, tokens, q), gelu))
+    tokens = _mlp(b, tokens + _attend(b, tokens, tokens), gelu)
   tokens = _layer_norm(tokens, w["Transformer/encoder_norm/scale"],
                        w["Transformer/encoder_norm/bias"])
   pooled = tokens[:, 0] if pool == "tok" else tokens.mean(axis=1)
+  if queries is not None:
+    unit = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)
+    pooled = np.concatenate([unit(pooled)] + [unit(q.reshape(n, -1)) for q in query_outputs], -1)
+    return pooled @ np.asarray(head["kernel"], np.float64) + np.asarray(head["bias"], np.float64)
   if "pre_logits/kernel" in w:
     pooled = np.tanh(pooled @ w["pre_logits/kernel"] + w["pre_logits/bias"])
   return pooled @ w["head/kernel"] + w["head/bias"]

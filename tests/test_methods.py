@@ -11,7 +11,8 @@ import pytest
 from vpt_jax import artifacts, methods, optim, paths, steps
 from vpt_jax.models import vit
 
-HPARAMS = dict(prompt_tokens=3, prompt_dropout=0.1, lora_rank=2, adapter_dim=4, partial_k=1)
+HPARAMS = dict(prompt_tokens=3, prompt_dropout=0.1, lora_rank=2, adapter_dim=4, partial_k=1,
+               query_tokens=2, query_dropout=0.1)
 BASE = dict(num_classes=5, variant="Ti/16", depth=2)
 IMAGE_SIZE = 32
 
@@ -44,6 +45,8 @@ def sgd(trainable_groups, schedule, peak_lr, weight_decay=0.0, **kwargs):
 
 def stage_setup(stage, backbone_params, **optimizer_kwargs):
   model = vit.Model(**BASE, **stage.model_fields)
+  if stage.name == "vqt":  # Its head reads wider features: a fresh one, as training gives it.
+    backbone_params = {k: v for k, v in backbone_params.items() if k != "head"}
   params = methods.init_params(model, backbone_params, jax.random.PRNGKey(3), IMAGE_SIZE)
   groups = methods.labels(params, stage.rules)
   trainable, frozen = methods.split(params, groups)
@@ -199,10 +202,12 @@ def test_vpt_deep_step_forms_no_frozen_weight_gradients(backbone):
   backbone64 = paths.merge(backbone_params, {"Transformer": {"posembed_input": {
       "pos_embedding": jnp.zeros((1, 17, 192))}}})
   flops = {}
-  for name in ("full", "vpt_deep", "linear"):
-    stage = methods.get(name, depth=2, prompt_tokens=1, prompt_dropout=0.0)
+  for name in ("full", "vpt_deep", "linear", "vqt"):
+    stage = methods.get(name, depth=2, prompt_tokens=1, prompt_dropout=0.0, query_tokens=1,
+                        query_dropout=0.0)
     model = vit.Model(**BASE, **stage.model_fields)
-    params = methods.init_params(model, backbone64, jax.random.PRNGKey(0), 64)
+    given = {k: v for k, v in backbone64.items() if k != "head" or name != "vqt"}
+    params = methods.init_params(model, given, jax.random.PRNGKey(0), 64)
     groups = methods.labels(params, stage.rules)
     trainable, frozen = methods.split(params, groups)
     tx = sgd(methods.split(groups, groups)[0], optim.warmup_cosine(1, 10), 0.1, 1e-4)
@@ -212,6 +217,9 @@ def test_vpt_deep_step_forms_no_frozen_weight_gradients(backbone):
     flops[name] = (analysis[0] if isinstance(analysis, list) else analysis)["flops"]
   assert flops["vpt_deep"] < 0.8 * flops["full"], flops
   assert flops["linear"] < 0.5 * flops["full"], flops
+  # VQT's queries read the backbone but nothing flows back through it: its step costs about a
+  # forward pass (as linear probing), far from VPT-deep's backward through every token.
+  assert flops["vqt"] < 1.25 * flops["linear"] and flops["vqt"] < 0.6 * flops["vpt_deep"], flops
 
 
 def test_artifact_round_trip(backbone, tmp_path):

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from configs import vtab as vtab_config
 from test_train import REPO, tiny_config
-from vpt_jax import (artifacts, config_lib, optim, paths, published, recipes, report,
+from vpt_jax import (artifacts, config_lib, optim, paths, programs, published, recipes, report,
                      sharding, steps, sweep, train)
 from vpt_jax.data import device, pipeline
 from vpt_jax.data import tasks as tasks_lib
@@ -270,6 +270,7 @@ def test_a_diverged_run_is_scored_at_its_last_finished_epoch(fake_data_dir, tiny
                                                               tmp_path, monkeypatch):
   config = tiny_config(fake_data_dir, tiny_backbone, tmp_path, **{"optim.epochs": 4})
   monkeypatch.setattr(steps, "make_train_step", _nan_in_epoch(3, 32))
+  monkeypatch.setattr(programs, "_programs", {})  # Programs compiled with the real step.
   workdir = tmp_path / "run"
   lines = []
   result = train.train_and_evaluate(config, str(workdir), log=lines.append)
@@ -282,6 +283,7 @@ def test_a_diverged_run_is_scored_at_its_last_finished_epoch(fake_data_dir, tiny
     np.testing.assert_array_equal(value, paths.flatten(saved["trainable"])[path], err_msg=path)
   # A divergence in the first epoch leaves nothing to score: the run fails, as in the VPT code.
   monkeypatch.setattr(steps, "make_train_step", _nan_in_epoch(1, 32))
+  monkeypatch.setattr(programs, "_programs", {})
   with pytest.raises(train.NonFiniteLossError, match="Loss became nan at step 1 "):
     train.train_and_evaluate(config, str(tmp_path / "first"), log=lambda *_: None)
 
@@ -381,11 +383,11 @@ def test_steps_match_the_pytorch_reference(name, fake_data_dir, tiny_backbone, t
          "method_kwargs.prompt_dropout": 0.0, "data.train_subset": "scale400_train"}))
   [stage] = train.plan_stages(config, tasks_lib.get("dtd"), str(tmp_path / "w"))
   mesh = sharding.make_mesh()
-  images, labels = train._train_arrays(config, config.data.train_subset, mesh)
-  setup, state = train.create_train_state(config, stage, train.load_backbone(
+  images, labels = programs.train_arrays(config, config.data.train_subset, mesh)
+  setup, member, state = train.create_train_state(config, stage, train.load_backbone(
       config, tasks_lib.get("dtd")), None, mesh, len(images), lambda *_: None)
   initial = {k: np.asarray(v) for k, v in paths.flatten(jax.device_get(
-      paths.merge(state["trainable"], setup.frozen))).items()}
+      paths.merge(state["trainable"], member.frozen))).items()}
 
   # Our steps, epoch by epoch, as train.fit runs them; the same batches for the reference.
   batch, n = stage.optim.batch_size, len(images)
@@ -394,13 +396,13 @@ def test_steps_match_the_pytorch_reference(name, fake_data_dir, tiny_backbone, t
   trainable, opt_state = state["trainable"], state["opt_state"]
   ours, batches, step = [], [], 0
   for epoch in range(3):
-    permutation = device.epoch_permutation(setup.rngs["data"], epoch, n)
+    permutation = device.epoch_permutation(member.rngs["data"], epoch, n)
     order = np.asarray(permutation)
     batches.append([])
     for s in range(setup.steps_per_epoch):
       trainable, opt_state, out = setup.train_step(
-          trainable, opt_state, setup.frozen, images, labels, permutation, step,
-          setup.rngs["train"], setup.rngs["flip"])
+          trainable, opt_state, member.frozen, images, labels, permutation, step,
+          member.rngs["train"], member.rngs["flip"])
       ours.append(float(out["loss"]))
       chosen = order[s * batch:(s + 1) * batch]
       batches[-1].append((torch.from_numpy(host_images[chosen].transpose(0, 3, 1, 2).copy()),
@@ -415,7 +417,7 @@ def test_steps_match_the_pytorch_reference(name, fake_data_dir, tiny_backbone, t
                                  1, batches)
   assert len(ours) == len(theirs) == 3 * setup.steps_per_epoch
   np.testing.assert_allclose(ours, theirs, rtol=2e-5, atol=2e-6)
-  final = paths.flatten(jax.device_get(paths.merge(trainable, setup.frozen)))
+  final = paths.flatten(jax.device_get(paths.merge(trainable, member.frozen)))
   expected = torch_reference.to_flax_names(reference)
   trained = paths.flatten(jax.device_get(trainable))
   worst = 0.0

@@ -68,11 +68,18 @@ def load_trained(workdir: str):
   num_classes = tasks_lib.get(config["task"]).num_classes
   model = vit.Model(num_classes=num_classes, **model_config,
                     **model_fields_from_json(meta["model_fields"]))
-  backbone = pretrained.load(config["backbone"], vit.Model(num_classes=num_classes, **model_config),
-                             image_size=config["data.resolution"],
-                             cache_dir=config.get("pretrained_cache_dir"))
+  backbone = pretrained_backbone(config, num_classes)
   params = methods.init_params(model, backbone, jax.random.PRNGKey(0), config["data.resolution"])
   for earlier in stages[:-1]:  # Each stage's artifact sits on top of the one before.
     params = paths.merge(params, load(os.path.join(earlier, FILENAME))[0])
   return model, paths.merge(params, trained), config
 
+
+
+def pretrained_backbone(config: dict, num_classes: int) -> dict:
+  """The run's pre-trained parameters without a head (each method's model makes its own)."""
+  model_config = {k.removeprefix("model."): v for k, v in config.items() if k.startswith("model.")}
+  params = pretrained.load(config["backbone"], vit.Model(num_classes=num_classes, **model_config),
+                           image_size=config["data.resolution"],
+                           cache_dir=config.get("pretrained_cache_dir"))
+  return {k: v for k, v in params.items() if k != "head"}

@@ -1,7 +1,9 @@
-"""Loss and accuracy over a whole split, every example exactly once (padding is masked out)."""
+"""Loss and accuracy over a whole split, every example exactly once (padding is masked out);
+optionally every example's logits, in the split's order."""
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import numpy as np
 
 from vpt_jax import sharding, steps
@@ -15,7 +17,11 @@ class Evaluator:
     self._mesh = mesh
     eval_step = steps.make_eval_step(model)
     self._step = jax.jit(lambda params, images, labels, mask: eval_step(
-        params, device.normalize(images, normalization), labels, mask))
+        params, device.normalize(images, normalization), labels, mask)[0])
+    # Logits in float16: enough for ensembles and agreement, a quarter of float32's bytes.
+    self._step_logits = jax.jit(lambda params, images, labels, mask: jax.tree.map(
+        lambda x: x.astype(jnp.float16) if x.ndim == 2 else x,
+        eval_step(params, device.normalize(images, normalization), labels, mask)))
     self._gather = jax.jit(lambda images, labels, indices: (images[indices], labels[indices]),
                            out_shardings=sharding.batch_sharded(mesh))
 
@@ -27,14 +33,27 @@ class Evaluator:
             "examples": count}
 
   def stream(self, params, task: str, subset: str, resolution: int, batch_size: int,
-             data_dir: str | None, resize_method: str = "bilinear") -> dict:
-    sums = None
+             data_dir: str | None, resize_method: str = "bilinear", keep_logits: bool = False,
+             shift: str | None = None) -> dict:
+    """Loss, accuracy and example count of a split (with `keep_logits`, also "logits" (N, C)
+    float16 and "labels" (N,) in the split's order); `shift` evaluates its corrupted copy
+    (data/shifts.py)."""
+    sums, logits, labels = None, [], []
     put = lambda x: sharding.put_batch(self._mesh, x)
     for batch in pipeline.eval_batches(task, subset, resolution, batch_size, data_dir,
-                                       resize_method):
-      out = self._step(params, put(batch["image"]), put(batch["label"]), put(batch["mask"]))
+                                       resize_method, shift=shift):
+      args = (params, put(batch["image"]), put(batch["label"]), put(batch["mask"]))
+      if keep_logits:
+        out, batch_logits = self._step_logits(*args)
+        logits.append(_host(batch_logits)[batch["mask"]])
+        labels.append(batch["label"][batch["mask"]])
+      else:
+        out = self._step(*args)
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-    return self._finish(sums)
+    result = self._finish(sums)
+    if keep_logits:
+      result.update(logits=np.concatenate(logits), labels=np.concatenate(labels))
+    return result
 
   def arrays(self, params, images, labels, batch_size: int) -> dict:
     n = images.shape[0]
@@ -46,3 +65,10 @@ class Evaluator:
       out = self._step(params, batch_images, batch_labels, sharding.put_batch(self._mesh, mask))
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     return self._finish(sums)
+
+
+def _host(array: jax.Array) -> np.ndarray:
+  """The whole of a batch-sharded array on this host (gathered from the others if need be)."""
+  if array.is_fully_addressable:
+    return np.asarray(jax.device_get(array))
+  return np.asarray(multihost_utils.process_allgather(array, tiled=True))

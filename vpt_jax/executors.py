@@ -20,10 +20,14 @@ SWEEP_SCRIPT = os.path.join(REPO, "launch", "sweep.py")
 
 
 def local(planner: sweep.Planner) -> sweep.Runner:
-  """Trains each run in this process."""
+  """Trains each run in this process, which loads the backbone and the data and compiles each
+  program once for all of them; `.pack(runs, workdirs, log)` trains several at once."""
   def run(run: sweep.Run, workdir: str, log=print, env=None):
     del env  # One process sees the devices it was started with.
     train.train_and_evaluate(planner.run_config(run), workdir, log=log)
+
+  run.pack = lambda runs, workdirs, log=print: train.train_and_evaluate_packed(
+      [planner.run_config(r) for r in runs], workdirs, log=log)
   return run
 
 

@@ -164,6 +164,21 @@ def ssf(**_):
                 dict(peft=vit.PeftModules(ssf=True)))
 
 
+@register()
+def vqt(*, query_tokens, query_dropout, **_):
+  """Visual Query Tuning (Tu et al. 2023): learned queries per layer read the frozen backbone's
+  tokens; the head reads their outputs. No gradient reaches the backbone's activations."""
+  return Method("vqt", (("query/.*", "query"), _HEAD, _REST_FROZEN),
+                dict(query_tokens=query_tokens, query_dropout=query_dropout))
+
+
+@register(moves_backbone=True)
+def galore(**_):
+  """Full fine-tuning whose optimizer keeps low-rank Adam statistics for the attention and MLP
+  kernels (GaLore, Zhao et al. 2024; optimizer `galore_adamw` in vpt_jax/optim.py)."""
+  return Method("galore", (_HEAD, (".*", BACKBONE)))
+
+
 @register(moves_backbone=True)
 def partial_k(*, depth, partial_k, **_):
   if not 0 < partial_k <= depth:

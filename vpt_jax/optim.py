@@ -9,6 +9,11 @@ The peak learning rate and the weight decay are runtime values held in the optim
             eps is added to sqrt(v) before bias correction, which is folded into the step size
             lr * sqrt(1 - b2^t) / (1 - b1^t), and the decoupled decay p <- p - lr * wd * p acts on
             the weights after the Adam step. optax.adamw differs in both.
+  adam      PyTorch's torch.optim.Adam(weight_decay=...) as VQT's code uses it (andytu28/VQT
+            src/solver/optimizer.py): coupled L2 decay g <- g + wd * p, then Adam with eps 1e-8
+            added to the bias-corrected sqrt(v) (optax.adam's arithmetic).
+  galore_adamw  GaLore (Zhao et al. 2024; jiaweizzhao/GaLore galore_torch/adamw.py): `hf_adamw`
+            whose chosen kernels keep their Adam statistics in a rank-r space (see galore()).
   adamw     optax's AdamW (pre-training the demo backbone from scratch).
 
 Each trainable group (methods.py) gets lr * lr_mults.get(group, 1); `grad_clip_norm` clips the
@@ -19,6 +24,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from vpt_jax import paths
@@ -110,6 +116,121 @@ def hf_adamw_transform(learning_rate_fn, weight_decay, mask, b1=0.9, b2=0.999,
   return optax.GradientTransformation(init, update)
 
 
+class GaloreState(NamedTuple):
+  count: jax.Array
+  mu: optax.Updates  # Low-rank for projected kernels, full elsewhere.
+  nu: optax.Updates
+  projector: optax.Updates  # (r, n) or (m, r) for projected kernels, a 0-d placeholder elsewhere.
+
+
+def galore_matrix_shape(path: str, shape) -> tuple[int, int]:
+  """The 2-D matrix a kernel is to GaLore: (inputs, outputs). Attention kernels (D, H, K) and the
+  output kernel (H, K, D) merge their head axes as PyTorch's Linear layers hold them."""
+  if len(shape) == 2:
+    return tuple(shape)
+  if path.endswith("out/kernel"):
+    return int(np.prod(shape[:-1])), int(shape[-1])
+  return int(shape[0]), int(np.prod(shape[1:]))
+
+
+def galore_projects_right(m: int, n: int) -> bool:
+  """GaLore's "std" rule for a Flax kernel of m inputs and n outputs. GaLore reads PyTorch's
+  (outputs, inputs) weight and projects it on the right (Vh[:r]) when outputs >= inputs; the
+  Flax kernel is that weight transposed, so the same projection is on its left (U[:, :r], state
+  r x n) when n >= m, and on its right (Vh[:r], state m x r) only when m > n."""
+  return m > n
+
+
+def _fixed_signs(vectors, axis: int):
+  """Singular vectors with their largest entry positive. An SVD fixes each vector only up to
+  its sign, and GaLore's moments outlive the projector, so the sign changes later steps; GaLore
+  takes whatever torch.linalg.svd returns (LAPACK's or cuSOLVER's choice). A fixed rule makes the
+  updates the same on every backend and for a kernel and its transpose."""
+  largest = jnp.take_along_axis(vectors, jnp.argmax(jnp.abs(vectors), axis=axis, keepdims=True),
+                                axis=axis)
+  return vectors * jnp.where(largest < 0, -1.0, 1.0)
+
+
+def galore_transform(learning_rate_fn, weight_decay, mask, projected, *, rank: int,
+                     update_period: int, scale: float, b1=0.9, b2=0.999,
+                     eps=1e-6) -> optax.GradientTransformation:
+  """GaLore's AdamW (galore_torch/adamw.py with galore_projector.py, proj_type "std"), one group.
+
+  For each kernel `projected` names (a tree of 2-D shapes, None for the others): at steps 0, T,
+  2T, ... the gradient's SVD gives the projector P (top-r right or left singular vectors); the
+  gradient enters Adam as its projection (statistics never reset when P changes; each singular
+  vector's sign fixed by _fixed_signs); the Adam
+  direction is projected back and multiplied by `scale`. Other leaves get the same AdamW
+  unprojected (hf_adamw's arithmetic: eps before bias correction, decoupled decay on the weight
+  after the step, at the raw learning rate).
+  """
+  masked = lambda x: isinstance(x, optax.MaskedNode)
+
+  def low_rank_shape(shape2d):
+    m, n = shape2d
+    r = min(rank, m, n)
+    return ((m, r), (r, n)) if galore_projects_right(m, n) else ((r, n), (m, r))
+
+  def init(params):
+    if not isinstance(params, dict):  # optax.tree_utils.tree_map_params probing the structure.
+      return GaloreState(jnp.zeros([], jnp.int32), params, params, params)
+    shapes = projected(params) if callable(projected) else projected
+
+    def moments(p, shape2d):
+      if masked(p):
+        return p
+      return jnp.zeros(low_rank_shape(shape2d)[0] if shape2d else p.shape, p.dtype)
+
+    def projector(p, shape2d):
+      if masked(p):
+        return p
+      return jnp.zeros(low_rank_shape(shape2d)[1] if shape2d else (), jnp.float32)
+    leaves = lambda f: jax.tree.map(f, params, shapes, is_leaf=lambda x: masked(x) or x is None)
+    return GaloreState(jnp.zeros([], jnp.int32), leaves(moments), leaves(moments),
+                       leaves(projector))
+
+  def update(grads, state, params):
+    shapes = projected(params) if callable(projected) else projected
+    decays = mask(params) if callable(mask) else mask
+    refresh = state.count % update_period == 0
+    count = state.count + 1
+    lr = learning_rate_fn(state.count)
+    t = count.astype(jnp.float32)
+    step_size = lr * jnp.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)
+
+    def leaf(g, m, v, p_old, w, shape2d, decay):
+      if masked(g):
+        return g, m, v, p_old
+      if shape2d:
+        matrix = g.reshape(shape2d).astype(jnp.float32)
+        right = galore_projects_right(*shape2d)
+        r = min(rank, *shape2d)
+
+        def fresh():
+          u, _, vh = jnp.linalg.svd(matrix, full_matrices=False)
+          return _fixed_signs(vh[:r], axis=1) if right else _fixed_signs(u[:, :r], axis=0)
+        proj = jax.lax.cond(refresh, fresh, lambda: p_old)
+        low = matrix @ proj.T if right else proj.T @ matrix
+      else:
+        proj, low = p_old, g
+      m = b1 * m + (1.0 - b1) * low
+      v = b2 * v + (1.0 - b2) * low * low
+      direction = m / (jnp.sqrt(v) + eps)
+      if shape2d:
+        direction = (direction @ proj if right else proj @ direction) * scale
+        direction = direction.reshape(g.shape)
+      adam = -step_size * direction
+      return (adam - lr * weight_decay * (w + adam) if decay else adam), m, v, proj
+
+    is_leaf = lambda x: masked(x) or x is None
+    out = jax.tree.map(leaf, grads, state.mu, state.nu, state.projector, params, shapes, decays,
+                       is_leaf=is_leaf)
+    pick = lambda i: jax.tree.map(lambda _, o: o[i], grads, out, is_leaf=is_leaf)
+    return pick(0), GaloreState(count, pick(1), pick(2), pick(3))
+
+  return optax.GradientTransformation(init, update)
+
+
 def _per_group(trainable_groups, lr_mults, make_tx):
   lr_mults = dict(lr_mults or {})
   return optax.multi_transform(
@@ -137,6 +258,34 @@ def hf_adamw(trainable_groups, schedule: Schedule, *, lr_mults=None, decay_rules
   return make
 
 
+def adam(trainable_groups, schedule: Schedule, *, lr_mults=None, decay_rules=((".*", True),),
+         **_):
+  def make(peak_lr, weight_decay):
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay, mask=lambda p: decay_mask(p, decay_rules)),
+        _per_group(trainable_groups, lr_mults, lambda scale: optax.adam(
+            lambda step: schedule(step, peak_lr) * scale, b1=0.9, b2=0.999, eps=1e-8)))
+  return make
+
+
+def galore_adamw(trainable_groups, schedule: Schedule, *, lr_mults=None,
+                 decay_rules=((".*", True),), galore_rank: int, galore_update_period: int,
+                 galore_scale: float, galore_rules, **_):
+  def shapes(params):
+    chosen = paths.flatten(paths.first_match(params, galore_rules, default=False))
+    return paths.unflatten({
+        path: galore_matrix_shape(path, value.shape)
+        if chosen[path] and not isinstance(value, optax.MaskedNode) else None
+        for path, value in paths.flatten(params).items()})
+
+  def make(peak_lr, weight_decay):
+    return _per_group(trainable_groups, lr_mults, lambda scale: galore_transform(
+        lambda step: schedule(step, peak_lr) * scale, weight_decay,
+        lambda p: decay_mask(p, decay_rules), shapes, rank=galore_rank,
+        update_period=galore_update_period, scale=galore_scale))
+  return make
+
+
 def adamw(trainable_groups, schedule: Schedule, *, lr_mults=None, decay_rules=((".*", True),),
           **_):
   def make(peak_lr, weight_decay):
@@ -146,7 +295,9 @@ def adamw(trainable_groups, schedule: Schedule, *, lr_mults=None, decay_rules=((
   return make
 
 
-OPTIMIZERS = {"sgd": sgd, "hf_adamw": hf_adamw, "adamw": adamw}
+GALORE_FIELDS = ("galore_rank", "galore_update_period", "galore_scale", "galore_rules")
+OPTIMIZERS = {"sgd": sgd, "adam": adam, "hf_adamw": hf_adamw, "galore_adamw": galore_adamw,
+              "adamw": adamw}
 
 
 def make(name: str, trainable_groups, schedule: Schedule, grad_clip_norm: float | None = None,

@@ -124,3 +124,88 @@ def distance_chart(distances: dict[str, float], cells: dict, out_path: str,
 def read_distances(path: str) -> dict[str, float]:
   with open(path) as f:
     return {task: value["distance"] for task, value in json.load(f).items()}
+
+
+def ensembles(analysis: dict, out_path: str) -> bool:
+  """Per task: each method's accuracy (mean of seeds), its seed ensemble and the requested
+  method ensembles, as bars; beside it the error disagreement matrix averaged over tasks."""
+  if not analysis:
+    return False
+  tasks = list(analysis)
+  predictors = list(dict.fromkeys(
+      [m for a in analysis.values() for m in a["single"]]
+      + [f"{m} (seeds)" for a in analysis.values() for m in a["seed_ensembles"]]
+      + [e for a in analysis.values() for e in a["ensembles"]]))
+  values = np.full((len(tasks), len(predictors)), np.nan)
+  for i, a in enumerate(analysis.values()):
+    for j, name in enumerate(predictors):
+      if name in a["single"]:
+        values[i, j] = a["single"][name]
+      elif name.endswith(" (seeds)") and name[:-8] in a["seed_ensembles"]:
+        values[i, j] = a["seed_ensembles"][name[:-8]]
+      elif name in a["ensembles"]:
+        values[i, j] = a["ensembles"][name][0]
+  methods = sorted({m for a in analysis.values() for m in a["methods"]})
+  matrix = np.full((len(methods), len(methods)), np.nan)
+  for a in analysis.values():  # Mean over the tasks where both methods ran.
+    stacked = np.full((len(methods), len(methods)), np.nan)
+    index = [methods.index(m) for m in a["methods"]]
+    stacked[np.ix_(index, index)] = a["disagreement"]
+    matrix = np.where(np.isnan(matrix), 0, matrix) + np.nan_to_num(stacked)
+  matrix = matrix / len(analysis)
+  fig, (bars, heat) = plt.subplots(1, 2, figsize=(6 + 1.2 * len(tasks), 4.5),
+                                   gridspec_kw={"width_ratios": [max(2, len(tasks)), 2]})
+  width = 0.8 / len(predictors)
+  for j, name in enumerate(predictors):
+    bars.bar(np.arange(len(tasks)) + j * width, 100 * values[:, j], width, label=name)
+  bars.set_xticks(np.arange(len(tasks)) + 0.4 - width / 2)
+  bars.set_xticklabels(tasks, rotation=30, ha="right")
+  bars.set_ylabel("test top-1 (%)")
+  bars.set_title("Methods and prediction ensembles")
+  bars.legend(fontsize=7)
+  image = heat.imshow(100 * matrix, cmap="viridis")
+  heat.set_xticks(range(len(methods)), methods, rotation=45, ha="right")
+  heat.set_yticks(range(len(methods)), methods)
+  heat.set_title("Examples where exactly one errs (%)\nmean over tasks")
+  fig.colorbar(image, ax=heat, fraction=0.046)
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=120)
+  plt.close(fig)
+  return True
+
+
+def robustness(shift_rows: dict, wise_curves: dict, out_path: str) -> bool:
+  """Clean vs shifted test accuracy per method (mean over tasks and seeds) and, per WiSE-FT
+  (task, method), accuracy along a, clean and shifted."""
+  if not shift_rows and not wise_curves:
+    return False
+  panels = 1 + bool(wise_curves)
+  fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
+  left = axes[0, 0]
+  methods = sorted(shift_rows)
+  columns = list(dict.fromkeys(k for row in shift_rows.values() for k in row))
+  width = 0.8 / max(1, len(columns))
+  for j, column in enumerate(columns):
+    left.bar(np.arange(len(methods)) + j * width,
+             [100 * shift_rows[m].get(column, np.nan) for m in methods], width, label=column)
+  left.set_xticks(np.arange(len(methods)) + 0.4 - width / 2)
+  left.set_xticklabels(methods, rotation=30, ha="right")
+  left.set_ylabel("test top-1 (%), mean over tasks")
+  left.set_title("Clean vs shifted test sets")
+  left.legend(fontsize=7)
+  if wise_curves:
+    right = axes[0, 1]
+    for (task, method), curve in wise_curves.items():
+      for name, accuracies in curve["test"].items():
+        style = "-" if name == "clean" else ":"
+        right.plot(curve["alphas"], 100 * np.asarray(accuracies), style,
+                   label=f"{task}/{method} {name}")
+      right.axvline(curve["selected_alpha"], color="gray", lw=0.8)
+    right.set_xlabel("a in (1 - a) * pre-trained + a * fine-tuned")
+    right.set_ylabel("test top-1 (%), mean over seeds")
+    right.set_title("WiSE-FT (vertical line: a chosen on val200)")
+    right.legend(fontsize=6)
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=120)
+  plt.close(fig)
+  return True

@@ -30,7 +30,7 @@ from typing import Callable
 import ml_collections
 
 from vpt_jax import methods, optim
-from vpt_jax.data import device, pipeline
+from vpt_jax.data import device, pipeline, shifts
 from vpt_jax.data import tasks as tasks_lib
 from vpt_jax.models import vit
 
@@ -93,10 +93,47 @@ def _vpt_or_ft_full(weight_decay: float | None) -> dict:
   return settings
 
 
+# VQT's queries per layer per task (andytu28/VQT scripts/VQT/run_demo_exp.sh); its grids
+# (head2toe_train.py L18-47, Adam on ViT-B, lr scaled by batch / 256).
+QUERY_TOKENS = {
+    "caltech101": 1, "dtd": 1, "oxford_flowers102": 1, "oxford_iiit_pet": 1, "cifar100": 1,
+    "patch_camelyon": 1, "resisc45": 1, "diabetic_retinopathy": 1, "eurosat": 1,
+    "clevr_count": 1, "dsprites_ori": 1, "sun397": 1, "smallnorb_ele": 10, "clevr_dist": 10,
+    "svhn": 20, "dmlab": 20, "dsprites_loc": 20, "smallnorb_azi": 20, "kitti_dist": 20}
+VQT_LRS = (1.0, 0.5, 0.25, 0.1, 0.05)
+# GaLore's fine-tuning example (jiaweizzhao/GaLore README, RoBERTa on GLUE: --lora_r 4
+# --galore_scale 4 --update_proj_gap 500) on the linear layers' kernels of attention and MLP
+# (torchrun_main.py: "attn"/"mlp" nn.Linear weights; biases, norms, embeddings stay plain AdamW).
+GALORE = dict(galore_rank=4, galore_update_period=500, galore_scale=4.0, galore_rules=(
+    (r".*/(MultiHeadDotProductAttention_0/(query|key|value|out)|MlpBlock_0/Dense_\d+)/kernel",
+     True), (".*", False)))
+
+
+def _vqt_code() -> dict:
+  """andytu28/VQT (configs/h2t-prompt/vtab.yaml, scripts/VQT/run_vqt_vtab.sh, h2t_vit.py): the
+  VPT code base with Adam (coupled decay, none on the head's bias), batch 128, queries dropped
+  at 0.1, the backbone's blocks in eval mode but its embedding dropout (0.1) in train mode (its
+  train() override covers the encoder only)."""
+  settings = _vpt_code("vqt")
+  settings["model"].update(embedding_dropout=0.1)
+  settings["method_kwargs"] = dict(query_dropout=0.1, query_tokens=1)
+  settings["optim"].update(name="adam", batch_size=128, base_lr=0.25)
+  settings["sweep"]["base_lrs"] = VQT_LRS
+  return settings
+
+
 def paper(method: str, task: str, requested: dict) -> dict:
   requested_optim = requested.get("optim", {})
-  if method == "full":
+  if method in ("full", "galore"):
     settings = _vpt_or_ft_full(requested_optim.get("weight_decay"))
+    if method == "galore":  # VPT-or-FT's full fine-tuning, its AdamW made GaLore's.
+      applied = FT_ADAMW_DECAY if settings["optim"]["weight_decay"] > 0 else 0.0
+      settings["optim"].update(name="galore_adamw", applied_weight_decay=applied,
+                               decay_rules=((r".*/bias", False), (".*", True)), **GALORE)
+  elif method == "vqt":
+    settings = _vqt_code()
+    if task in QUERY_TOKENS:
+      settings["method_kwargs"]["query_tokens"] = QUERY_TOKENS[task]
   else:
     # Mixed (VPT-or-FT MODEL.PROMPT.FT_PT_MIXED): one SGD over prompts, backbone and head with
     # the prompt grid, batch 64, the backbone in eval mode (the same train() override).
@@ -104,7 +141,7 @@ def paper(method: str, task: str, requested: dict) -> dict:
     if method in ("mixed", "ft_then_pt"):
       settings["sweep"]["base_lrs"] = PROMPT_LRS
       settings["optim"]["base_lr"] = 0.5
-  if task in PROMPT_TOKENS:
+  if task in PROMPT_TOKENS and "prompt_dropout" in settings["method_kwargs"]:
     settings["method_kwargs"]["prompt_tokens"] = PROMPT_TOKENS[task]
   stages = {}
   for stage in methods.stage_names(method)[:-1]:
@@ -254,6 +291,8 @@ def validate(config: dict, stages=()) -> None:
          config["checkpoints_to_keep"], "≥ 1 (a run resumes from its checkpoints)")
   _check(config["checkpoint_every_epochs"] >= 0, "checkpoint_every_epochs",
          config["checkpoint_every_epochs"], "≥ 0 (0: only at the end)")
+  for shift in config["eval_shifts"]:
+    shifts.parse(shift)
   _check(config["eval_every_epochs"] >= 0, "eval_every_epochs", config["eval_every_epochs"],
          "≥ 0 (0: never during training)")
   optims = [("optim", config["optim"], config["model"])] + [
@@ -261,7 +300,7 @@ def validate(config: dict, stages=()) -> None:
       for name in config["stage_optim"]]
   for prefix, optim_config, model in optims:
     _validate_optim(prefix, optim_config)
-    for field in ("dropout", "attn_out_dropout"):
+    for field in ("dropout", "attn_out_dropout", "embedding_dropout"):
       value = model.get(field)
       _check(value is None or 0 <= value < 1, f"model.{field}", value, "in [0, 1)")
     _check(model["head_init"] in ("zeros", "vpt"), "model.head_init", model["head_init"],
@@ -272,6 +311,11 @@ def validate(config: dict, stages=()) -> None:
            "method_kwargs.prompt_tokens", kwargs.get("prompt_tokens"), "an integer ≥ 1")
     _check(0 <= kwargs["prompt_dropout"] < 1, "method_kwargs.prompt_dropout",
            kwargs["prompt_dropout"], "in [0, 1)")
+  if "vqt" in stages:
+    _check(isinstance(kwargs.get("query_tokens"), int) and kwargs["query_tokens"] >= 1,
+           "method_kwargs.query_tokens", kwargs.get("query_tokens"), "an integer ≥ 1")
+    _check(0 <= kwargs["query_dropout"] < 1, "method_kwargs.query_dropout",
+           kwargs["query_dropout"], "in [0, 1)")
   for field, method in (("lora_rank", "lora"), ("adapter_dim", "adapter"),
                         ("partial_k", "partial_k")):
     if method in stages:
@@ -284,6 +328,7 @@ def validate(config: dict, stages=()) -> None:
   _check(sweep["protocol"] in ("vtab1k", "data_scale", "kshot"), "sweep.protocol",
          sweep["protocol"], "vtab1k, data_scale or kshot")
   _check(sweep["shots"] >= 1, "sweep.shots", sweep["shots"], "≥ 1")
+  _check(sweep["pack"] >= 1, "sweep.pack", sweep["pack"], "≥ 1 (1: one run at a time)")
 
 
 def _validate_optim(prefix: str, o: dict) -> None:
@@ -310,5 +355,14 @@ def _validate_optim(prefix: str, o: dict) -> None:
            o.get("warmup_steps"), "≥ 0")
   _check(o.get("grad_clip_norm") is None or o["grad_clip_norm"] > 0, f"{prefix}.grad_clip_norm",
          o.get("grad_clip_norm"), "> 0, or None for no clipping")
+  if o["name"] == "galore_adamw":
+    for field, valid in (("galore_rank", "an integer ≥ 1"),
+                         ("galore_update_period", "an integer ≥ 1 (steps)")):
+      _check(isinstance(o.get(field), int) and o[field] >= 1, f"{prefix}.{field}", o.get(field),
+             valid)
+    _check(o.get("galore_scale") is not None and o["galore_scale"] > 0, f"{prefix}.galore_scale",
+           o.get("galore_scale"), "> 0")
+    _check(bool(o.get("galore_rules")), f"{prefix}.galore_rules", o.get("galore_rules"),
+           "(regex, bool) rules choosing the kernels GaLore projects")
   _check(o["on_non_finite"] in ("score_last_epoch", "fail"), f"{prefix}.on_non_finite",
          o["on_non_finite"], "score_last_epoch or fail")

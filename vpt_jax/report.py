@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from vpt_jax import files, published
+from vpt_jax import files, predictions, published
 from vpt_jax.data import tasks as tasks_lib
 
 BASELINE = "full"
@@ -38,7 +38,7 @@ class Cell:
     return float(np.std(self.accuracies))
 
 
-def _final_dirs(sweep_dir: str) -> tuple[list[str], list[str]]:
+def final_dirs(sweep_dir: str) -> tuple[list[str], list[str]]:
   """(final run dirs of the sweep's current configuration, final dirs outside it): a group's
   sweep.json lists its current finals; a group without one counts all of them."""
   current, outside = [], []
@@ -61,7 +61,7 @@ def collect(sweep_dir: str):
   """{setting: {(task, method): Cell}} from the final runs of the sweep's current configuration,
   plus failed and unfinished run dirs."""
   cells = collections.defaultdict(dict)
-  current, _ = _final_dirs(sweep_dir)
+  current, _ = final_dirs(sweep_dir)
   for workdir in current:
     path = os.path.join(workdir, "result.json")
     try:
@@ -242,8 +242,78 @@ def tables(cells: dict, with_published: bool = False, with_chance: bool = False,
   return "\n".join(markdown) + ("\n\n" + "\n".join(notes) if notes else ""), rows
 
 
-def write(sweep_dir: str, out_dir: str, with_published: bool = False) -> str:
-  """Writes report.md and one CSV per setting; returns the Markdown."""
+def shift_rows(sweep_dir: str) -> dict:
+  """{setting: {method: {"clean": acc, shift: acc, ...}}}: the current final runs' shift.json
+  (launch/robustness.py), averaged over seeds per task, then over tasks."""
+  per_task = collections.defaultdict(lambda: collections.defaultdict(list))
+  current, _ = final_dirs(sweep_dir)
+  for workdir in current:
+    path = os.path.join(workdir, "shift.json")
+    try:
+      stored = files.read_json(path) if os.path.exists(path) else None
+      result = files.read_json(os.path.join(workdir, "result.json"))
+    except (files.DamagedFileError, FileNotFoundError):
+      continue
+    if stored is None or stored.get("artifact_sha256") != result.get("artifact_sha256"):
+      continue  # Made from an earlier artifact: launch/robustness.py evaluates it again.
+    setting = os.path.relpath(workdir, sweep_dir).split(os.sep)[0]
+    for name, value in {"clean": stored["clean"], **stored["accuracy"]}.items():
+      per_task[(setting, result["method"])][(result["task"], name)].append(value)
+  rows = collections.defaultdict(dict)
+  for (setting, method), values in per_task.items():
+    names = list(dict.fromkeys(name for _, name in values))
+    for name in names:
+      rows[setting].setdefault(method, {})[name] = float(np.mean(
+          [np.mean(v) for (task, n), v in values.items() if n == name]))
+  return dict(rows)
+
+
+def wise_curves(sweep_dir: str) -> dict:
+  """{(setting, task, method): wise.json with its test curves averaged over the final runs}."""
+  out = {}
+  for path in sorted(glob.glob(os.path.join(sweep_dir, "*", "*", "*", "wise.json"))):
+    try:
+      stored = files.read_json(path)
+    except files.DamagedFileError:
+      continue
+    setting, task, method = os.path.relpath(os.path.dirname(path), sweep_dir).split(os.sep)
+    names = list(dict.fromkeys(k for run in stored["test"].values() for k in run))
+    test = {name: np.mean([run[name] for run in stored["test"].values()], axis=0).tolist()
+            for name in names}
+    out[(setting, task, method)] = {**stored, "test": test, "runs": len(stored["test"])}
+  return out
+
+
+def _robustness_markdown(rows: dict, curves: dict) -> str:
+  parts = []
+  for setting, methods in sorted(rows.items()):
+    columns = list(dict.fromkeys(k for row in methods.values() for k in row))
+    parts.append(f"\n## {setting}: clean vs shifted test top-1 (%), mean over seeds, then "
+                 "tasks (launch/robustness.py)\n\n| method | " + " | ".join(columns)
+                 + " | mean shifted |\n|" + "---|" * (len(columns) + 2))
+    for method, row in sorted(methods.items()):
+      shifted = [v for k, v in row.items() if k != "clean"]
+      parts[-1] += (f"\n| {method} | " + " | ".join(_fmt(100 * row[c]) if c in row else ""
+                                                     for c in columns)
+                    + f" | {_fmt(100 * np.mean(shifted)) if shifted else ''} |")
+  if curves:
+    parts.append("\n## WiSE-FT: (1 - a) * pre-trained + a * fine-tuned, a chosen on val200 "
+                 "(launch/robustness.py)\n\n| setting | task | method | a | test at a | "
+                 "test at a = 1 | shifted at a | shifted at a = 1 |\n|" + "---|" * 8)
+    for (setting, task, method), c in curves.items():
+      i = c["alphas"].index(c["selected_alpha"])
+      shifted = [v for k, v in c["test"].items() if k != "clean"]
+      at = lambda j: _fmt(100 * np.mean([v[j] for v in shifted])) if shifted else ""
+      parts[-1] += (f"\n| {setting} | {task} | {method} | {c['selected_alpha']} | "
+                    f"{_fmt(100 * c['test']['clean'][i])} | {_fmt(100 * c['test']['clean'][-1])}"
+                    f" | {at(i)} | {at(-1)} |")
+  return "\n".join(parts)
+
+
+def write(sweep_dir: str, out_dir: str, with_published: bool = False,
+          ensembles: tuple = ()) -> str:
+  """Writes report.md and one CSV per setting; returns the Markdown. `ensembles`: method sets
+  whose prediction ensembles are scored, e.g. (("vpt_deep", "lora"),)."""
   cells, failed, unfinished = collect(sweep_dir)
   os.makedirs(out_dir, exist_ok=True)
   parts = [f"# Sweep report: {sweep_dir}"]
@@ -260,6 +330,15 @@ def write(sweep_dir: str, out_dir: str, with_published: bool = False) -> str:
     files.write_text(os.path.join(out_dir, f"{setting}.csv"), buffer.getvalue())
   if not cells:
     parts.append("\nNo finished final runs yet.")
+  current, _ = final_dirs(sweep_dir)
+  for setting in sorted({os.path.relpath(d, sweep_dir).split(os.sep)[0] for d in current}):
+    runs = predictions.load([d for d in current
+                             if os.path.relpath(d, sweep_dir).split(os.sep)[0] == setting])
+    if runs:
+      parts.append(f"\n## {setting}: predictions (test logits of the final runs)\n\n"
+                   + predictions.markdown(predictions.analyse(runs, list(ensembles))))
+  if robustness := _robustness_markdown(shift_rows(sweep_dir), wise_curves(sweep_dir)):
+    parts.append(robustness)
   if failed:
     parts.append("\n## Failed runs (non-finite loss, or a data-scale size the task cannot "
                  "hold; failed.json says which)\n\n" + "\n".join(
@@ -271,7 +350,7 @@ def write(sweep_dir: str, out_dir: str, with_published: bool = False) -> str:
   if damaged:
     parts.append("\n## Damaged result files (not counted; run the sweep again to redo them)\n\n"
                  + "\n".join(damaged))
-  _, outside = _final_dirs(sweep_dir)
+  _, outside = final_dirs(sweep_dir)
   if outside:
     parts.append("\n## Final runs of an earlier sweep configuration (not counted)\n\n"
                  + "\n".join(f"- {os.path.relpath(d, sweep_dir)}" for d in outside))

@@ -34,29 +34,28 @@ def make_train_step(model, tx):
 
 
 def make_eval_step(model):
-  """Sums of loss and correct predictions over the examples where `mask` is True (padding is not)."""
+  """(sums of loss and correct predictions over the examples where `mask` is True (padding is
+  not), the batch's logits)."""
   def eval_step(params, images, labels, mask):
     logits, _ = model.apply({"params": params}, images)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     correct = jnp.argmax(logits, -1) == labels
     return {"loss_sum": jnp.sum(losses * mask), "correct": jnp.sum(correct * mask),
-            "count": jnp.sum(mask)}
+            "count": jnp.sum(mask)}, logits
 
   return eval_step
 
 
-def build_train_step(model, tx, mesh, state_shardings, steps_per_epoch: int, batch_size: int,
+def make_device_step(model, tx, mesh, steps_per_epoch: int, batch_size: int,
                      normalization: str, flip: bool = False):
-  """The jit-compiled step: (trainable, opt_state, frozen, images, labels, permutation, step,
-  train_rng, flip_rng) -> (trainable, opt_state, metrics).
+  """The step on device-resident data: (trainable, opt_state, frozen, images, labels,
+  permutation, step, train_rng, flip_rng) -> (trainable, opt_state, metrics).
 
   The whole uint8 train set and the epoch's permutation are device arrays: the step gathers its
-  own batch, normalises it and splits it over the data axis; parameters and optimizer state are
-  donated, so they are updated in place. Random keys are arguments, so runs with other seeds
-  reuse the compiled step.
+  own batch, normalises it and splits it over the data axis. Random keys are arguments, so runs
+  with other seeds reuse the compiled step.
   """
-  trainable_sharding, opt_sharding, frozen_sharding = state_shardings
-  replicated, batch = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  batch = sharding.batch_sharded(mesh)
   train_step = make_train_step(model, tx)
 
   def step_fn(trainable, opt_state, frozen, images, labels, permutation, step, train_rng,
@@ -71,8 +70,26 @@ def build_train_step(model, tx, mesh, state_shardings, steps_per_epoch: int, bat
     return train_step(trainable, opt_state, frozen, batch_images, batch_labels,
                       jax.random.fold_in(train_rng, step), mask)
 
+  return step_fn
+
+
+def jit_step(step_fn, mesh, state_shardings, packed: bool = False):
+  """`step_fn` compiled with its state donated (updated in place). `packed`: K runs at once, the
+  trainable state, permutation and keys of each stacked on a leading axis (vmap), the frozen
+  backbone and the train set shared."""
+  trainable_sharding, opt_sharding, frozen_sharding = state_shardings
+  replicated = sharding.replicated(mesh)
+  if packed:
+    step_fn = jax.vmap(step_fn, in_axes=(0, 0, None, None, None, 0, None, 0, 0))
   return jax.jit(
       step_fn, donate_argnums=(0, 1),
       in_shardings=(trainable_sharding, opt_sharding, frozen_sharding, replicated, replicated,
                     replicated, replicated, replicated, replicated),
       out_shardings=(trainable_sharding, opt_sharding, replicated))
+
+
+def build_train_step(model, tx, mesh, state_shardings, steps_per_epoch: int, batch_size: int,
+                     normalization: str, flip: bool = False):
+  """The jit-compiled step of `make_device_step` (see there)."""
+  return jit_step(make_device_step(model, tx, mesh, steps_per_epoch, batch_size, normalization,
+                                   flip), mesh, state_shardings)

@@ -15,6 +15,7 @@ and skipped; anything else is (re)started and resumes from its own checkpoints.
 """
 
 import dataclasses
+import json
 import os
 import queue
 import time
@@ -248,6 +249,15 @@ class Planner:
     """The flat, resolved config the sweep asks of `run` now (what its config.json must say)."""
     return config_lib.flatten(recipes.resolve(self.run_config(run)))
 
+  def pack_key(self, run: Run) -> str | None:
+    """Runs with equal keys can train packed (one program); None: only alone (two stages)."""
+    if len(methods.stage_names(run.method)) > 1:
+      return None
+    flat = self.expected_config(run)
+    return json.dumps({k: v for k, v in flat.items() if k not in (
+        "seed", "optim.base_lr", "optim.weight_decay", "optim.applied_weight_decay",
+        "optim.selected_in") and not k.startswith("sweep.")}, sort_keys=True, default=str)
+
   def waits_for(self, method: str) -> list[str]:
     """The methods of this sweep whose selection `method`'s first stage takes."""
     return [stage for stage in methods.stage_names(method)[:-1] if stage in self.methods]
@@ -274,12 +284,14 @@ Runner = Callable[..., None]
 
 def execute(sweep_dir: str, runs: list[Run], runner: Runner, parallel: int = 1,
             device_ids: tuple[str, ...] = (), log=print,
-            expected: Callable[[Run], dict] | None = None) -> dict:
+            expected: Callable[[Run], dict] | None = None, pack: int = 1,
+            pack_key: Callable[[Run], str | None] | None = None) -> dict:
   """Runs what is not done yet; returns counts of skipped, ran, failed and infeasible runs.
 
   `expected(run)` is the flat config the sweep now asks of a run; a run trained otherwise is set
   aside and trained again. A run another process owns (its lock is held) is left to that process
-  and waited for, so that nothing is selected or reported before it is done.
+  and waited for, so that nothing is selected or reported before it is done. With `pack` > 1 and
+  a runner that packs, up to `pack` runs of equal `pack_key` train at once.
   """
   counts = {"skipped": 0, "ran": 0, "failed": 0, "infeasible": 0}
   free_slots = queue.Queue()  # A device slot is held for the whole of one run.
@@ -320,7 +332,26 @@ def execute(sweep_dir: str, runs: list[Run], runner: Runner, parallel: int = 1,
     finally:
       free_slots.put(slot)
 
+  def packed(batch) -> list[str]:
+    workdirs = [os.path.join(sweep_dir, run.workdir) for run in batch]
+    try:
+      runner.pack(batch, workdirs, log=log)
+    except RECORDED_FAILURES:  # Attribute it to its run: each resumes alone from its checkpoint.
+      return [one(run) for run in batch]
+    except files.BusyError:
+      return ["busy"] * len(batch)
+    return ["ran"] * len(batch)
+
   def run_all(todo):
+    if pack > 1 and pack_key is not None and hasattr(runner, "pack"):
+      outcomes, by_key = {}, {}
+      for run in todo:
+        by_key.setdefault(pack_key(run), []).append(run)
+      for key, same in by_key.items():
+        for start in range(0, len(same), pack if key is not None else 1):
+          batch = same[start:start + (pack if key is not None else 1)]
+          outcomes.update(zip(batch, packed(batch) if len(batch) > 1 else [one(batch[0])]))
+      return [outcomes[run] for run in todo]
     if parallel <= 1 or len(todo) <= 1:
       return [one(run) for run in todo]
     with futures.ThreadPoolExecutor(parallel) as pool:
@@ -348,6 +379,20 @@ def execute(sweep_dir: str, runs: list[Run], runner: Runner, parallel: int = 1,
   return counts
 
 
+def times_of_runs_since(sweep_dir: str, since: float) -> dict:
+  """Seconds per phase of the runs that finished after `since` (from their result.json)."""
+  totals = {}
+  for root, _, names in os.walk(sweep_dir):
+    path = os.path.join(root, "result.json")
+    if "result.json" in names and os.path.getmtime(path) >= since:
+      try:
+        for name, value in files.read_json(path).get("time_seconds", {}).items():
+          totals[name] = totals.get(name, 0) + value
+      except files.DamagedFileError:
+        continue
+  return totals
+
+
 def write_manifest(sweep_dir: str, group, runs: list[Run]) -> None:
   """<group>/sweep.json: the final runs of the sweep's current configuration, which are the ones
   the report counts (finals of earlier configurations may still lie beside them)."""
@@ -365,6 +410,7 @@ def run_protocol(sweep_dir: str, planner: Planner, runner: Runner, log=print,
   later = [g for g in groups if planner.waits_for(g[2])]
   totals = {"skipped": 0, "ran": 0, "failed": 0, "infeasible": 0}
   execute_kwargs.setdefault("expected", planner.expected_config)
+  execute_kwargs.setdefault("pack_key", planner.pack_key)
   for batch in ([g for g in groups if g not in later], later):
     if batch:
       counts = _protocol_of(sweep_dir, batch, planner, runner, log, **execute_kwargs)

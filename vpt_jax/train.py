@@ -9,6 +9,7 @@ the newest readable checkpoint and ends with the same numbers; a finished run is
 redone. Two-stage methods (ft_then_pt, lp_ft) run each stage in its own sub-directory.
 """
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -19,16 +20,19 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from vpt_jax import (artifacts, checkpointing, config_lib, evaluate, files, methods, metrics,
-                     optim, paths, pretrained, recipes, sharding, steps)
-from vpt_jax.data import device, pipeline
+from vpt_jax import (artifacts, checkpointing, config_lib, files, methods, metrics, optim, paths,
+                     programs, recipes, sharding, timing)
 from vpt_jax.data import tasks as tasks_lib
 from vpt_jax.models import vit
 
 # Fields that may change between a run and its resumption without changing its results.
 RESUMABLE_CHANGES = ("eval_batch_size", "checkpoint_every_epochs", "checkpoints_to_keep",
-                     "pretrained_cache_dir", "data.data_dir", "data.cache_dir", "workdir")
+                     "pretrained_cache_dir", "data.data_dir", "data.cache_dir", "workdir",
+                     "compilation_cache", "eval_shifts")
 _NOT_RUN_SETTINGS = ("sweep.",)  # The sweep's grid: which runs exist, not how one trains.
+
+
+PREDICTIONS = "test_logits.npz"  # A final run's test logits (float16) and labels, in split order.
 
 
 class NonFiniteLossError(RuntimeError):
@@ -128,18 +132,6 @@ def peak_lr(optim_config) -> float:
   return optim_config.base_lr
 
 
-def make_schedule(optim_config, steps_per_epoch: int) -> tuple[optim.Schedule, int]:
-  """(schedule, total steps) of a stage."""
-  if optim_config.get("schedule", "epoch") == "epoch":
-    return (optim.warmup_cosine_epochs(optim_config.warmup_epochs, optim_config.epochs,
-                                       steps_per_epoch),
-            optim_config.epochs * steps_per_epoch)
-  total = optim_config.get("steps") or optim_config.epochs * steps_per_epoch
-  warmup = optim_config.get("warmup_steps")
-  warmup = optim_config.warmup_epochs * steps_per_epoch if warmup is None else warmup
-  return optim.warmup_cosine(warmup, total), total
-
-
 def config_differences(stored: dict, current: dict) -> list[str]:
   """The fields in which two flat configs train differently."""
   return sorted(k for k in set(current) | set(stored)
@@ -168,199 +160,214 @@ def claim_workdir(config, workdir: str, log=print) -> None:
 
 
 def load_backbone(config, task: tasks_lib.Task) -> dict:
-  """The pre-trained parameters without a head (each stage's model initialises its own, as its
-  recipe says); with `config.backbone = None`, a random init (from scratch)."""
-  base = vit.Model(**model_kwargs(config, task.num_classes))
-  if config.backbone:
-    params = pretrained.load(config.backbone, base, image_size=config.data.resolution,
-                             cache_dir=config.pretrained_cache_dir)
-  else:
-    images = jnp.zeros((1, config.data.resolution, config.data.resolution, 3))
-    params = jax.jit(base.init)(jax.random.PRNGKey(config.seed), images)["params"]
-  return {k: v for k, v in params.items() if k != "head"}
+  """The pre-trained parameters without a head (programs.backbone)."""
+  return programs.backbone(config, vit.Model(**model_kwargs(config, task.num_classes)))
 
 
 @dataclasses.dataclass
-class TrainSetup:
-  """A stage made ready to train: its optimizer, shardings, compiled step and evaluator."""
+class Member:
+  """One run being trained by `fit`, alone or packed with others: its settings, random keys,
+  clock, and its frozen parameters (placed on the devices)."""
+  config: ml_collections.ConfigDict
   stage: Stage
-  mesh: jax.sharding.Mesh
-  tx: object
-  schedule: optim.Schedule
-  shardings: tuple  # (trainable, optimizer state, frozen)
-  frozen: dict
-  train_step: object
-  evaluator: evaluate.Evaluator
-  steps_per_epoch: int
-  total_steps: int
   rngs: dict
+  clock: Clock
+  frozen: dict
   backbone_count: int
+  started: dict = dataclasses.field(default_factory=timing.snapshot)
 
 
 def create_train_state(config, stage: Stage, backbone, previous_params, mesh, num_examples: int,
-                       log) -> tuple[TrainSetup, dict]:
-  """The stage's setup and its initial state {"trainable", "opt_state"}."""
+                       log) -> tuple[programs.Program, Member, dict]:
+  """The stage's (shared, compiled) program, the run as a member of it, and its initial state
+  {"trainable", "opt_state"}."""
+  program = programs.get(config, stage, num_examples, mesh)
   rng = jax.random.PRNGKey(config.seed)
   init_rng, train_rng, data_rng, flip_rng = jax.random.split(rng, 4)
-  params = methods.init_params(stage.model, backbone, init_rng, config.data.resolution)
+  params = programs.initial_params(program, backbone, init_rng)
   if previous_params is not None:
     params = paths.merge(params, stage.start_from(previous_params))
-  groups = methods.labels(params, stage.method.rules)
-  trainable, frozen = methods.split(params, groups)
-  trainable_groups, _ = methods.split(groups, groups)
+  trainable, frozen = methods.split(params, program.groups)
   backbone_count = paths.count(backbone)
-  log(methods.summary(stage.method.name, params, groups, backbone_count))
-
-  batch_size = stage.optim.batch_size
-  if batch_size % mesh.devices.size:
-    raise ValueError(f"Batch size {batch_size} does not split over {mesh.devices.size} devices.")
-  steps_per_epoch = device.steps_per_epoch(num_examples, batch_size)
-  schedule, total_steps = make_schedule(stage.optim, steps_per_epoch)
-  tx = optim.make(stage.optim.name, trainable_groups, schedule, momentum=stage.optim.momentum,
-                  lr_mults=stage.optim.lr_mults.to_dict(), decay_rules=stage.optim.decay_rules,
-                  grad_clip_norm=stage.optim.get("grad_clip_norm"))
-
-  trainable_sharding = sharding.param_shardings(mesh, trainable, config.sharding_strategy)
-  frozen_sharding = sharding.param_shardings(mesh, frozen, config.sharding_strategy)
-  opt_sharding = sharding.optimizer_shardings(mesh, tx, jax.eval_shape(tx.init, trainable),
-                                              trainable_sharding)
-  trainable = jax.device_put(trainable, trainable_sharding)
-  frozen = jax.device_put(frozen, frozen_sharding)
-  opt_state = jax.jit(lambda t: optim.set_hyperparams(
-      tx.init(t), peak_lr=peak_lr(stage.optim), weight_decay=applied_weight_decay(stage.optim)),
-      out_shardings=opt_sharding)(trainable)
-  shardings = (trainable_sharding, opt_sharding, frozen_sharding)
-  train_step = steps.build_train_step(stage.model, tx, mesh, shardings, steps_per_epoch,
-                                      batch_size, config.data.normalization, config.data.flip)
-  setup = TrainSetup(stage, mesh, tx, schedule, shardings, frozen, train_step,
-                     evaluate.Evaluator(mesh, stage.model, config.data.normalization),
-                     steps_per_epoch, total_steps,
-                     dict(train=train_rng, data=data_rng, flip=flip_rng), backbone_count)
-  return setup, {"trainable": trainable, "opt_state": opt_state}
+  log(methods.summary(stage.method.name, params, program.groups, backbone_count))
+  # Copies: the step donates (overwrites) them, and the backbone they come from is kept for
+  # later runs of this process.
+  trainable = jax.device_put(trainable, program.shardings[0], may_alias=False)
+  opt_state = program.init_opt(trainable, peak_lr(stage.optim),
+                               applied_weight_decay(stage.optim))
+  member = Member(config, stage, dict(train=train_rng, data=data_rng, flip=flip_rng),
+                  Clock(stage.workdir), jax.device_put(frozen, program.shardings[2]),
+                  backbone_count)
+  return program, member, {"trainable": trainable, "opt_state": opt_state}
 
 
-def _evaluate(config, setup: TrainSetup, trainable, subset: str) -> dict:
-  params = paths.merge(trainable, setup.frozen)
-  if tasks_lib.parse_kshot(subset):  # A few examples per class: held as arrays, not streamed.
-    images, labels = _train_arrays(config, subset, setup.mesh)
-    return setup.evaluator.arrays(params, images, labels, config.eval_batch_size)
-  return setup.evaluator.stream(params, config.task, subset, config.data.resolution,
-                                config.eval_batch_size, config.data.data_dir, config.data.resize)
+def _evaluate(config, program: programs.Program, params, subset: str,
+              keep_logits: bool = False) -> dict:
+  with timing.phase("eval"):
+    if tasks_lib.parse_kshot(subset):  # A few examples per class: held as arrays, not streamed.
+      images, labels = programs.train_arrays(config, subset, program.mesh)
+      return program.evaluator.arrays(params, images, labels, config.eval_batch_size)
+    return program.evaluator.stream(params, config.task, subset, config.data.resolution,
+                                    config.eval_batch_size, config.data.data_dir,
+                                    config.data.resize, keep_logits=keep_logits)
 
 
-def _train_arrays(config, subset: str, mesh):
-  """A small subset's images and labels, replicated on the devices."""
-  images, labels = pipeline.load_arrays(config.task, subset, config.data.resolution,
-                                        config.data.data_dir, config.data.cache_dir,
-                                        config.data.resize)
-  replicated = sharding.replicated(mesh)
-  return sharding.put_global(images, replicated), sharding.put_global(labels, replicated)
-
-
-def fit(config, setup: TrainSetup, state: dict, images, labels, log, clock: Clock) -> dict:
-  """Trains from the newest readable checkpoint (or `state`) to the end; returns the final state.
-
-  A non-finite loss stops training. With optim.on_non_finite "score_last_epoch" (the VPT code:
-  src/engine/trainer.py stops the run and its last recorded epoch is what counts) the returned
-  state holds the parameters of the last finished epoch and "diverged" says where it happened;
-  with "fail", or when no epoch finished, NonFiniteLossError.
-  """
-  stage = setup.stage
-  checkpointer = checkpointing.Checkpointer(os.path.join(stage.workdir, "checkpoints"),
-                                            config.checkpoints_to_keep)
-  writer = metrics.MetricWriter(stage.workdir)
+def _restore(program: programs.Program, member: Member, state: dict, checkpointer, log):
   abstract = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state,
-      {"trainable": setup.shardings[0], "opt_state": setup.shardings[1]})
+      {"trainable": program.shardings[0], "opt_state": program.shardings[1]})
   step, restored = checkpointer.restore_latest(abstract)
   if restored is not None:
-    state = restored
-    log(f"Resuming {stage.method.name} from step {step} of {setup.total_steps} "
-        f"({stage.workdir}).")
-  step = step or 0
-  writer.drop_after(step)  # Lines logged after the restart point are about to be redone.
+    log(f"Resuming {member.stage.method.name} from step {step} of {program.total_steps} "
+        f"({member.stage.workdir}).")
+    return step, restored
+  return 0, state
 
-  batch_size, steps_per_epoch, total_steps = (stage.optim.batch_size, setup.steps_per_epoch,
-                                              setup.total_steps)
+
+def fit(program: programs.Program, members: list[Member], states: list[dict], images, labels,
+        log) -> list[dict]:
+  """Trains the members from their newest readable checkpoints (or `states`) to the end; returns
+  their final states. One member trains alone; several (of one program, at one step) train
+  packed: their trainable states stacked on a leading axis, one compiled step for all.
+
+  A non-finite loss stops a member. With optim.on_non_finite "score_last_epoch" (the VPT code:
+  src/engine/trainer.py stops the run and its last recorded epoch is what counts) its final state
+  holds the parameters of its last finished epoch and "diverged" says where it happened; with
+  "fail", or when no epoch finished, NonFiniteLossError.
+  """
+  k = len(members)
+  checkpointers = [checkpointing.Checkpointer(os.path.join(m.stage.workdir, "checkpoints"),
+                                              m.config.checkpoints_to_keep) for m in members]
+  writers = [metrics.MetricWriter(m.stage.workdir) for m in members]
+  restored = [_restore(program, m, s, c, log) for m, s, c in zip(members, states, checkpointers)]
+  if len({step for step, _ in restored}) > 1:
+    raise ValueError("Packed runs must resume from the same step; train them one by one.")
+  step = restored[0][0]
+  states = [state for _, state in restored]
+  for writer in writers:
+    writer.drop_after(step)  # Lines logged after the restart point are about to be redone.
+
+  stage, config = members[0].stage, members[0].config
+  batch_size, steps_per_epoch, total_steps = (stage.optim.batch_size, program.steps_per_epoch,
+                                              program.total_steps)
+  if k == 1:
+    trainable, opt_state = states[0]["trainable"], states[0]["opt_state"]
+    train_step, frozen = program.train_step, members[0].frozen
+    rngs = members[0].rngs
+  else:
+    stack = lambda *xs: jnp.stack(xs)
+    trainable = jax.tree.map(stack, *[s["trainable"] for s in states])
+    opt_state = jax.tree.map(stack, *[s["opt_state"] for s in states])
+    train_step, frozen = program.packed_step(k), members[0].frozen
+    rngs = {name: jnp.stack([m.rngs[name] for m in members]) for name in members[0].rngs}
+  member_state = (lambda i, t, o: {"trainable": t, "opt_state": o}) if k == 1 else (
+      lambda i, t, o: {"trainable": jax.tree.map(lambda x: x[i], t),
+                       "opt_state": jax.tree.map(lambda x: x[i], o)})
   score_last_epoch = stage.optim.get("on_non_finite", "fail") == "score_last_epoch"
-  permutation_fn = jax.jit(
-      lambda epoch: device.epoch_permutation(setup.rngs["data"], epoch, len(images)),
-      out_shardings=sharding.replicated(setup.mesh))
-  progress = tqdm.tqdm(total=total_steps * batch_size, initial=step * batch_size, unit="img",
-                       unit_scale=True, desc=f"{config.task} {stage.method.name}",
+  finished = ([jax.tree.map(jnp.copy, member_state(i, trainable, opt_state)["trainable"])
+               for i in range(k)] if score_last_epoch and step else [None] * k)
+  done = [None] * k  # A member's final state once it stopped (diverged).
+  progress = tqdm.tqdm(total=total_steps * batch_size * k, initial=step * batch_size * k,
+                       unit="img", unit_scale=True,
+                       desc=f"{config.task} {stage.method.name}" + (f" x{k}" if k > 1 else ""),
                        mininterval=1.0, disable=None if jax.process_index() == 0 else True,
                        smoothing=0.1)
-  trainable, opt_state = state["trainable"], state["opt_state"]
-  finished = jax.tree.map(jnp.copy, trainable) if score_last_epoch and step else None
   while step < total_steps:
     epoch = step // steps_per_epoch
-    permutation = permutation_fn(epoch)
-    losses, accuracies = [], []
-    for _ in range(min(steps_per_epoch, total_steps - step)):
-      trainable, opt_state, step_metrics = setup.train_step(
-          trainable, opt_state, setup.frozen, images, labels, permutation, step,
-          setup.rngs["train"], setup.rngs["flip"])
-      losses.append(step_metrics["loss"])
-      accuracies.append(step_metrics["accuracy"])
-      step += 1
-      progress.update(batch_size)
-    # One transfer per epoch: the steps above were dispatched without waiting for each other.
-    losses, accuracies = jax.device_get((jnp.stack(losses), jnp.stack(accuracies)))
-    if not np.all(np.isfinite(losses)):
-      bad = step - len(losses) + int(np.argmin(np.isfinite(losses)))
-      progress.close()
-      kept = checkpointer.steps()
-      checkpointer.close()
-      if score_last_epoch and finished is not None:
-        log(f"Loss became {losses[bad - step + len(losses)]} at step {bad} (epoch {epoch + 1}); "
-            f"stopped, scored at epoch {epoch} as the VPT code does.")
-        return {"trainable": finished, "opt_state": None,
-                "diverged": {"step": bad, "epoch": epoch + 1, "scored_epoch": epoch}}
-      raise NonFiniteLossError(
-          f"Loss became {losses[bad - step + len(losses)]} at step {bad} (epoch {epoch + 1}); "
-          f"stopped. Last good checkpoint: "
-          f"{f'step {kept[-1]}' if kept else 'none'} in {stage.workdir}/checkpoints. Lower the "
-          f"learning rate (optim.base_lr={stage.optim.base_lr}) and use a new workdir.")
-    if score_last_epoch:  # The parameters a divergence in the next epoch would be scored with.
-      finished = jax.tree.map(jnp.copy, trainable)
-    row = {"epoch": epoch + 1, "train_loss_running": float(losses.mean()),
-           "train_accuracy_running": float(accuracies.mean()),
-           # That of the epoch's last step (the epoch's own under a per-epoch schedule).
-           "learning_rate": float(optim.current_lr(setup.schedule, opt_state, step - 1))}
-    if config.eval_every_epochs and ((epoch + 1) % config.eval_every_epochs == 0
-                                     or step == total_steps):
-      on_train = setup.evaluator.arrays(paths.merge(trainable, setup.frozen), images, labels,
-                                        config.eval_batch_size)
-      held_out = _evaluate(config, setup, trainable, config.data.eval_subset)
-      row.update(train_loss=on_train["loss"], train_accuracy=on_train["accuracy"],
-                 eval_loss=held_out["loss"], eval_accuracy=held_out["accuracy"])
-    writer.write(step, **row)
-    clock.save()
-    progress.set_postfix(epoch=epoch + 1, loss=f"{row['train_loss_running']:.3f}")
-    every = config.checkpoint_every_epochs  # 0: only at the end.
-    if (every and (epoch + 1) % every == 0) or step == total_steps:
-      checkpointer.save(step, {"trainable": trainable, "opt_state": opt_state})
+    with timing.phase("train", excludes_compile=True):
+      permutation = (program.permutation(rngs["data"], epoch) if k == 1 else
+                     jnp.stack([program.permutation(m.rngs["data"], epoch) for m in members]))
+      losses, accuracies = [], []
+      for _ in range(min(steps_per_epoch, total_steps - step)):
+        trainable, opt_state, step_metrics = train_step(
+            trainable, opt_state, frozen, images, labels, permutation, step, rngs["train"],
+            rngs["flip"])
+        losses.append(step_metrics["loss"])
+        accuracies.append(step_metrics["accuracy"])
+        step += 1
+        progress.update(batch_size * k)
+      # One transfer per epoch: the steps above were dispatched without waiting for each other.
+      losses, accuracies = jax.device_get((jnp.stack(losses), jnp.stack(accuracies)))
+    losses, accuracies = losses.reshape(len(losses), -1), accuracies.reshape(len(losses), -1)
+    for i, member in enumerate(members):
+      if done[i] is not None:
+        continue
+      state_i = member_state(i, trainable, opt_state)
+      if not np.all(np.isfinite(losses[:, i])):
+        bad = step - len(losses) + int(np.argmin(np.isfinite(losses[:, i])))
+        value = losses[bad - step + len(losses), i]
+        if score_last_epoch and finished[i] is not None:
+          log(f"Loss became {value} at step {bad} (epoch {epoch + 1}); stopped, scored at epoch "
+              f"{epoch} as the VPT code does ({member.stage.workdir}).")
+          done[i] = {"trainable": finished[i], "opt_state": None,
+                     "diverged": {"step": bad, "epoch": epoch + 1, "scored_epoch": epoch}}
+          continue
+        kept = checkpointers[i].steps()
+        progress.close()
+        for checkpointer in checkpointers:
+          checkpointer.close()
+        raise NonFiniteLossError(
+            f"Loss became {value} at step {bad} (epoch {epoch + 1}); stopped. Last good "
+            f"checkpoint: {f'step {kept[-1]}' if kept else 'none'} in "
+            f"{member.stage.workdir}/checkpoints. Lower the learning rate (optim.base_lr="
+            f"{member.stage.optim.base_lr}) and use a new workdir.")
+      if score_last_epoch:  # What a divergence in the next epoch would be scored with.
+        finished[i] = jax.tree.map(jnp.copy, state_i["trainable"])
+      row = {"epoch": epoch + 1, "train_loss_running": float(losses[:, i].mean()),
+             "train_accuracy_running": float(accuracies[:, i].mean()),
+             # That of the epoch's last step (the epoch's own under a per-epoch schedule).
+             "learning_rate": float(optim.current_lr(program.schedule, state_i["opt_state"],
+                                                     step - 1))}
+      if config.eval_every_epochs and ((epoch + 1) % config.eval_every_epochs == 0
+                                       or step == total_steps):
+        params = paths.merge(state_i["trainable"], member.frozen)
+        with timing.phase("eval"):
+          on_train = program.evaluator.arrays(params, images, labels, config.eval_batch_size)
+        held_out = _evaluate(member.config, program, params, member.config.data.eval_subset)
+        row.update(train_loss=on_train["loss"], train_accuracy=on_train["accuracy"],
+                   eval_loss=held_out["loss"], eval_accuracy=held_out["accuracy"])
+      with timing.phase("write"):
+        writers[i].write(step, **row)
+        member.clock.save()
+        every = member.config.checkpoint_every_epochs  # 0: only at the end.
+        if (every and (epoch + 1) % every == 0) or step == total_steps:
+          checkpointers[i].save(step, state_i)
+    progress.set_postfix(epoch=epoch + 1, loss=f"{float(losses.mean()):.3f}")
   progress.close()
-  if total_steps not in checkpointer.steps():  # A resumed finished stage lost its final one.
-    checkpointer.save(total_steps, {"trainable": trainable, "opt_state": opt_state})
-  checkpointer.close()
-  return {"trainable": trainable, "opt_state": opt_state}
+  finals = []
+  for i in range(k):
+    if done[i] is not None:
+      finals.append(done[i])
+      continue
+    state_i = member_state(i, trainable, opt_state)
+    if total_steps not in checkpointers[i].steps():  # A resumed finished stage lost its last.
+      with timing.phase("write"):
+        checkpointers[i].save(total_steps, state_i)
+    finals.append(state_i)
+  for checkpointer in checkpointers:
+    checkpointer.close()
+  return finals
 
 
-def finish(config, setup: TrainSetup, state: dict, clock: Clock) -> tuple[dict, dict]:
+def finish(program: programs.Program, member: Member, state: dict) -> tuple[dict, dict]:
   """Evaluates the trained stage, writes its artifact; returns (result, final parameters)."""
-  stage = setup.stage
+  stage, config = member.stage, member.config
   # Replicated first, so every host holds the whole of FSDP-sharded arrays for the artifact.
-  trainable = jax.jit(lambda tree: tree, out_shardings=sharding.replicated(setup.mesh))(
-      state["trainable"])
-  final_params = paths.merge(trainable, setup.frozen)
-  evaluation = _evaluate(config, setup, trainable, config.data.eval_subset)
+  trainable = program.replicate(state["trainable"])
+  final_params = paths.merge(trainable, member.frozen)
+  final_run = config.data.eval_subset == "test"
+  evaluation = _evaluate(config, program, final_params, config.data.eval_subset,
+                         keep_logits=final_run)
   artifact = os.path.join(stage.workdir, artifacts.FILENAME)
-  artifact_bytes = artifacts.save(artifact, trainable, {
-      "task": config.task, "method": stage.method.name, "seed": config.seed,
-      "backbone": config.backbone, "model": stage.model_config,
-      "model_fields": artifacts.model_fields_to_json(stage.method.model_fields),
-  }) if jax.process_index() == 0 else 0
+  with timing.phase("write"):
+    artifact_bytes = artifacts.save(artifact, trainable, {
+        "task": config.task, "method": stage.method.name, "seed": config.seed,
+        "backbone": config.backbone, "model": stage.model_config,
+        "model_fields": artifacts.model_fields_to_json(stage.method.model_fields),
+    }) if jax.process_index() == 0 else 0
+    if final_run and jax.process_index() == 0:  # For ensembles and agreement (report.py).
+      files.write_npz(os.path.join(stage.workdir, PREDICTIONS), {
+          "logits": evaluation["logits"], "labels": evaluation["labels"].astype(np.int32)})
   eval_name = "test" if config.data.eval_subset == "test" else "val"
   trained = paths.count(trainable)
   result = {
@@ -371,29 +378,32 @@ def finish(config, setup: TrainSetup, state: dict, clock: Clock) -> tuple[dict, 
       "weight_decay": stage.optim.weight_decay,
       "applied_weight_decay": applied_weight_decay(stage.optim),
       "batch_size": stage.optim.batch_size, "epochs": stage.optim.epochs,
-      "steps": setup.total_steps, "schedule": stage.optim.get("schedule", "epoch"),
+      "steps": program.total_steps, "schedule": stage.optim.get("schedule", "epoch"),
       "dropout": stage.model.dropout,
       f"{eval_name}_accuracy": evaluation["accuracy"], f"{eval_name}_loss": evaluation["loss"],
       "eval_examples": evaluation["examples"],
-      "trainable_parameters": trained, "backbone_parameters": setup.backbone_count,
+      "trainable_parameters": trained, "backbone_parameters": member.backbone_count,
       "tuned_percent": 100 * (trained - paths.count(trainable.get("head", {})))
-                       / setup.backbone_count,
+                       / member.backbone_count,
       "artifact_bytes": artifact_bytes, "full_model_bytes": 4 * paths.count(final_params),
       "artifact_sha256": files.sha256_file(artifact) if jax.process_index() == 0 else None,
-      "wall_seconds": clock.seconds(),
+      "wall_seconds": member.clock.seconds(),
+      # This attempt's time per phase (shared work, such as compiling, falls on the first run).
+      "time_seconds": {k: round(v, 3) for k, v in timing.since(member.started).items()},
   }
+  if final_run:
+    result["predictions"] = PREDICTIONS
   if "diverged" in state:
     result["diverged"] = state["diverged"]
   return result, final_params
 
 
 def _run_stage(config, stage: Stage, backbone, previous_params, mesh, log):
-  clock = Clock(stage.workdir)
-  images, labels = _train_arrays(config, config.data.train_subset, mesh)
-  setup, state = create_train_state(config, stage, backbone, previous_params, mesh, len(images),
-                                    log)
-  state = fit(config, setup, state, images, labels, log, clock)
-  return finish(config, setup, state, clock)
+  images, labels = programs.train_arrays(config, config.data.train_subset, mesh)
+  program, member, state = create_train_state(config, stage, backbone, previous_params, mesh,
+                                              len(images), log)
+  [state] = fit(program, [member], [state], images, labels, log)
+  return finish(program, member, state)
 
 
 def _restore_finished_stage(config, stage: Stage, backbone, previous_params, result: dict):
@@ -410,10 +420,13 @@ def _restore_finished_stage(config, stage: Stage, backbone, previous_params, res
   return paths.merge(base, stage.start_from(previous_params) or {}, trained)
 
 
-def _combine(config, stage_results: list[dict]) -> dict:
+def _combine(config, stages: list[Stage], stage_results: list[dict]) -> dict:
   result = dict(stage_results[-1], method=config.method)
   if len(stage_results) > 1:  # The method tuned what any stage tuned; it stores every artifact.
     result["stages"] = stage_results
+    if "predictions" in result:
+      result["predictions"] = os.path.join(os.path.basename(stages[-1].workdir),
+                                           result["predictions"])
     for key in ("trainable_parameters", "tuned_percent"):
       result[key] = max(r[key] for r in stage_results)
     for key in ("wall_seconds", "artifact_bytes"):
@@ -464,7 +477,53 @@ def _train_and_evaluate(config, task, stages: list[Stage], workdir: str, log) ->
     if len(stages) > 1 and jax.process_index() == 0:
       files.write_json(stage_result_path, result)
 
-  result = _combine(config, stage_results)
+  result = _combine(config, stages, stage_results)
   if jax.process_index() == 0:
     files.write_json(result_path, result)
   return result
+
+
+def train_and_evaluate_packed(configs: list, workdirs: list[str], log=print) -> list[dict]:
+  """Several single-stage runs of one program (grid points, or seeds of one setting) trained at
+  once: their trainable states stacked (vmap), the frozen backbone and the train set shared, each
+  with its own initialisation and its own batches. Each run keeps its own workdir, checkpoints,
+  metrics and result, as if trained alone; returns their results in order."""
+  resolved = [recipes.resolve(c) for c in configs]
+  task = tasks_lib.get(resolved[0].task)
+  planned = [plan_stages(c, task, w) for c, w in zip(resolved, workdirs)]
+  if any(len(p) != 1 for p in planned) or len({c.data.train_subset for c in resolved}) != 1:
+    raise ValueError("Only single-stage runs on one training set can be packed.")
+  with contextlib.ExitStack() as locks:
+    if jax.process_index() == 0:
+      for workdir in workdirs:
+        locks.enter_context(files.RunLock(workdir))
+    results = [None] * len(configs)
+    for i, (config, workdir) in enumerate(zip(resolved, workdirs)):
+      claim_workdir(config, workdir, log)
+      results[i] = finished_result(os.path.join(workdir, "result.json"), log)
+    todo = [i for i, r in enumerate(results) if r is None]
+    if not todo:
+      return results
+    mesh = sharding.make_mesh()
+    backbone = load_backbone(resolved[todo[0]], task)
+    images, labels = programs.train_arrays(resolved[todo[0]],
+                                           resolved[todo[0]].data.train_subset, mesh)
+    built = [create_train_state(resolved[i], planned[i][0], backbone, None, mesh, len(images),
+                                log) for i in todo]
+    program = built[0][0]
+    if any(p is not program for p, _, _ in built):
+      raise ValueError("Packed runs must share one program (same method, recipe and shapes).")
+    # Runs resumed from different steps cannot share steps: those train one by one.
+    latest = [max(checkpointing.Checkpointer(os.path.join(m.stage.workdir, "checkpoints"),
+                                             1).steps() or [0]) for _, m, _ in built]
+    groups = ([list(range(len(built)))] if len(set(latest)) == 1 else
+              [[j] for j in range(len(built))])
+    for group in groups:
+      finals = fit(program, [built[j][1] for j in group], [built[j][2] for j in group], images,
+                   labels, log)
+      for j, state in zip(group, finals):
+        result, _ = finish(program, built[j][1], state)
+        if jax.process_index() == 0:
+          files.write_json(os.path.join(workdirs[todo[j]], "result.json"), result)
+        results[todo[j]] = result
+    return results

@@ -22,6 +22,7 @@ import tensorflow_datasets as tfds
 
 from vpt_jax import files
 from vpt_jax.data import demo  # noqa: F401  (registers the mini_vtab builder)
+from vpt_jax.data import shifts
 from vpt_jax.data import tasks as tasks_lib
 
 # TensorFlow only feeds the host pipeline; it must not take the accelerators' memory.
@@ -93,10 +94,15 @@ def preprocess_fn(task: tasks_lib.Task, resolution: int, resize_method: str = "b
   return preprocess
 
 
-def _dataset(dataset_builder, split: str, task, resolution: int, resize_method: str):
+def _dataset(dataset_builder, split: str, task, resolution: int, resize_method: str,
+             shift: str | None = None):
   ds = dataset_builder.as_dataset(split=split, shuffle_files=False)
-  return ds.map(preprocess_fn(task, resolution, resize_method),
-                num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.map(preprocess_fn(task, resolution, resize_method), num_parallel_calls=tf.data.AUTOTUNE)
+  if shift:  # The same images, corrupted: keyed by their position, so deterministic.
+    corrupt = shifts.corrupt_fn(shift, resolution)
+    ds = ds.enumerate().map(lambda i, ex: {**ex, "image": corrupt(i, ex["image"])},
+                            num_parallel_calls=tf.data.AUTOTUNE)
+  return ds
 
 
 def even_separate_indices(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -157,14 +163,16 @@ def load_arrays(task_name: str, subset: str, resolution: int, data_dir: str | No
 
 
 def eval_batches(task_name: str, subset: str, resolution: int, batch_size: int,
-                 data_dir: str | None = None,
-                 resize_method: str = "bilinear") -> Iterator[dict[str, np.ndarray]]:
+                 data_dir: str | None = None, resize_method: str = "bilinear",
+                 shift: str | None = None) -> Iterator[dict[str, np.ndarray]]:
   """Streams a split in batches of exactly `batch_size`; the last is zero-padded, `mask` False
-  on padding, so every example counts exactly once."""
+  on padding, so every example counts exactly once. `shift`: its corrupted copy (shifts.py)."""
   task = tasks_lib.get(task_name)
+  if shift:
+    shifts.parse(shift)  # A misspelt shift fails before any data is read.
   dataset_builder = builder(task, data_dir)
   split = tasks_lib.split_for(task, subset, split_sizes(dataset_builder))
-  ds = _dataset(dataset_builder, split, task, resolution, resize_method).batch(batch_size)
+  ds = _dataset(dataset_builder, split, task, resolution, resize_method, shift).batch(batch_size)
   for batch in ds.prefetch(2).as_numpy_iterator():
     n = len(batch["label"])
     mask = np.arange(batch_size) < n

@@ -107,6 +107,9 @@ class Attention(nn.Module):
 
   `lora_rank` > 0 adds a low-rank update `x A B * lora_alpha / lora_rank` to the query and value
   projections (Hu et al. 2021); B starts at zero, so the output starts unchanged.
+  `queries` (VQT, Tu et al. 2023) are extra tokens that attend to the tokens of `x` through the
+  same projections while no token attends to them; their outputs come back apart, and the
+  outputs of `x` are computed exactly as without them.
   """
   num_heads: int
   dtype: Any = None
@@ -116,38 +119,52 @@ class Attention(nn.Module):
   attention_impl: str | None = None
 
   @nn.compact
-  def __call__(self, x, return_weights=False):
+  def __call__(self, x, return_weights=False, queries=None):
     width = x.shape[-1]
     if width % self.num_heads:
       raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
     head_dim = width // self.num_heads
+    projections = {name: nn.DenseGeneral((self.num_heads, head_dim), dtype=self.dtype, name=name,
+                                         kernel_init=nn.initializers.xavier_uniform())
+                   for name in ("query", "key", "value")}
+    lora = {name: (self.param(f"lora_{name}_a", nn.initializers.he_uniform(),
+                              (width, self.lora_rank), jnp.float32),
+                   self.param(f"lora_{name}_b", nn.initializers.zeros,
+                              (self.lora_rank, self.num_heads, head_dim), jnp.float32))
+            for name in ("query", "value")} if self.lora_rank else {}
+    ssf = {name: ScaleShift(name=f"ssf_{name}") for name in ("query", "key", "value")
+           } if self.ssf else {}
 
-    def project(name):
-      y = nn.DenseGeneral((self.num_heads, head_dim), dtype=self.dtype, name=name,
-                          kernel_init=nn.initializers.xavier_uniform())(x)
-      if self.lora_rank and name in ("query", "value"):
-        a = self.param(f"lora_{name}_a", nn.initializers.he_uniform(), (width, self.lora_rank),
-                       jnp.float32)
-        b = self.param(f"lora_{name}_b", nn.initializers.zeros,
-                       (self.lora_rank, self.num_heads, head_dim), jnp.float32)
+    def project(name, inputs):
+      y = projections[name](inputs)
+      if name in lora:
+        a, b = lora[name]
         scale = (self.lora_alpha or self.lora_rank) / self.lora_rank
-        y = y + scale * jnp.einsum("ntd,dr,rhk->nthk", x, a.astype(x.dtype), b.astype(x.dtype))
-      if self.ssf:
-        y = ScaleShift(name=f"ssf_{name}")(y.reshape(y.shape[:2] + (width,))).reshape(y.shape)
+        y = y + scale * jnp.einsum("ntd,dr,rhk->nthk", inputs, a.astype(inputs.dtype),
+                                   b.astype(inputs.dtype))
+      if name in ssf:
+        y = ssf[name](y.reshape(y.shape[:2] + (width,))).reshape(y.shape)
       return y
 
-    q, k, v = project("query"), project("key"), project("value")  # (N, T, H, D)
-    weights = None
-    if return_weights or self.attention_impl is None:
+    def explicit(q, k, v):
       logits = jnp.einsum("nqhd,nkhd->nhqk", q, k) / jnp.sqrt(head_dim).astype(q.dtype)
       # Softmax in float32 so that bfloat16 compute keeps the attention distribution accurate.
       weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-      y = jnp.einsum("nhqk,nkhd->nqhd", weights.astype(v.dtype), v)
+      return jnp.einsum("nhqk,nkhd->nqhd", weights.astype(v.dtype), v), weights
+
+    q, k, v = project("query", x), project("key", x), project("value", x)  # (N, T, H, D)
+    weights = None
+    if return_weights or self.attention_impl is None:
+      y, weights = explicit(q, k, v)
     else:  # Fused kernel ("cudnn": flash attention on NVIDIA GPUs; "xla": XLA's own).
       y = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
-    y = nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name="out",
-                        kernel_init=nn.initializers.xavier_uniform())(y)
-    return _maybe_ssf(self.ssf, "out")(y), weights
+    out = nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name="out",
+                          kernel_init=nn.initializers.xavier_uniform())
+    out_ssf = _maybe_ssf(self.ssf, "out")
+    query_outputs = None
+    if queries is not None:
+      query_outputs = out_ssf(out(explicit(project("query", queries), k, v)[0]))
+    return out_ssf(out(y)), weights, query_outputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,25 +189,37 @@ class Encoder1DBlock(nn.Module):
   gelu_approximate: bool = True
 
   @nn.compact
-  def __call__(self, x, train=False, return_attention=False):
+  def __call__(self, x, train=False, return_attention=False, queries=None):
+    """(x, attention weights or None, query outputs or None); `queries` (VQT) pass through the
+    block reading `x` but are never read by it."""
     ssf = self.peft.ssf
-    y = _maybe_ssf(ssf, "LayerNorm_0")(nn.LayerNorm(dtype=self.dtype, name="LayerNorm_0")(x))
-    y, attention = Attention(self.num_heads, dtype=self.dtype, lora_rank=self.peft.lora_rank,
-                             lora_alpha=self.peft.lora_alpha, ssf=ssf,
-                             attention_impl=self.attention_impl,
-                             name="MultiHeadDotProductAttention_0")(y, return_attention)
-    if self.peft.adapter_dim:
-      y = Adapter(self.peft.adapter_dim, dtype=self.dtype, name="adapter_attention")(y)
+    norm_0 = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_0")
+    ssf_0 = _maybe_ssf(ssf, "LayerNorm_0")
+    attention = Attention(self.num_heads, dtype=self.dtype, lora_rank=self.peft.lora_rank,
+                          lora_alpha=self.peft.lora_alpha, ssf=ssf,
+                          attention_impl=self.attention_impl,
+                          name="MultiHeadDotProductAttention_0")
+    adapter_attention = (Adapter(self.peft.adapter_dim, dtype=self.dtype, name="adapter_attention")
+                         if self.peft.adapter_dim else (lambda y: y))
     attn_out_dropout = self.dropout if self.attn_out_dropout is None else self.attn_out_dropout
-    y = nn.Dropout(rate=attn_out_dropout)(y, deterministic=not train)
-    x = x + y
-    y = _maybe_ssf(ssf, "LayerNorm_1")(nn.LayerNorm(dtype=self.dtype, name="LayerNorm_1")(x))
-    y = MlpBlock(self.mlp_dim, self.dropout, dtype=self.dtype, ssf=ssf,
-                 gelu_approximate=self.gelu_approximate, name="MlpBlock_0")(y, train)
-    if self.peft.adapter_dim:
-      y = Adapter(self.peft.adapter_dim, dtype=self.dtype, name="adapter_mlp")(y)
-    y = nn.Dropout(rate=self.dropout)(y, deterministic=not train)
-    return x + y, attention
+    dropout_attention = nn.Dropout(rate=attn_out_dropout)
+    norm_1 = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_1")
+    ssf_1 = _maybe_ssf(ssf, "LayerNorm_1")
+    mlp = MlpBlock(self.mlp_dim, self.dropout, dtype=self.dtype, ssf=ssf,
+                   gelu_approximate=self.gelu_approximate, name="MlpBlock_0")
+    adapter_mlp = (Adapter(self.peft.adapter_dim, dtype=self.dtype, name="adapter_mlp")
+                   if self.peft.adapter_dim else (lambda y: y))
+    dropout_mlp = nn.Dropout(rate=self.dropout)
+
+    y, weights, query_y = attention(
+        ssf_0(norm_0(x)), return_attention,
+        None if queries is None else ssf_0(norm_0(queries)))
+
+    def rest(x, y):
+      x = x + dropout_attention(adapter_attention(y), deterministic=not train)
+      y = adapter_mlp(mlp(ssf_1(norm_1(x)), train))
+      return x + dropout_mlp(y, deterministic=not train)
+    return rest(x, y), weights, None if queries is None else rest(queries, query_y)
 
 
 class AddPositionEmbs(nn.Module):
@@ -213,11 +242,14 @@ def insert_prompts(x, prompts, start: int, replace: bool):
 
 
 class Encoder(nn.Module):
-  """Position embedding, blocks and final norm; optionally with visual prompts (VPT).
+  """Position embedding, blocks and final norm; optionally with visual prompts (VPT) or visual
+  queries (VQT).
 
   `prompts` is (layers, N, P, D) or None. Layer 0's prompts go after the class token (if any) and
   before the patches, after the position embedding (prompts get none). With more than one set
   (VPT-deep), set i replaces the prompt outputs of layer i-1 before layer i.
+  `queries` is (layers, N, Q, D) or None: set i goes through layer i beside its tokens (reading
+  them, unread by them), and its outputs are returned per layer, without the final norm.
   """
   depth: int
   mlp_dim: int
@@ -229,26 +261,31 @@ class Encoder(nn.Module):
   remat: bool = False
   attn_out_dropout: float | None = None
   gelu_approximate: bool = True
+  embedding_dropout: float | None = None  # None: `dropout`.
 
   @nn.compact
-  def __call__(self, x, prompts=None, prompt_start=0, train=False, return_attention=False):
+  def __call__(self, x, prompts=None, prompt_start=0, train=False, return_attention=False,
+               queries=None):
     x = AddPositionEmbs(name="posembed_input")(x)
-    x = nn.Dropout(rate=self.dropout)(x, deterministic=not train)
+    embedding_dropout = self.dropout if self.embedding_dropout is None else self.embedding_dropout
+    x = nn.Dropout(rate=embedding_dropout)(x, deterministic=not train)
     # Rematerialisation recomputes each block's activations in the backward pass: less memory
     # for large batches, same parameter tree.
     block = nn.remat(Encoder1DBlock, static_argnums=(2, 3)) if self.remat else Encoder1DBlock
-    attentions = []
+    attentions, query_outputs = [], []
     for i in range(self.depth):
       if prompts is not None and i < len(prompts):
         x = insert_prompts(x, prompts[i], prompt_start, replace=i > 0)
-      x, attention = block(self.mlp_dim, self.num_heads, self.dropout, dtype=self.dtype,
-                           peft=self.peft, attention_impl=self.attention_impl,
-                           attn_out_dropout=self.attn_out_dropout,
-                           gelu_approximate=self.gelu_approximate,
-                           name=f"encoderblock_{i}")(x, train, return_attention)
+      x, attention, query_output = block(
+          self.mlp_dim, self.num_heads, self.dropout, dtype=self.dtype, peft=self.peft,
+          attention_impl=self.attention_impl, attn_out_dropout=self.attn_out_dropout,
+          gelu_approximate=self.gelu_approximate, name=f"encoderblock_{i}")(
+              x, train, return_attention, None if queries is None else queries[i])
       attentions.append(attention)
+      query_outputs.append(query_output)
     x = nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
-    return x, (attentions if return_attention else None)
+    return (x, attentions if return_attention else None,
+            query_outputs if queries is not None else None)
 
 
 class VisualPrompts(nn.Module):
@@ -276,6 +313,12 @@ class VisualPrompts(nn.Module):
     prompts = jnp.broadcast_to(prompts[:, None], (self.num_sets, batch_size) + prompts.shape[1:])
     # Expanded to the batch first, so each example gets its own dropout mask.
     return nn.Dropout(rate=self.dropout)(prompts, deterministic=not train)
+
+
+def _l2_normalize(x):
+  """torch.nn.functional.normalize: x / max(||x||, 1e-12), in float32."""
+  x = x.astype(jnp.float32)
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def _head_initializers(head_init: str, num_classes: int) -> dict:
@@ -319,6 +362,12 @@ class Model(nn.Module):
     attention_impl: None computes attention explicitly; "xla" or "cudnn" use
       jax.nn.dot_product_attention with that implementation (fused) when no weights are returned.
     remat: rematerialise each block in the backward pass (less memory, ~1/3 more compute).
+    embedding_dropout: the rate after the position embedding instead (None: `dropout`); VQT's
+      code trains with its backbone in eval mode but its embedding dropout (0.1) active.
+    query_tokens: VQT's learned queries per layer (0: none). They read each layer's tokens and
+      are read by none; the head sees [L2-normalised CLS output, then per layer the
+      L2-normalised flattened query outputs] (andytu28/VQT, concat combiner).
+    query_dropout: dropout on the queries while training.
   """
   num_classes: int
   variant: str = "B/16"
@@ -337,6 +386,9 @@ class Model(nn.Module):
   peft: PeftModules = PeftModules()
   attention_impl: str | None = None
   remat: bool = False
+  embedding_dropout: float | None = None
+  query_tokens: int = 0
+  query_dropout: float = 0.0
 
   @property
   def architecture(self) -> Architecture:
@@ -366,16 +418,26 @@ class Model(nn.Module):
       prompts = VisualPrompts(self.prompt_tokens, arch.depth if self.prompt_deep else 1, c,
                               arch.patch_size, self.prompt_dropout, self.prompt_project,
                               name="prompt")(n, train)
+    queries = None
+    if self.query_tokens:
+      if not self.has_class_token:
+        raise ValueError("VQT (query_tokens > 0) reads the class token: use pool_type 'tok'.")
+      # Initialised as VPT's prompts (andytu28/VQT h2t_vit.py).
+      queries = VisualPrompts(self.query_tokens, arch.depth, c, arch.patch_size,
+                              self.query_dropout, name="query")(n, train)
 
-    x, attentions = Encoder(arch.depth, arch.mlp_dim, arch.num_heads, self.dropout,
-                            dtype=self.dtype, peft=self.peft,
-                            attention_impl=self.attention_impl, remat=self.remat,
-                            attn_out_dropout=self.attn_out_dropout,
-                            gelu_approximate=self.gelu_approximate, name="Transformer")(
-                                x, prompts, int(self.has_class_token), train, return_attention)
+    x, attentions, query_outputs = Encoder(
+        arch.depth, arch.mlp_dim, arch.num_heads, self.dropout, dtype=self.dtype,
+        peft=self.peft, attention_impl=self.attention_impl, remat=self.remat,
+        attn_out_dropout=self.attn_out_dropout, gelu_approximate=self.gelu_approximate,
+        embedding_dropout=self.embedding_dropout, name="Transformer")(
+            x, prompts, int(self.has_class_token), train, return_attention, queries)
     x = _maybe_ssf(self.peft.ssf, "encoder_norm")(x)
     aux = {"encoded": x}
-    if self.has_class_token:
+    if query_outputs is not None:
+      pooled = jnp.concatenate([_l2_normalize(x[:, 0])] + [
+          _l2_normalize(q.reshape(n, -1)) for q in query_outputs], axis=-1)
+    elif self.has_class_token:
       pooled = x[:, 0]
     else:
       pooled = jnp.mean(x[:, self.prompt_tokens:], axis=1)

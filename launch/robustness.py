@@ -1,0 +1,70 @@
+"""Finished sweeps under distribution shift, and WiSE-FT for the methods that move the backbone.
+
+  python launch/robustness.py --sweep_dir=sweeps/main
+  python launch/robustness.py --sweep_dir=sweeps/main --shifts=gaussian_noise:5,jpeg:1 --nowise
+
+For every final run of the sweep's current configuration: test accuracy on corrupted copies of
+the test split (<run>/shift.json). For every (task, method) whose method moves the backbone:
+WiSE-FT's a picked on val200 with the selected setting's search run, test accuracy of the final
+runs along a, clean and shifted (<method>/wise.json). Results are reused while the runs'
+artifacts are unchanged. Then `launch/report.py` shows them, with a figure.
+"""
+
+import glob
+import os
+import sys
+
+from absl import flags
+
+from vpt_jax import cli, files, methods, report, robustness
+from vpt_jax.data import shifts
+
+_SWEEP_DIR = flags.DEFINE_string("sweep_dir", None, "A launch/sweep.py output directory.")
+_SHIFTS = flags.DEFINE_list("shifts", list(shifts.DEFAULT_SHIFTS),
+                            "Corruption:severity (1-5) of " + ", ".join(shifts.CORRUPTIONS))
+_WISE = flags.DEFINE_bool("wise", True, "WiSE-FT for the methods that move the backbone.")
+flags.mark_flags_as_required(["sweep_dir"])
+
+
+def selection_run(method_dir: str) -> str | None:
+  """The search run of the setting best.json selected (trained on train800, scored on val200)."""
+  try:
+    best = files.read_json(os.path.join(method_dir, "best.json"))
+  except (FileNotFoundError, files.DamagedFileError):
+    return None
+  for result_path in glob.glob(os.path.join(method_dir, "search", "*", "result.json")):
+    result = files.read_json(result_path)
+    if (result["base_lr"], result["weight_decay"]) == (best["base_lr"], best["weight_decay"]):
+      return os.path.dirname(result_path)
+  return None
+
+
+def main(argv):
+  del argv
+  if not os.path.isdir(_SWEEP_DIR.value):
+    sys.exit(f"error: {_SWEEP_DIR.value} is not a directory; run launch/sweep.py first.")
+  with cli.errors(ValueError):
+    for shift in _SHIFTS.value:
+      shifts.parse(shift)
+  current, _ = report.final_dirs(_SWEEP_DIR.value)
+  finished = [d for d in current if os.path.exists(os.path.join(d, "result.json"))]
+  for workdir in finished:
+    robustness.shift_run(workdir, _SHIFTS.value)
+  if not _WISE.value:
+    return
+  by_method = {}
+  for workdir in finished:
+    by_method.setdefault(os.path.dirname(os.path.dirname(workdir)), []).append(workdir)
+  for method_dir, runs in sorted(by_method.items()):
+    if not methods.moves_backbone(os.path.basename(method_dir)):
+      continue
+    chosen = selection_run(method_dir)
+    if chosen is None:
+      print(f"{method_dir}: no search run of the selected setting; WiSE-FT needs one (skipped).")
+      continue
+    robustness.wise(method_dir, chosen, sorted(runs), _SHIFTS.value)
+  print(f"Report: python launch/report.py --sweep_dir={_SWEEP_DIR.value}")
+
+
+if __name__ == "__main__":
+  cli.run(main)

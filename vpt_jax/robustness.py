@@ -1,0 +1,109 @@
+"""Finished runs under distribution shift, and weight-space ensembles (WiSE-FT).
+
+`shift_run` evaluates a finished run on corrupted copies of its test split (data/shifts.py) and
+records the accuracies in <run>/shift.json. `wise` evaluates, for a method that moves the
+backbone, theta(a) = (1 - a) * theta_0 + a * theta_1 along a grid of a, where theta_1 is the
+trained model and theta_0 the same model at the start of its (last) stage: the pre-trained
+backbone with the run's own initial head, prompts, ... (mlfoundations/wise-ft src/wise_ft.py
+interpolates every key, the head included, from where fine-tuning started). a is chosen on
+val200 by the run the sweep trained on train800 at the selected setting, and applied to the final
+runs' test accuracy (clean and shifted), written to <method>/wise.json.
+"""
+
+import os
+
+import jax
+import numpy as np
+
+from vpt_jax import artifacts, evaluate, files, paths, sharding
+from vpt_jax.models import vit
+
+WISE_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))  # wise-ft's README: 0, 0.1, ..., 1.
+
+
+def _evaluator(model: vit.Model, config: dict) -> evaluate.Evaluator:
+  return evaluate.Evaluator(sharding.make_mesh(), model, config["data.normalization"])
+
+
+def _accuracy(evaluator, params, config: dict, subset: str, shift: str | None = None) -> float:
+  return evaluator.stream(params, config["task"], subset, config["data.resolution"],
+                          config["eval_batch_size"], config.get("data.data_dir"),
+                          config["data.resize"], shift=shift)["accuracy"]
+
+
+def shift_run(workdir: str, shifts, log=print) -> dict:
+  """{"clean": test accuracy, shift: accuracy, ...} of a finished final run, kept in
+  <workdir>/shift.json and reused while the run's artifact is the one it was made from."""
+  path = os.path.join(workdir, "shift.json")
+  result = files.read_json(os.path.join(workdir, "result.json"))
+  stored = {}
+  if os.path.exists(path):
+    try:
+      stored = files.read_json(path)
+    except files.DamagedFileError:
+      stored = {}
+  if stored.get("artifact_sha256") != result.get("artifact_sha256"):
+    stored = {"artifact_sha256": result.get("artifact_sha256"),
+              "clean": result["test_accuracy"], "accuracy": {}}
+  missing = [s for s in shifts if s not in stored["accuracy"]]
+  if missing:
+    model, params, config = artifacts.load_trained(workdir)
+    evaluator = _evaluator(model, config)
+    for shift in missing:
+      stored["accuracy"][shift] = _accuracy(evaluator, params, config, "test", shift)
+      log(f"{workdir}: {shift} {100 * stored['accuracy'][shift]:.1f}% "
+          f"(clean {100 * stored['clean']:.1f}%)")
+    files.write_json(path, stored)
+  return stored
+
+
+def initial_params(workdir: str, model: vit.Model, trained: dict, config: dict) -> dict:
+  """theta_0 of a finished run: its last stage's starting point. The pre-trained backbone (and
+  earlier stages' artifacts) plus what the stage initialised, from the run's seed as training
+  drew it (train.create_train_state: the first of four keys split from PRNGKey(seed))."""
+  init_rng = jax.random.split(jax.random.PRNGKey(config["seed"]), 4)[0]
+  images = np.zeros((1, config["data.resolution"], config["data.resolution"], 3), np.float32)
+  fresh = jax.jit(model.init)(init_rng, images)["params"]
+  base = artifacts.pretrained_backbone(config, model.num_classes)
+  stages = artifacts.stage_dirs(workdir)
+  earlier = [artifacts.load(os.path.join(d, artifacts.FILENAME))[0] for d in stages[:-1]]
+  start = paths.merge(fresh, base, *earlier)
+  missing = set(paths.flatten(trained)) - set(paths.flatten(start))
+  if missing:
+    raise ValueError(f"{workdir}: no starting value for {sorted(missing)[:3]}.")
+  return start
+
+
+def interpolate(theta_0: dict, theta_1: dict, alpha: float) -> dict:
+  return jax.tree.map(lambda a, b: (1 - alpha) * a + alpha * b, theta_0, theta_1)
+
+
+def wise_curve(workdir: str, subset: str, shifts=(), alphas=WISE_ALPHAS) -> dict:
+  """{"clean": [accuracy per alpha], shift: [...]} of a finished run on `subset`."""
+  model, trained, config = artifacts.load_trained(workdir)
+  theta_0 = initial_params(workdir, model, trained, config)
+  evaluator = _evaluator(model, config)
+  curve = {"clean": []} | {s: [] for s in shifts}
+  for alpha in alphas:
+    params = interpolate(theta_0, trained, alpha)
+    curve["clean"].append(_accuracy(evaluator, params, config, subset))
+    for shift in shifts:
+      curve[shift].append(_accuracy(evaluator, params, config, subset, shift))
+  return curve
+
+
+def wise(method_dir: str, selection_run: str, final_runs: list[str], shifts=(),
+         alphas=WISE_ALPHAS, log=print) -> dict:
+  """WiSE-FT of one (task, method): a picked on val200 by `selection_run`, test accuracies of
+  `final_runs` along a (clean and shifted); written to <method_dir>/wise.json."""
+  val = wise_curve(selection_run, "val200", (), alphas)["clean"]
+  best = int(np.argmax(val))  # Ties -> the smaller a (closer to the pre-trained model).
+  runs = {os.path.relpath(run, method_dir): wise_curve(run, "test", shifts, alphas)
+          for run in final_runs}
+  out = {"alphas": list(alphas), "val200": val, "selected_alpha": alphas[best],
+         "selected_in": os.path.relpath(selection_run, method_dir), "test": runs}
+  files.write_json(os.path.join(method_dir, "wise.json"), out)
+  log(f"{method_dir}: a = {alphas[best]} on val200; test at a: "
+      + ", ".join(f"{100 * r['clean'][best]:.1f}%" for r in runs.values())
+      + " (a = 1: " + ", ".join(f"{100 * r['clean'][-1]:.1f}%" for r in runs.values()) + ")")
+  return out
