@@ -10,13 +10,12 @@ runs along a, clean and shifted (<method>/wise.json). Results are reused while t
 artifacts are unchanged. Then `launch/report.py` shows them, with a figure.
 """
 
-import glob
 import os
 import sys
 
 from absl import flags
 
-from vpt_jax import cli, files, methods, report, robustness
+from vpt_jax import cli, methods, report, robustness
 from vpt_jax.data import shifts
 
 _SWEEP_DIR = flags.DEFINE_string("sweep_dir", None, "A launch/sweep.py output directory.")
@@ -24,19 +23,6 @@ _SHIFTS = flags.DEFINE_list("shifts", list(shifts.DEFAULT_SHIFTS),
                             "Corruption:severity (1-5) of " + ", ".join(shifts.CORRUPTIONS))
 _WISE = flags.DEFINE_bool("wise", True, "WiSE-FT for the methods that move the backbone.")
 flags.mark_flags_as_required(["sweep_dir"])
-
-
-def selection_run(method_dir: str) -> str | None:
-  """The search run of the setting best.json selected (trained on train800, scored on val200)."""
-  try:
-    best = files.read_json(os.path.join(method_dir, "best.json"))
-  except (FileNotFoundError, files.DamagedFileError):
-    return None
-  for result_path in glob.glob(os.path.join(method_dir, "search", "*", "result.json")):
-    result = files.read_json(result_path)
-    if (result["base_lr"], result["weight_decay"]) == (best["base_lr"], best["weight_decay"]):
-      return os.path.dirname(result_path)
-  return None
 
 
 def main(argv):
@@ -58,7 +44,7 @@ def main(argv):
   for method_dir, runs in sorted(by_method.items()):
     if not methods.moves_backbone(os.path.basename(method_dir)):
       continue
-    chosen = selection_run(method_dir)
+    chosen = robustness.selection_run(method_dir)
     if chosen is None:
       print(f"{method_dir}: no search run of the selected setting; WiSE-FT needs one (skipped).")
       continue

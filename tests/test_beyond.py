@@ -1,13 +1,23 @@
 """Beyond the two papers: VQT, GaLore, prediction ensembles, WiSE-FT and distribution shift."""
 
+import glob
+import json
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
+import tensorflow as tf
 
 import parity_reference
-from vpt_jax import methods, optim, paths
+from test_train import tiny_config
+from vpt_jax import (artifacts, executors, methods, optim, paths, plots, predictions, report,
+                     robustness, sweep)
+from vpt_jax.bench import costs
+from vpt_jax.data import pipeline, shifts
 from vpt_jax.models import vit
 
 TINY = dict(variant="Ti/16", depth=2, num_classes=5)
@@ -141,3 +151,120 @@ def test_galore_state_size_is_the_formula():
   adamw = jax.eval_shape(optim.make("hf_adamw", methods.split(groups, groups)[0],
                                     optim.warmup_cosine(1, 10)).init, trainable)
   assert paths.count(state) < 0.4 * paths.count(adamw)
+
+
+# --- Predictions, ensembles, shift and WiSE-FT ---------------------------------------------------
+
+def test_ensembles_and_disagreement_by_hand():
+  labels = np.array([0, 1, 1, 0])
+  a = (np.array([[2.0, 0], [0, 2], [2, 0], [2, 0]]), labels)  # Wrong on example 2.
+  b = (np.array([[0.0, 1], [0, 2], [0, 4], [2, 0]]), labels)  # Wrong on example 0.
+  assert predictions.error_disagreement(a, b) == 0.5
+  assert predictions.ensemble_accuracy([a]) == 0.75
+  # Mean of softmax: example 0 -> class 0 (a is surer), example 2 -> class 1 (b is surer).
+  assert predictions.ensemble_accuracy([a, b]) == 1.0
+  analysis = predictions.analyse({("t", "x"): {42: a, 44: a}, ("t", "y"): {42: b}}, [("x", "y")])
+  np.testing.assert_array_equal(analysis["t"]["disagreement"], [[0, 0.5], [0.5, 0]])
+  assert analysis["t"]["ensembles"] == {"x+y": (1.0, 0.0, 1)}
+  assert analysis["t"]["seed_ensembles"] == {"x": 0.75}
+  with pytest.raises(ValueError, match="different examples"):
+    predictions.ensemble_accuracy([a, (b[0][:3], labels[:3])])
+
+
+def test_shifted_test_sets_are_deterministic_and_shifted(fake_data_dir):
+  def images(shift, batch_size):
+    return np.concatenate([b["image"][b["mask"]] for b in pipeline.eval_batches(
+        "dtd", "test", 32, batch_size, fake_data_dir, shift=shift)])
+  clean = images(None, 16)
+  for shift in shifts.DEFAULT_SHIFTS:
+    shifted = images(shift, 16)
+    assert shifted.shape == clean.shape and shifted.dtype == np.uint8, shift
+    np.testing.assert_array_equal(shifted, images(shift, 7))  # Keyed by example, not batch.
+  for shift in ("gaussian_noise:3", "contrast:3"):  # The test images here are nearly flat.
+    assert np.abs(images(shift, 16).astype(int) - clean).mean() > 2, shift
+  noisy = images("gaussian_noise:5", 16).astype(float)
+  assert np.std(noisy - clean) > np.std(images("gaussian_noise:1", 16).astype(float) - clean)
+  with pytest.raises(ValueError, match="must be <corruption>:<severity 1-5>"):
+    next(pipeline.eval_batches("dtd", "test", 32, 16, fake_data_dir, shift="snow:3"))
+
+
+def test_each_corruption_changes_an_image_as_it_should():
+  image = tf.constant(np.random.default_rng(0).integers(0, 256, (64, 64, 3)), tf.uint8)
+  index = tf.constant(3, tf.int64)
+  run = lambda shift: shifts.corrupt_fn(shift, 224)(index, image).numpy().astype(float)
+  clean = image.numpy().astype(float)
+  high_frequency = lambda x: np.abs(np.diff(x, axis=0)).mean()
+  for severity in (1, 5):
+    assert high_frequency(run(f"gaussian_blur:{severity}")) < 0.6 * high_frequency(clean)
+    assert run(f"contrast:{severity}").std() < 0.5 * clean.std()
+    assert np.abs(run(f"jpeg:{severity}") - clean).mean() > 5
+  assert (np.abs(run("gaussian_noise:5") - clean).mean()
+          > np.abs(run("gaussian_noise:1") - clean).mean() > 5)
+  assert high_frequency(run("gaussian_blur:5")) < high_frequency(run("gaussian_blur:1"))
+
+
+def test_a_sweep_saves_predictions_then_ensembles_shift_and_wise(fake_data_dir, tiny_backbone,
+                                                                 tmp_path):
+  config = tiny_config(fake_data_dir, tiny_backbone, tmp_path, "task=dtd,method=full+linear",
+                       **{"sweep.seeds": 2, "sweep.base_lrs": (0.002,),
+                          "sweep.weight_decays": (1e-3,)})
+  sweep_dir = str(tmp_path / "sweep")
+  planner = sweep.Planner(config, sweep_dir=sweep_dir)
+  counts = sweep.run_protocol(sweep_dir, planner, executors.local(planner), log=lambda *_: None)
+  assert counts["ran"] == 6
+  finals = sorted(glob.glob(f"{sweep_dir}/vtab1k/dtd/*/final/seed*"))
+  for workdir in finals:
+    result = json.loads(open(f"{workdir}/result.json").read())
+    saved = np.load(f"{workdir}/{result['predictions']}")
+    assert saved["logits"].dtype == np.float16 and saved["logits"].shape == (37, 47)
+    accuracy = np.mean(saved["logits"].astype(np.float32).argmax(-1) == saved["labels"])
+    assert abs(accuracy - result["test_accuracy"]) <= 1 / 37  # float16 may flip a near tie.
+
+  shift = ("contrast:5",)
+  for workdir in finals:
+    stored = robustness.shift_run(workdir, shift, log=lambda *_: None)
+    assert stored["clean"] == json.loads(open(f"{workdir}/result.json").read())["test_accuracy"]
+  full_dir = f"{sweep_dir}/vtab1k/dtd/full"
+  chosen = robustness.selection_run(full_dir)
+  assert chosen.endswith("search/lr0.002_wd0.001")
+  full_finals = [d for d in finals if "/full/" in d]
+  out = robustness.wise(full_dir, chosen, full_finals, shift, alphas=(0.0, 0.5, 1.0),
+                        log=lambda *_: None)
+  for run, curve in out["test"].items():
+    result = json.loads(open(f"{full_dir}/{run}/result.json").read())
+    assert curve["clean"][-1] == result["test_accuracy"]  # a = 1: the fine-tuned model.
+  # theta_0 is where training started: the first epoch trains at lr 0 (the VPT code's schedule),
+  # so its checkpoint holds the starting point, head included.
+  model, trained, run_config = artifacts.load_trained(full_finals[0])
+  start = robustness.initial_params(full_finals[0], model, trained, run_config)
+  first = min(int(s) for s in os.listdir(f"{full_finals[0]}/checkpoints") if s.isdigit())
+  saved = ocp.StandardCheckpointer().restore(f"{full_finals[0]}/checkpoints/{first}/default")
+  for path, value in paths.flatten(saved["trainable"]).items():
+    np.testing.assert_array_equal(paths.flatten(start)[path], value, err_msg=path)
+
+  text = report.write(sweep_dir, str(tmp_path / "report"), ensembles=(("full", "linear"),))
+  assert "Examples (%) on which exactly one of two methods errs" in text
+  assert "| full+linear (ensemble, 2 seeds) |" in text and "| full (ensemble of its seeds) |" in text
+  assert "| method | clean | contrast:5 | mean shifted |" in text
+  row = next(line for line in text.splitlines() if line.startswith("| vtab1k | dtd | full |"))
+  assert row.split(" | ")[3] == str(out["selected_alpha"])
+  analysis = predictions.analyse(predictions.load(finals), [("full", "linear")])
+  assert plots.ensembles(analysis, str(tmp_path / "e.png"))
+  curves = {k[1:]: v for k, v in report.wise_curves(sweep_dir).items()}
+  assert plots.robustness(report.shift_rows(sweep_dir)["vtab1k"], curves, str(tmp_path / "r.png"))
+
+
+def test_method_costs_from_the_compiled_steps():
+  rows = {m: costs.method_costs(m, "Ti/16", depth=2, image_size=64, batch=2)
+          for m in ("linear", "vpt_deep", "vqt", "full", "galore")}
+  # VQT: about a forward pass, no backward through the tokens (VPT-deep's 50 prompts have one).
+  assert rows["vqt"]["gflops_per_image"] < 1.3 * rows["linear"]["gflops_per_image"]
+  assert rows["vqt"]["gflops_per_image"] < 0.5 * rows["vpt_deep"]["gflops_per_image"]
+  assert rows["vqt"]["temp_mb"] < rows["vpt_deep"]["temp_mb"]
+  # GaLore: the same trainable parameters as full fine-tuning, far less optimizer state.
+  assert rows["galore"]["trainable_parameters"] == rows["full"]["trainable_parameters"]
+  assert rows["galore"]["optimizer_state_mb"] < 0.4 * rows["full"]["optimizer_state_mb"]
+  # Full fine-tuning's AdamW keeps two moments per parameter (plus a few counters).
+  assert rows["full"]["optimizer_state_mb"] == pytest.approx(2 * rows["full"]["parameters_mb"],
+                                                             rel=1e-3)
+  assert "| vqt | adam | " in costs.markdown(list(rows.values()))

@@ -75,19 +75,29 @@ def test_pretraining_is_deterministic(demo_data, tmp_path):
 def test_shortened_demo(demo_data, tmp_path):
   stdout = run("launch/main.py", "--config=configs/demo.py:task=demo_digits+demo_location",
                f"--workdir={tmp_path / 'demo'}", f"--config.data.data_dir={demo_data}",
-               f"--config.data.cache_dir={tmp_path / 'cache'}", "--config.optim.epochs=5")
-  rows = {line.split("|")[1].strip(): line for line in stdout.splitlines()
+               f"--config.data.cache_dir={tmp_path / 'cache'}", "--config.optim.epochs=5",
+               "--config.eval_shifts=('gaussian_noise:3','contrast:3')")
+  table, shifted = stdout.split("Shifted test sets")
+  rows = {line.split("|")[1].strip(): line for line in table.splitlines()
           if line.startswith("| ")}
+  shift_rows = {line.split("|")[1].strip(): line for line in shifted.splitlines()
+                if line.startswith("| ")}
   assert {"vpt_deep", "full", "chance"} <= set(rows)
+  assert "| method | clean | gaussian_noise:3 | contrast:3 |" in shifted
   for method in ("vpt_deep", "full"):
     cells = [c.strip() for c in rows[method].split("|")[2:4]]
     accuracies = [float(c.split(" ± ")[0]) for c in cells]
     assert accuracies[0] > 1.5 * 10.0, (method, accuracies)  # digits; chance 10%
     assert accuracies[1] > 1.5 * 16.7, (method, accuracies)  # location; chance 16.7%
+    # The shift table's clean column is the mean of the method's two test accuracies.
+    clean, *corrupted = [float(c) for c in shift_rows[method].split("|")[2:-1]]
+    assert clean == pytest.approx(sum(accuracies) / 2, abs=0.06)
+    assert len(corrupted) == 2 and all(0 <= c <= 100 for c in corrupted)
   assert re.search(r"Total wall time \d+s", stdout)
   # The README command again: reported from the finished runs, not retrained.
   again = run("launch/main.py", "--config=configs/demo.py:task=demo_digits+demo_location",
               f"--workdir={tmp_path / 'demo'}", f"--config.data.data_dir={demo_data}",
-              f"--config.data.cache_dir={tmp_path / 'cache'}", "--config.optim.epochs=5")
+              f"--config.data.cache_dir={tmp_path / 'cache'}", "--config.optim.epochs=5",
+              "--config.eval_shifts=('gaussian_noise:3','contrast:3')")
   assert "already holds a finished run" in again
   assert rows["vpt_deep"] in again

@@ -10,6 +10,8 @@ val200 by the run the sweep trained on train800 at the selected setting, and app
 runs' test accuracy (clean and shifted), written to <method>/wise.json.
 """
 
+import functools
+import glob
 import os
 
 import jax
@@ -22,7 +24,13 @@ WISE_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))  # wise-ft's README: 0
 
 
 def _evaluator(model: vit.Model, config: dict) -> evaluate.Evaluator:
-  return evaluate.Evaluator(sharding.make_mesh(), model, config["data.normalization"])
+  return _cached_evaluator(model, config["data.normalization"])
+
+
+@functools.cache
+def _cached_evaluator(model: vit.Model, normalization: str) -> evaluate.Evaluator:
+  """One evaluator (compiled once per shape) for all the runs of a model."""
+  return evaluate.Evaluator(sharding.make_mesh(), model, normalization)
 
 
 def _accuracy(evaluator, params, config: dict, subset: str, shift: str | None = None) -> float:
@@ -76,6 +84,19 @@ def initial_params(workdir: str, model: vit.Model, trained: dict, config: dict) 
 
 def interpolate(theta_0: dict, theta_1: dict, alpha: float) -> dict:
   return jax.tree.map(lambda a, b: (1 - alpha) * a + alpha * b, theta_0, theta_1)
+
+
+def selection_run(method_dir: str) -> str | None:
+  """The search run of the setting best.json selected (trained on train800, scored on val200)."""
+  try:
+    best = files.read_json(os.path.join(method_dir, "best.json"))
+  except (FileNotFoundError, files.DamagedFileError):
+    return None
+  for result_path in glob.glob(os.path.join(method_dir, "search", "*", "result.json")):
+    result = files.read_json(result_path)
+    if (result["base_lr"], result["weight_decay"]) == (best["base_lr"], best["weight_decay"]):
+      return os.path.dirname(result_path)
+  return None
 
 
 def wise_curve(workdir: str, subset: str, shifts=(), alphas=WISE_ALPHAS) -> dict:
