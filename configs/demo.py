@@ -10,7 +10,8 @@ Same pipeline as VTAB-1k: train800val200 -> test, 32x32 images, the `paper` reci
 fine-tuning with VPT-or-FT's AdamW, batch 128 and dropout 0.1; VPT-deep with SGD at batch 64; the
 VPT code's head init and per-epoch schedule, whose first epoch trains at lr 0) over a short
 schedule of 12 epochs. Expected: both methods above chance on every task (chance: 10, 20, 16.7,
-16.7, 12.5%), full fine-tuning ahead on this 2-layer backbone, in about 3 minutes on 2 CPU cores.
+16.7, 12.5%), full fine-tuning ahead on this 2-layer backbone, then both on shifted copies of
+the test sets (config.eval_shifts), in about 4 minutes on 2 CPU cores.
 Arguments: task, method (names joined by +), recipe, phase, seed, as in configs/vtab.py.
 """
 

@@ -13,7 +13,7 @@ artifacts are unchanged. Then `launch/report.py` shows them, with a figure.
 import os
 import sys
 
-from absl import flags
+from absl import flags, logging
 
 from vpt_jax import cli, methods, report, robustness
 from vpt_jax.data import shifts
@@ -27,6 +27,7 @@ flags.mark_flags_as_required(["sweep_dir"])
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)
   if not os.path.isdir(_SWEEP_DIR.value):
     sys.exit(f"error: {_SWEEP_DIR.value} is not a directory; run launch/sweep.py first.")
   with cli.errors(ValueError):

@@ -20,6 +20,13 @@ COLORS = {"full": "tab:blue", "vpt_deep": "tab:orange", "vpt_shallow": "tab:gree
 PROMPT_METHOD = "vpt_deep"
 
 
+def _save(fig, out_path: str, dpi: int) -> bool:
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=dpi)
+  plt.close(fig)
+  return True
+
+
 def _color(method):
   return COLORS.get(method, None)
 
@@ -53,10 +60,7 @@ def loss_curves(sweep_dir: str, out_path: str, setting: str = "vtab1k",
     ax.set_ylabel("cross-entropy")
     ax.legend(fontsize=7)
   fig.suptitle("Train (dashed) and test (solid) loss per epoch")
-  fig.tight_layout()
-  fig.savefig(out_path, dpi=110)
-  plt.close(fig)
-  return True
+  return _save(fig, out_path, 110)
 
 
 def data_scale(cells_by_setting: dict, out_path: str) -> bool:
@@ -83,10 +87,7 @@ def data_scale(cells_by_setting: dict, out_path: str) -> bool:
     ax.set_xlabel("N (search: N train + N/4 val; final: trains on 1.25 N)", fontsize=8)
     ax.set_ylabel("test top-1 (%)")
     ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(out_path, dpi=110)
-  plt.close(fig)
-  return True
+  return _save(fig, out_path, 110)
 
 
 def distance_chart(distances: dict[str, float], cells: dict, out_path: str,
@@ -115,10 +116,7 @@ def distance_chart(distances: dict[str, float], cells: dict, out_path: str,
   ax.set_xlabel("data distance to the pre-training images (Fréchet distance)")
   ax.set_ylabel("task disparity")
   ax.legend()
-  fig.tight_layout()
-  fig.savefig(out_path, dpi=110)
-  plt.close(fig)
-  return True
+  return _save(fig, out_path, 110)
 
 
 def read_distances(path: str) -> dict[str, float]:
@@ -153,7 +151,7 @@ def ensembles(analysis: dict, out_path: str) -> bool:
     stacked[np.ix_(index, index)] = a["disagreement"]
     matrix = np.where(np.isnan(matrix), 0, matrix) + np.nan_to_num(stacked)
   matrix = matrix / len(analysis)
-  fig, (bars, heat) = plt.subplots(1, 2, figsize=(6 + 1.2 * len(tasks), 4.5),
+  fig, (bars, heat) = plt.subplots(1, 2, figsize=(6 + 1.2 * len(tasks), 5.5),
                                    gridspec_kw={"width_ratios": [max(2, len(tasks)), 2]})
   width = 0.8 / len(predictors)
   for j, name in enumerate(predictors):
@@ -162,16 +160,13 @@ def ensembles(analysis: dict, out_path: str) -> bool:
   bars.set_xticklabels(tasks, rotation=30, ha="right")
   bars.set_ylabel("test top-1 (%)")
   bars.set_title("Methods and prediction ensembles")
-  bars.legend(fontsize=7)
+  bars.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2)
   image = heat.imshow(100 * matrix, cmap="viridis")
   heat.set_xticks(range(len(methods)), methods, rotation=45, ha="right")
   heat.set_yticks(range(len(methods)), methods)
   heat.set_title("Examples where exactly one errs (%)\nmean over tasks")
   fig.colorbar(image, ax=heat, fraction=0.046)
-  fig.tight_layout()
-  fig.savefig(out_path, dpi=120)
-  plt.close(fig)
-  return True
+  return _save(fig, out_path, 120)
 
 
 def robustness(shift_rows: dict, wise_curves: dict, out_path: str) -> bool:
@@ -205,7 +200,4 @@ def robustness(shift_rows: dict, wise_curves: dict, out_path: str) -> bool:
     right.set_ylabel("test top-1 (%), mean over seeds")
     right.set_title("WiSE-FT (vertical line: a chosen on val200)")
     right.legend(fontsize=6)
-  fig.tight_layout()
-  fig.savefig(out_path, dpi=120)
-  plt.close(fig)
-  return True
+  return _save(fig, out_path, 120)
