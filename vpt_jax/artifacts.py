@@ -2,6 +2,7 @@
 the pre-trained backbone, a finished run back as a model and its parameters."""
 
 import dataclasses
+import functools
 import json
 import os
 
@@ -77,9 +78,18 @@ def load_trained(workdir: str):
 
 
 def pretrained_backbone(config: dict, num_classes: int) -> dict:
-  """The run's pre-trained parameters without a head (each method's model makes its own)."""
+  """The run's pre-trained parameters without a head (each method's model makes its own); read
+  once per process for all the runs that share them."""
   model_config = {k.removeprefix("model."): v for k, v in config.items() if k.startswith("model.")}
-  params = pretrained.load(config["backbone"], vit.Model(num_classes=num_classes, **model_config),
-                           image_size=config["data.resolution"],
-                           cache_dir=config.get("pretrained_cache_dir"))
+  return _pretrained_backbone(config["backbone"], json.dumps(model_config, sort_keys=True),
+                              num_classes, config["data.resolution"],
+                              config.get("pretrained_cache_dir"))
+
+
+@functools.lru_cache(maxsize=2)
+def _pretrained_backbone(backbone: str, model_config: str, num_classes: int, resolution: int,
+                         cache_dir: str | None) -> dict:
+  params = pretrained.load(backbone, vit.Model(num_classes=num_classes,
+                                               **json.loads(model_config)),
+                           image_size=resolution, cache_dir=cache_dir)
   return {k: v for k, v in params.items() if k != "head"}

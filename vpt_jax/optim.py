@@ -120,7 +120,7 @@ class GaloreState(NamedTuple):
   count: jax.Array
   mu: optax.Updates  # Low-rank for projected kernels, full elsewhere.
   nu: optax.Updates
-  projector: optax.Updates  # (r, n) or (m, r) for projected kernels, a 0-d placeholder elsewhere.
+  projector: optax.Updates  # (r, n) or (m, r) for projected kernels; an unused 0-d zero elsewhere.
 
 
 def galore_matrix_shape(path: str, shape) -> tuple[int, int]:

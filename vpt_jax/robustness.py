@@ -17,7 +17,7 @@ import os
 import jax
 import numpy as np
 
-from vpt_jax import artifacts, evaluate, files, paths, sharding
+from vpt_jax import artifacts, evaluate, files, paths, sharding, train
 from vpt_jax.models import vit
 
 WISE_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))  # wise-ft's README: 0, 0.1, ..., 1.
@@ -68,8 +68,8 @@ def shift_run(workdir: str, shifts, log=print) -> dict:
 def initial_params(workdir: str, model: vit.Model, trained: dict, config: dict) -> dict:
   """theta_0 of a finished run: its last stage's starting point. The pre-trained backbone (and
   earlier stages' artifacts) plus what the stage initialised, from the run's seed as training
-  drew it (train.create_train_state: the first of four keys split from PRNGKey(seed))."""
-  init_rng = jax.random.split(jax.random.PRNGKey(config["seed"]), 4)[0]
+  drew it (train.run_keys)."""
+  init_rng = train.run_keys(config["seed"])[0]
   images = np.zeros((1, config["data.resolution"], config["data.resolution"], 3), np.float32)
   fresh = jax.jit(model.init)(init_rng, images)["params"]
   base = artifacts.pretrained_backbone(config, model.num_classes)

@@ -177,13 +177,17 @@ class Member:
   started: dict = dataclasses.field(default_factory=timing.snapshot)
 
 
+def run_keys(seed: int):
+  """(init, train, data, flip) random keys of a run of `seed`."""
+  return jax.random.split(jax.random.PRNGKey(seed), 4)
+
+
 def create_train_state(config, stage: Stage, backbone, previous_params, mesh, num_examples: int,
                        log) -> tuple[programs.Program, Member, dict]:
   """The stage's (shared, compiled) program, the run as a member of it, and its initial state
   {"trainable", "opt_state"}."""
   program = programs.get(config, stage, num_examples, mesh)
-  rng = jax.random.PRNGKey(config.seed)
-  init_rng, train_rng, data_rng, flip_rng = jax.random.split(rng, 4)
+  init_rng, train_rng, data_rng, flip_rng = run_keys(config.seed)
   params = programs.initial_params(program, backbone, init_rng)
   if previous_params is not None:
     params = paths.merge(params, stage.start_from(previous_params))
