@@ -1,14 +1,15 @@
 """The base config: every field a run reads. vtab.py, demo.py and demo_pretrain.py extend it.
 
 A field left unset (None) here is decided per task and method by the run's recipe
-(config.recipe, see vpt_jax/recipes.py), unless a config file or the command line sets it:
+(config.recipe, see vpt_jax/training/recipes.py), unless a config file or the command line sets it:
 `--config.optim.base_lr=0.1` wins over the recipe. The settings a run really used are in its
 <workdir>/config.json.
 """
 
 import ml_collections
 
-from vpt_jax import config_lib, methods
+from vpt_jax import methods
+from vpt_jax.utils import config_lib
 from vpt_jax.data import tasks as tasks_lib
 
 unset = config_lib.unset
@@ -16,7 +17,7 @@ unset = config_lib.unset
 
 def _optim_fields():
   return dict(
-      name=unset(str),  # sgd, adam, hf_adamw, galore_adamw, adamw (vpt_jax/optim.py).
+      name=unset(str),  # sgd, adam, hf_adamw, galore_adamw, adamw (vpt_jax/training/optim.py).
       base_lr=unset(float),  # Peak lr = base_lr x batch / 256 when scale_lr.
       weight_decay=unset(float),  # The grid's value; applied_weight_decay overrides what applies.
       applied_weight_decay=unset(float),
@@ -42,8 +43,8 @@ def _model_fields():
 def get_config():
   config = ml_collections.ConfigDict()
   config.task = "dtd"  # One task; launch/main.py and launch/sweep.py also take "a+b", "all".
-  config.method = "vpt_deep"  # A name in vpt_jax/methods.py; "a+b" for several.
-  config.recipe = "paper"  # How each method trains (vpt_jax/recipes.py).
+  config.method = "vpt_deep"  # A name in vpt_jax/methods/__init__.py; "a+b" for several.
+  config.recipe = "paper"  # How each method trains (vpt_jax/training/recipes.py).
   config.phase = "final"  # "final": train800val200 -> test; "search": train800 -> val200.
   config.seed = 0
 

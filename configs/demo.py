@@ -18,7 +18,8 @@ Arguments: task, method (names joined by +), recipe, phase, seed, as in configs/
 import os
 
 from configs import default
-from vpt_jax import config_lib, methods
+from vpt_jax import methods
+from vpt_jax.utils import config_lib
 
 BACKBONE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "vpt_jax",
                         "assets", "demo_vit_ti8_depth2.npz")

@@ -6,7 +6,7 @@
   python launch/sweep.py --config=configs/vtab.py:task=all,method=vpt_deep+full --sweep_dir=sweeps/a
 
 Arguments (after the colon): task (one of the 19; for several runs "all", a group or names joined
-by "+"), method (see vpt_jax/methods.py; several joined by "+"), recipe (vpt_jax/recipes.py),
+by "+"), method (see vpt_jax/methods/__init__.py; several joined by "+"), recipe (vpt_jax/training/recipes.py),
 phase ("final": train on train800val200 and score the test split; "search": train on train800
 and score val200), seed, fsdp (shard large parameters over the data axis), bf16 (bfloat16
 compute). Everything else comes from configs/default.py and the recipe; any field can be
@@ -14,11 +14,11 @@ overridden, e.g. --config.optim.base_lr=2.5.
 
 Expected test top-1 with VPT-deep (VPT paper, Table 1): e.g. dtd 65.8, svhn 78.1,
 clevr_count 68.5; with full fine-tuning dtd 64.3, svhn 87.4, clevr_count 56.3 (all in
-vpt_jax/published.py).
+vpt_jax/study/published.py).
 """
 
 from configs import default
-from vpt_jax import config_lib
+from vpt_jax.utils import config_lib
 
 
 def get_config(arg=None):

@@ -13,7 +13,10 @@ from absl import flags, logging
 import jax
 import numpy as np
 
-from vpt_jax import artifacts, attention, cli, files, pretrained
+from vpt_jax.checkpoints import pretrained
+from vpt_jax.study import attention
+from vpt_jax.training import artifacts
+from vpt_jax.utils import cli, files
 from vpt_jax.data import device, pipeline
 
 _RUNS = flags.DEFINE_list("runs", None, "Run workdirs (same task).")

@@ -18,7 +18,7 @@ import sys
 from absl import flags, logging
 import jax
 
-from vpt_jax import cli, files
+from vpt_jax.utils import cli, files
 from vpt_jax.bench import benchmark, torch_reference
 
 _VARIANT = flags.DEFINE_string("variant", None, "ViT variant (default: B/16 on GPU, Ti/16 on CPU).")

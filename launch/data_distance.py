@@ -17,7 +17,9 @@ from absl import flags, logging
 import numpy as np
 import tensorflow as tf
 
-from vpt_jax import cli, distance, files, pretrained
+from vpt_jax.checkpoints import pretrained
+from vpt_jax.study import distance
+from vpt_jax.utils import cli, files
 from vpt_jax.data import pipeline
 from vpt_jax.data import tasks as tasks_lib
 

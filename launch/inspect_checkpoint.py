@@ -14,7 +14,8 @@ from absl import flags
 import jax
 import numpy as np
 
-from vpt_jax import cli, pretrained
+from vpt_jax.checkpoints import pretrained
+from vpt_jax.utils import cli
 from vpt_jax.models import vit
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "An .npz path or a published name.",

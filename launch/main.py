@@ -18,7 +18,10 @@ from absl import flags, logging
 import jax
 from ml_collections import config_flags
 
-from vpt_jax import cli, files, hosts, pretrained, report, robustness, sweep, timing, train
+from vpt_jax.checkpoints import pretrained
+from vpt_jax.study import report, robustness, sweep
+from vpt_jax.training import train
+from vpt_jax.utils import cli, files, hosts, timing
 from vpt_jax.data import pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/vtab.py:task=dtd.")

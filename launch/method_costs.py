@@ -11,7 +11,7 @@ import os
 
 from absl import app, flags
 
-from vpt_jax import files
+from vpt_jax.utils import files
 from vpt_jax.bench import costs
 
 _METHODS = flags.DEFINE_list("methods", ["linear", "vpt_deep", "vqt", "full", "galore"],

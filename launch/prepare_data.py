@@ -12,7 +12,7 @@ import sys
 
 from absl import flags, logging
 
-from vpt_jax import cli
+from vpt_jax.utils import cli
 from vpt_jax.data import pipeline, prepare
 from vpt_jax.data import tasks as tasks_lib
 

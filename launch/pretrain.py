@@ -14,7 +14,9 @@ import sys
 from absl import flags, logging
 from ml_collections import config_flags
 
-from vpt_jax import artifacts, cli, files, pretrained, train
+from vpt_jax.checkpoints import pretrained
+from vpt_jax.training import artifacts, train
+from vpt_jax.utils import cli, files
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/demo_pretrain.py")
 _OUT = flags.DEFINE_string("out", None, "Where to write the npz checkpoint.")

@@ -19,7 +19,9 @@ import sys
 
 from absl import flags
 
-from vpt_jax import cli, methods, plots, predictions, report
+from vpt_jax import methods
+from vpt_jax.study import plots, predictions, report
+from vpt_jax.utils import cli
 
 _SWEEP_DIR = flags.DEFINE_string("sweep_dir", None, "A launch/sweep.py output directory.")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Default: <sweep_dir>/report.")

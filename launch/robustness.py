@@ -15,7 +15,9 @@ import sys
 
 from absl import flags, logging
 
-from vpt_jax import cli, methods, report, robustness
+from vpt_jax import methods
+from vpt_jax.study import report, robustness
+from vpt_jax.utils import cli
 from vpt_jax.data import shifts
 
 _SWEEP_DIR = flags.DEFINE_string("sweep_dir", None, "A launch/sweep.py output directory.")

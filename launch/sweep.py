@@ -17,7 +17,9 @@ import time
 from absl import flags, logging
 from ml_collections import config_flags
 
-from vpt_jax import cli, executors, files, pretrained, sweep, timing
+from vpt_jax.checkpoints import pretrained
+from vpt_jax.study import executors, sweep
+from vpt_jax.utils import cli, files, timing
 from vpt_jax.data import pipeline
 from vpt_jax.data import tasks as tasks_lib
 

@@ -84,7 +84,7 @@ def fake_data_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory):
   """A random 'pre-trained' Ti/16 of depth 2 in the vision_transformer layout."""
-  from vpt_jax import pretrained
+  from vpt_jax.checkpoints import pretrained
   from vpt_jax.models import vit
   model = vit.Model(num_classes=10, variant="Ti/16", depth=2)
   params = model.init(jax.random.PRNGKey(0), jax.numpy.zeros((1, 32, 32, 3)))["params"]

@@ -127,7 +127,7 @@ def test_torch_reference_computes_this_projects_model(tmp_path, method):
   import jax
   import numpy as np
   import torch
-  from vpt_jax import pretrained
+  from vpt_jax.checkpoints import pretrained
   prompt_tokens = 3 if method == "vpt_deep" else 0
   model = vit.Model(num_classes=10, variant="Ti/16", depth=2, prompt_tokens=prompt_tokens,
                     prompt_deep=True)

@@ -14,8 +14,10 @@ import tensorflow as tf
 
 import parity_reference
 from test_train import tiny_config
-from vpt_jax import (artifacts, executors, methods, optim, paths, plots, predictions, report,
-                     robustness, sweep)
+from vpt_jax import methods
+from vpt_jax.study import executors, plots, predictions, report, robustness, sweep
+from vpt_jax.training import artifacts, optim
+from vpt_jax.utils import paths
 from vpt_jax.bench import costs
 from vpt_jax.data import pipeline, shifts
 from vpt_jax.models import vit
@@ -136,7 +138,7 @@ def test_galore_state_size_is_the_formula():
   params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"]
   groups = methods.labels(params, stage.rules)
   trainable, _ = methods.split(params, groups)
-  from vpt_jax import recipes
+  from vpt_jax.training import recipes
   tx = optim.make("galore_adamw", methods.split(groups, groups)[0], optim.warmup_cosine(1, 10),
                   **{k: recipes.GALORE[k] for k in optim.GALORE_FIELDS})
   state = jax.eval_shape(tx.init, trainable)

@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from vpt_jax import files, pretrained
+from vpt_jax.checkpoints import pretrained
+from vpt_jax.utils import files
 from vpt_jax.data import pipeline
 from vpt_jax.data import tasks as tasks_lib
 from vpt_jax.models import vit

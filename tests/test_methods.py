@@ -8,7 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from vpt_jax import artifacts, methods, optim, paths, steps
+from vpt_jax import methods
+from vpt_jax.training import artifacts, optim, steps
+from vpt_jax.utils import paths
 from vpt_jax.models import vit
 
 HPARAMS = dict(prompt_tokens=3, prompt_dropout=0.1, lora_rank=2, adapter_dim=4, partial_k=1,

@@ -16,7 +16,7 @@ import pytest
 import scipy.ndimage
 
 from conftest import GENERATED_CASES, ORACLE_DIR, oracle_cases
-from vpt_jax import pretrained
+from vpt_jax.checkpoints import pretrained
 from vpt_jax.models import vit
 
 POSEMB = "Transformer/posembed_input/pos_embedding"

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from test_train import REPO, tiny_config
-from vpt_jax import executors, files, programs, sweep, timing, train
+from vpt_jax.study import executors, sweep
+from vpt_jax.training import programs, train
+from vpt_jax.utils import files, timing
 
 
 def quiet(*_):
@@ -46,7 +48,7 @@ def test_a_grid_and_its_seeds_compile_the_train_step_once(fake_data_dir, tiny_ba
 def test_the_persistent_compilation_cache(tmp_path):
   code = textwrap.dedent("""
       import sys, jax, jax.numpy as jnp
-      from vpt_jax import timing
+      from vpt_jax.utils import timing
       events = []
       jax.monitoring.register_event_listener(lambda e, **_: events.append(e))
       timing.enable_compilation_cache(sys.argv[1])

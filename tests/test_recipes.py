@@ -17,8 +17,9 @@ import tensorflow as tf
 
 from configs import vtab as vtab_config
 from test_train import REPO, tiny_config
-from vpt_jax import (artifacts, config_lib, optim, paths, programs, published, recipes, report,
-                     sharding, steps, sweep, train)
+from vpt_jax.study import published, report, sweep
+from vpt_jax.training import artifacts, optim, programs, recipes, sharding, steps, train
+from vpt_jax.utils import config_lib, paths
 from vpt_jax.data import device, pipeline
 from vpt_jax.data import tasks as tasks_lib
 from vpt_jax.models import vit
@@ -349,7 +350,7 @@ def test_a_kshot_sweep_runs(fake_data_dir, tiny_backbone, tmp_path):
                           "sweep.base_lrs": (0.5,), "sweep.weight_decays": (0.0,),
                           "sweep.protocol": "kshot"})
   planner = sweep.Planner(config, sweep_dir=str(tmp_path / "sweep"))
-  from vpt_jax import executors
+  from vpt_jax.study import executors
   counts = sweep.run_protocol(str(tmp_path / "sweep"), planner, executors.local(planner),
                               log=lambda *_: None)
   assert counts == {"skipped": 0, "ran": 2, "failed": 0, "infeasible": 0}

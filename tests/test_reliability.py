@@ -19,8 +19,10 @@ import pytest
 
 from configs import vtab as vtab_config
 from test_train import REPO, cli_overrides, tiny_config
-from vpt_jax import (checkpointing, cli, config_lib, executors, files, metrics, pretrained,
-                     recipes, report, sweep, train)
+from vpt_jax.checkpoints import pretrained
+from vpt_jax.study import executors, report, sweep
+from vpt_jax.training import checkpointing, metrics, recipes, train
+from vpt_jax.utils import cli, config_lib, files
 from vpt_jax.data import pipeline
 
 
@@ -142,7 +144,7 @@ def test_killing_the_parent_of_parallel_runs_stops_its_children(tmp_path):
            "time.sleep(60)")
   parent = textwrap.dedent(f"""
       import os, subprocess, sys, time
-      from vpt_jax import executors
+      from vpt_jax.study import executors
       env = {{**os.environ, executors.PARENT_ENV: str(os.getpid())}}
       child = subprocess.Popen([sys.executable, "-c", {child!r}], env=env)
       print(child.pid, flush=True)

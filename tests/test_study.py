@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from vpt_jax import (artifacts, attention, config_lib, distance, executors, plots, published,
-                     recipes, report, sweep, train)
+from vpt_jax.study import attention, distance, executors, plots, published, report, sweep
+from vpt_jax.training import artifacts, recipes, train
+from vpt_jax.utils import config_lib
 from vpt_jax.data import device, pipeline
 from vpt_jax.data import tasks as tasks_lib
 from vpt_jax.models import vit

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from configs import vtab as vtab_config
-from vpt_jax import (artifacts, config_lib, files, methods, metrics, optim, paths, pretrained,
-                     recipes, steps, train)
+from vpt_jax import methods
+from vpt_jax.checkpoints import pretrained
+from vpt_jax.training import artifacts, metrics, optim, recipes, steps, train
+from vpt_jax.utils import config_lib, files, paths
 from vpt_jax.models import vit
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

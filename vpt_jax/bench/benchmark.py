@@ -14,8 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vpt_jax import methods, optim, paths, sharding
-from vpt_jax import steps as train_steps
+from vpt_jax import methods
+from vpt_jax.training import optim, sharding
+from vpt_jax.utils import paths
+from vpt_jax.training import steps as train_steps
 from vpt_jax.models import vit
 
 # Dense peak TFLOP/s per chip by device kind and compute dtype (vendor datasheets).

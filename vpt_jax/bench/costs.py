@@ -8,10 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vpt_jax import methods, optim, paths, recipes, steps
+from vpt_jax import methods
+from vpt_jax.training import optim, recipes, steps
+from vpt_jax.utils import paths
 from vpt_jax.models import vit
 
-# The optimizer each method trains with under the paper recipe (vpt_jax/recipes.py).
+# The optimizer each method trains with under the paper recipe (vpt_jax/training/recipes.py).
 OPTIMIZERS = {"full": "hf_adamw", "galore": "galore_adamw", "vqt": "adam"}
 HPARAMS = dict(prompt_tokens=50, prompt_dropout=0.0, query_tokens=1, query_dropout=0.0,
                lora_rank=8, adapter_dim=8, partial_k=1)

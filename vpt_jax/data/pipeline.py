@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from vpt_jax import files
+from vpt_jax.utils import files
 from vpt_jax.data import demo  # noqa: F401  (registers the mini_vtab builder)
 from vpt_jax.data import shifts
 from vpt_jax.data import tasks as tasks_lib

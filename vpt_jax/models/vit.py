@@ -11,7 +11,7 @@ The parameter tree is the one of Google's ImageNet-21k checkpoints, with Linen's
   pre_logits                              optional tanh representation layer
   head
 
-`vpt_jax.pretrained` maps both published layouts (vision_transformer and big_vision) onto this tree.
+`vpt_jax.checkpoints.pretrained` maps both published layouts (vision_transformer and big_vision) onto this tree.
 """
 
 import dataclasses

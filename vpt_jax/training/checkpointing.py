@@ -20,7 +20,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
-from vpt_jax import files
+from vpt_jax.utils import files
 
 
 def checksum(state) -> str:

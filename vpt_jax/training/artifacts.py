@@ -9,7 +9,9 @@ import os
 import jax
 import numpy as np
 
-from vpt_jax import files, methods, paths, pretrained
+from vpt_jax import methods
+from vpt_jax.checkpoints import pretrained
+from vpt_jax.utils import files, paths
 from vpt_jax.data import tasks as tasks_lib
 from vpt_jax.models import vit
 

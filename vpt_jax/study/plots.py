@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from vpt_jax import metrics
+from vpt_jax.training import metrics
 from vpt_jax.data import tasks as tasks_lib
 
 COLORS = {"full": "tab:blue", "vpt_deep": "tab:orange", "vpt_shallow": "tab:green",

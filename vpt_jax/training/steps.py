@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vpt_jax import paths, sharding
+from vpt_jax.training import sharding
+from vpt_jax.utils import paths
 from vpt_jax.data import device
 
 

@@ -14,7 +14,7 @@ import time
 
 import jax
 
-from vpt_jax import files
+from vpt_jax.utils import files
 
 PHASES = ("data", "compile", "train", "eval", "write")
 _totals = collections.Counter()

@@ -1,7 +1,7 @@
 """Config helpers: `get_config(arg)` arguments, flat views of a config, overrides as flags.
 
 Configs are ml_collections ConfigDicts. Fields left None in configs/default.py are decided by the
-run's recipe (vpt_jax/recipes.py) unless a config file or the command line sets them.
+run's recipe (vpt_jax/training/recipes.py) unless a config file or the command line sets them.
 """
 
 import json

@@ -11,11 +11,13 @@ import sys
 import threading
 import time
 
-from vpt_jax import config_lib, sweep, train
+from vpt_jax.study import sweep
+from vpt_jax.training import train
+from vpt_jax.utils import config_lib
 
 PARENT_ENV = "VPT_JAX_PARENT_PID"
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SWEEP_SCRIPT = os.path.join(REPO, "launch", "sweep.py")
 
 

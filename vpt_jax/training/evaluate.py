@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import numpy as np
 
-from vpt_jax import sharding, steps
+from vpt_jax.training import sharding, steps
 from vpt_jax.data import device, pipeline
 
 

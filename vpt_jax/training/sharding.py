@@ -10,7 +10,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 import optax
 
-from vpt_jax import paths
+from vpt_jax.utils import paths
 
 DATA = "data"
 TACTICS = ("replicate", "fsdp")

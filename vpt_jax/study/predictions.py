@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from vpt_jax import files
+from vpt_jax.utils import files
 
 
 def load(final_dirs: list[str]) -> dict:

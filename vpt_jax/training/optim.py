@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vpt_jax import paths
+from vpt_jax.utils import paths
 
 # (step, peak learning rate) -> learning rate of that step (step = updates taken before it).
 Schedule = Callable[[jax.Array, jax.Array], jax.Array]

@@ -29,7 +29,8 @@ from typing import Callable
 
 import ml_collections
 
-from vpt_jax import methods, optim
+from vpt_jax import methods
+from vpt_jax.training import optim
 from vpt_jax.data import device, pipeline, shifts
 from vpt_jax.data import tasks as tasks_lib
 from vpt_jax.models import vit

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.ndimage
 
-from vpt_jax import files
+from vpt_jax.utils import files
 from vpt_jax.models import vit
 
 BASE_URL = "https://storage.googleapis.com/vit_models/"

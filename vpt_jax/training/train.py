@@ -20,8 +20,9 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from vpt_jax import (artifacts, checkpointing, config_lib, files, methods, metrics, optim, paths,
-                     programs, recipes, sharding, timing)
+from vpt_jax import methods
+from vpt_jax.training import artifacts, checkpointing, metrics, optim, programs, recipes, sharding
+from vpt_jax.utils import config_lib, files, paths, timing
 from vpt_jax.data import tasks as tasks_lib
 from vpt_jax.models import vit
 

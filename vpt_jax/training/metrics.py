@@ -7,7 +7,7 @@ import os
 import jax
 import tensorflow as tf
 
-from vpt_jax import files
+from vpt_jax.utils import files
 
 
 class MetricWriter:

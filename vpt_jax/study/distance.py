@@ -10,7 +10,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from vpt_jax import pretrained
+from vpt_jax.checkpoints import pretrained
 from vpt_jax.data import device
 from vpt_jax.models import vit
 

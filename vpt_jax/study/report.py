@@ -9,7 +9,8 @@ import os
 
 import numpy as np
 
-from vpt_jax import files, predictions, published
+from vpt_jax.study import predictions, published
+from vpt_jax.utils import files
 from vpt_jax.data import tasks as tasks_lib
 
 BASELINE = "full"

@@ -17,7 +17,8 @@ import os
 import jax
 import numpy as np
 
-from vpt_jax import artifacts, evaluate, files, paths, sharding, train
+from vpt_jax.training import artifacts, evaluate, sharding, train
+from vpt_jax.utils import files, paths
 from vpt_jax.models import vit
 
 WISE_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))  # wise-ft's README: 0, 0.1, ..., 1.

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from vpt_jax import paths
+from vpt_jax.utils import paths
 from vpt_jax.models import vit
 
 FROZEN = "frozen"
@@ -175,7 +175,7 @@ def vqt(*, query_tokens, query_dropout, **_):
 @register(moves_backbone=True)
 def galore(**_):
   """Full fine-tuning whose optimizer keeps low-rank Adam statistics for the attention and MLP
-  kernels (GaLore, Zhao et al. 2024; optimizer `galore_adamw` in vpt_jax/optim.py)."""
+  kernels (GaLore, Zhao et al. 2024; optimizer `galore_adamw` in vpt_jax/training/optim.py)."""
   return Method("galore", (_HEAD, (".*", BACKBONE)))
 
 

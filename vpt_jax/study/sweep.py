@@ -1,6 +1,6 @@
 """The paper's protocol over many runs: a base_lr x weight_decay grid scored on validation data,
 the best setting (ties -> smaller lr, then smaller weight decay) rerun with several seeds and
-scored on test. Where the runs execute is vpt_jax/executors.py's job.
+scored on test. Where the runs execute is vpt_jax/study/executors.py's job.
 
 Every run has its own workdir under the sweep directory:
 
@@ -24,7 +24,9 @@ from typing import Callable
 
 import ml_collections
 
-from vpt_jax import config_lib, files, methods, recipes, train
+from vpt_jax import methods
+from vpt_jax.training import recipes, train
+from vpt_jax.utils import config_lib, files
 from vpt_jax.data import tasks as tasks_lib
 
 PHASES = ("search", "final")

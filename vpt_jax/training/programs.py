@@ -16,7 +16,10 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
-from vpt_jax import evaluate, methods, optim, paths, pretrained, sharding, steps, timing
+from vpt_jax import methods
+from vpt_jax.checkpoints import pretrained
+from vpt_jax.training import evaluate, optim, sharding, steps
+from vpt_jax.utils import paths, timing
 from vpt_jax.data import device, pipeline
 from vpt_jax.models import vit
 
