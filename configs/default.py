@@ -60,6 +60,7 @@ def get_config():
       lora_rank=8, lora_alpha=8.0, adapter_dim=8, partial_k=1))
 
   config.data = ml_collections.ConfigDict(dict(
+      source="tfds",  # Where images come from (vpt_jax/data/sources.py).
       data_dir=unset(str),  # None: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
       cache_dir=unset(str),  # None: $VPT_JAX_CACHE/arrays.
       resolution=224, normalization=unset(str), resize=unset(str), flip=False,

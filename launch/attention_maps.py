@@ -18,6 +18,7 @@ from vpt_jax.study import attention
 from vpt_jax.training import artifacts
 from vpt_jax.utils import cli, files
 from vpt_jax.data import device, pipeline
+from vpt_jax.data import tasks as tasks_lib
 
 _RUNS = flags.DEFINE_list("runs", None, "Run workdirs (same task).")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 4, "Test images to show.")
@@ -35,7 +36,7 @@ def main(argv):
     if len(tasks) != 1:
       raise ValueError(f"The runs are of different tasks ({sorted(tasks)}): compare one task.")
     config = loaded[0][3]
-    batch = next(pipeline.eval_batches(config["task"], _SUBSET.value, config["data.resolution"],
+    batch = next(pipeline.eval_batches(tasks_lib.get(config["task"]), _SUBSET.value, config["data.resolution"],
                                        _NUM_IMAGES.value, config.get("data.data_dir"),
                                        config.get("data.resize") or "bilinear"))
   except (ValueError, FileNotFoundError, pretrained.CheckpointError, files.DamagedFileError,

@@ -65,12 +65,12 @@ def main(argv):
     if _REFERENCE_DIR.value:
       reference = _folder_images(_REFERENCE_DIR.value, _RESOLUTION.value)
     else:
-      reference, _ = pipeline.load_arrays(_REFERENCE_TASK.value, _SUBSET.value,
+      reference, _ = pipeline.load_arrays(tasks_lib.get(_REFERENCE_TASK.value), _SUBSET.value,
                                           _RESOLUTION.value, _DATA_DIR.value)
     reference_features = extractor(reference)
     results = {}
     for task in tasks_lib.expand(_TASKS.value):
-      images, _ = pipeline.load_arrays(task, _SUBSET.value, _RESOLUTION.value, _DATA_DIR.value)
+      images, _ = pipeline.load_arrays(tasks_lib.get(task), _SUBSET.value, _RESOLUTION.value, _DATA_DIR.value)
       value = distance.features_distance(extractor(images), reference_features)
       results[task] = {"distance": value, "images": len(images), "reference_images": len(reference),
                        "extractor": _EXTRACTOR.value}

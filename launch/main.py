@@ -3,6 +3,7 @@
   python launch/main.py --config=configs/vtab.py:task=dtd,method=vpt_deep --workdir=runs/dtd
   python launch/main.py --config=configs/vtab.py:task=dtd --config.optim.base_lr=2.5 --workdir=...
   python launch/main.py --config=configs/demo.py      # offline demo: 5 tasks x (VPT, FT), table
+  python launch/main.py --list     # every task, data source, backbone, method and recipe
 
 The config file's docstring says what it runs and what to expect. Running the same command again
 resumes an interrupted run from its last checkpoint; a finished run is reported, not retrained.
@@ -12,12 +13,14 @@ resumes an interrupted run from its last checkpoint; a finished run is reported,
 import json
 import os
 import re
+import sys
 import time
 
 from absl import flags, logging
 import jax
 from ml_collections import config_flags
 
+from vpt_jax import catalog
 from vpt_jax.checkpoints import pretrained
 from vpt_jax.study import report, robustness, sweep
 from vpt_jax.training import train
@@ -33,7 +36,8 @@ _COORDINATOR = flags.DEFINE_string("coordinator", None, "With --distributed: HOS
                                    "0's coordination service.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --distributed: processes in all.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --distributed: this process's index.")
-flags.mark_flags_as_required(["config"])
+_LIST = flags.DEFINE_bool("list", False, "Print every task, data source, backbone, method and "
+                          "recipe, one line each, and exit.")
 
 
 def _default_workdir(config, config_flag: str) -> str:
@@ -57,6 +61,11 @@ def _shift_table(shifted: list[dict], run_methods: list[str], names) -> str:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  if _LIST.value:
+    print("\n".join(catalog.lines()))
+    return
+  if _CONFIG.value is None:
+    sys.exit("error: --config is required, e.g. --config=configs/vtab.py:task=dtd (or --list).")
   config = cli.config_value(_CONFIG)
   if _DISTRIBUTED.value:
     with cli.errors(ValueError):

@@ -15,6 +15,7 @@ import tensorflow as tf
 import parity_reference
 from test_train import tiny_config
 from vpt_jax import methods
+from vpt_jax.data import tasks as tasks_lib
 from vpt_jax.study import executors, plots, predictions, report, robustness, sweep
 from vpt_jax.training import artifacts, optim
 from vpt_jax.utils import paths
@@ -176,7 +177,7 @@ def test_ensembles_and_disagreement_by_hand():
 def test_shifted_test_sets_are_deterministic_and_shifted(fake_data_dir):
   def images(shift, batch_size):
     return np.concatenate([b["image"][b["mask"]] for b in pipeline.eval_batches(
-        "dtd", "test", 32, batch_size, fake_data_dir, shift=shift)])
+        tasks_lib.get("dtd"), "test", 32, batch_size, fake_data_dir, shift=shift)])
   clean = images(None, 16)
   for shift in shifts.DEFAULT_SHIFTS:
     shifted = images(shift, 16)
@@ -187,7 +188,7 @@ def test_shifted_test_sets_are_deterministic_and_shifted(fake_data_dir):
   noisy = images("gaussian_noise:5", 16).astype(float)
   assert np.std(noisy - clean) > np.std(images("gaussian_noise:1", 16).astype(float) - clean)
   with pytest.raises(ValueError, match="must be <corruption>:<severity 1-5>"):
-    next(pipeline.eval_batches("dtd", "test", 32, 16, fake_data_dir, shift="snow:3"))
+    next(pipeline.eval_batches(tasks_lib.get("dtd"), "test", 32, 16, fake_data_dir, shift="snow:3"))
 
 
 def test_each_corruption_changes_an_image_as_it_should():

@@ -11,7 +11,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import fake_tfds
-from vpt_jax.data import device, pipeline, prepare
+from vpt_jax.data import device, pipeline, prepare, tfds_source
 from vpt_jax.data import tasks as tasks_lib
 
 RES = 16
@@ -30,8 +30,8 @@ def examples_of(data_dir, builder, split):
 
 def num_examples(task_name, subset, data_dir):
   task = tasks_lib.get(task_name)
-  builder = pipeline.builder(task, data_dir)
-  split = tasks_lib.split_for(task, subset, pipeline.split_sizes(builder))
+  builder = tfds_source.builder(task, data_dir)
+  split = tasks_lib.split_for(task, subset, tfds_source.split_sizes(builder))
   return builder.info.splits[split].num_examples
 
 
@@ -134,7 +134,7 @@ def test_preprocess_binary_grayscale_to_rgb():
   task = tasks_lib.get("dsprites_loc")
   image = np.zeros((64, 64, 1), np.uint8)
   image[:32] = 1
-  out = pipeline.preprocess_fn(task, 32)({"image": tf.constant(image),
+  out = tfds_source.preprocess_fn(task, 32)({"image": tf.constant(image),
                                           "label_x_position": tf.constant(7, tf.int64)})
   out = {k: v.numpy() for k, v in out.items()}
   assert out["image"].shape == (32, 32, 3) and out["image"].dtype == np.uint8
@@ -145,7 +145,7 @@ def test_preprocess_binary_grayscale_to_rgb():
 # --- Subsets from (generated) TFDS data ------------------------------------------------------------
 
 def test_train800val200_is_exactly_the_two_slices(data_dir, tmp_path):
-  images, labels = pipeline.load_arrays("dtd", "train800val200", RES, data_dir, str(tmp_path))
+  images, labels = pipeline.load_arrays(tasks_lib.get("dtd"), "train800val200", RES, data_dir, str(tmp_path))
   assert images.shape == (1000, RES, RES, 3) and images.dtype == np.uint8
   assert examples_in(images) == (examples_of(data_dir, "dtd:3.*.*", "train[:800]")
                                  + examples_of(data_dir, "dtd:3.*.*", "validation[:200]"))
@@ -153,31 +153,31 @@ def test_train800val200_is_exactly_the_two_slices(data_dir, tmp_path):
 
 
 def test_grayscale_task_with_its_own_label(data_dir, tmp_path):
-  images, labels = pipeline.load_arrays("smallnorb_azi", "val200", RES, data_dir, str(tmp_path))
+  images, labels = pipeline.load_arrays(tasks_lib.get("smallnorb_azi"), "val200", RES, data_dir, str(tmp_path))
   np.testing.assert_array_equal(images[..., 0], images[..., 2])  # Tiled to 3 channels.
   assert examples_in(images[..., :1]) == examples_of(data_dir, "smallnorb:2.*.*", "test[:200]")
   np.testing.assert_array_equal(labels, images[:, 0, 0, 0] % 18)
 
 
 def test_cache_is_read_on_the_second_load(data_dir, tmp_path, monkeypatch):
-  first = pipeline.load_arrays("dtd", "val200", RES, data_dir, str(tmp_path))
+  first = pipeline.load_arrays(tasks_lib.get("dtd"), "val200", RES, data_dir, str(tmp_path))
   cached = list(tmp_path.rglob("*.npz"))
   assert [p.name for p in cached] == ["dtd_3.0.1_val200_16px_bilinear.npz"]
 
   def no_tfds(*args, **kwargs):
     raise AssertionError("read TFDS although the subset is cached")
   monkeypatch.setattr(pipeline, "_dataset", no_tfds)
-  second = pipeline.load_arrays("dtd", "val200", RES, data_dir, str(tmp_path))
+  second = pipeline.load_arrays(tasks_lib.get("dtd"), "val200", RES, data_dir, str(tmp_path))
   for a, b in zip(first, second):
     np.testing.assert_array_equal(a, b)
   other_resolution = tmp_path / "dtd" / "dtd_3.0.1_val200_24px_bilinear.npz"
   with pytest.raises(AssertionError, match="read TFDS"):
-    pipeline.load_arrays("dtd", "val200", 24, data_dir, str(tmp_path))
+    pipeline.load_arrays(tasks_lib.get("dtd"), "val200", 24, data_dir, str(tmp_path))
   assert not other_resolution.exists()
 
 
 def test_streamed_test_batches_count_every_example_once(data_dir):
-  batches = list(pipeline.eval_batches("dtd", "test", RES, batch_size=16, data_dir=data_dir))
+  batches = list(pipeline.eval_batches(tasks_lib.get("dtd"), "test", RES, batch_size=16, data_dir=data_dir))
   assert len(batches) == 3
   for batch in batches:
     assert batch["image"].shape == (16, RES, RES, 3) and batch["label"].shape == (16,)
@@ -242,18 +242,18 @@ def test_kshot_indices_follow_the_reference_sampler():
 
 
 def test_one_shot_subsets_from_tfds(data_dir, tmp_path):
-  images, labels = pipeline.load_arrays("dtd", "1shot_seed0", RES, data_dir, str(tmp_path))
+  images, labels = pipeline.load_arrays(tasks_lib.get("dtd"), "1shot_seed0", RES, data_dir, str(tmp_path))
   assert sorted(labels.tolist()) == list(range(47))
   np.testing.assert_array_equal(labels, [fake_tfds.decode_index(im) % 47 for im in images])
   assert set(examples_in(images)) <= set(examples_of(data_dir, "dtd:3.*.*", "train[:800]"))
-  again, _ = pipeline.load_arrays("dtd", "1shot_train800_seed0", RES, data_dir,
+  again, _ = pipeline.load_arrays(tasks_lib.get("dtd"), "1shot_train800_seed0", RES, data_dir,
                                   str(tmp_path / "other"))
   np.testing.assert_array_equal(again, images)
-  other_seed, _ = pipeline.load_arrays("dtd", "1shot_seed1", RES, data_dir, str(tmp_path))
+  other_seed, _ = pipeline.load_arrays(tasks_lib.get("dtd"), "1shot_seed1", RES, data_dir, str(tmp_path))
   assert examples_in(other_seed) != examples_in(images)
-  val, _ = pipeline.load_arrays("dtd", "1shot_val200_seed0", RES, data_dir, str(tmp_path))
+  val, _ = pipeline.load_arrays(tasks_lib.get("dtd"), "1shot_val200_seed0", RES, data_dir, str(tmp_path))
   assert {int(im[0, 0, 2]) for im in val} == {fake_tfds.SPLIT_IDS["validation"]}
-  final, final_labels = pipeline.load_arrays("dtd", "2shot_train800val200_seed0", RES, data_dir,
+  final, final_labels = pipeline.load_arrays(tasks_lib.get("dtd"), "2shot_train800val200_seed0", RES, data_dir,
                                              str(tmp_path))
   assert collections.Counter(final_labels.tolist()) == {c: 2 for c in range(47)}
   assert tasks_lib.parse_kshot("2shot_train800val200_seed7") == (2, "train800val200", 7)
@@ -264,7 +264,7 @@ def test_one_shot_subsets_from_tfds(data_dir, tmp_path):
 def test_unprepared_task_fails_at_once_with_the_command(tmp_path):
   with pytest.raises(pipeline.DataNotPreparedError,
                      match=f"python launch/prepare_data.py --tasks=svhn --data_dir={tmp_path}"):
-    pipeline.load_arrays("svhn", "train800val200", RES, str(tmp_path), str(tmp_path))
+    pipeline.load_arrays(tasks_lib.get("svhn"), "train800val200", RES, str(tmp_path), str(tmp_path))
 
 
 def test_bad_names():
@@ -278,7 +278,7 @@ def test_data_dir_defaults_to_tfds_data_dir(monkeypatch, tmp_path):
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
   assert pipeline.default_data_dir() == str(tmp_path)
   with pytest.raises(pipeline.DataNotPreparedError, match=f"--data_dir={tmp_path}"):
-    pipeline.builder(tasks_lib.get("dtd"))
+    tfds_source.builder(tasks_lib.get("dtd"))
 
 
 # --- Device-side batching ------------------------------------------------------------------------

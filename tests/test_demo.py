@@ -26,7 +26,7 @@ def demo_data(tmp_path_factory):
 def test_demo_tasks_are_generated_offline_through_tfds(demo_data, tmp_path):
   for name in tasks_lib.DEMO_TASKS:
     task = tasks_lib.get(name)
-    images, labels = pipeline.load_arrays(name, "train800", 32, demo_data, str(tmp_path))
+    images, labels = pipeline.load_arrays(tasks_lib.get(name), "train800", 32, demo_data, str(tmp_path))
     assert images.shape == (800, 32, 32, 3) and images.dtype == np.uint8
     counts = np.bincount(labels, minlength=task.num_classes)
     assert len(counts) == task.num_classes and counts.min() > 0.5 * 800 / task.num_classes
@@ -34,9 +34,9 @@ def test_demo_tasks_are_generated_offline_through_tfds(demo_data, tmp_path):
   assert [tasks_lib.get(n).group for n in tasks_lib.DEMO_TASKS] == [
       "natural", "specialized", "structured", "structured", "structured"]
   # Generated once: the same examples on a second machine (here: a second data directory).
-  again, _ = pipeline.load_arrays("demo_count", "train800", 32, str(tmp_path / "other_tfds"),
+  again, _ = pipeline.load_arrays(tasks_lib.get("demo_count"), "train800", 32, str(tmp_path / "other_tfds"),
                                   str(tmp_path / "other_cache"))
-  first, _ = pipeline.load_arrays("demo_count", "train800", 32, demo_data, str(tmp_path))
+  first, _ = pipeline.load_arrays(tasks_lib.get("demo_count"), "train800", 32, demo_data, str(tmp_path))
   np.testing.assert_array_equal(again, first)
 
 

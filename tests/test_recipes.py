@@ -18,9 +18,9 @@ import tensorflow as tf
 from configs import vtab as vtab_config
 from test_train import REPO, tiny_config
 from vpt_jax.study import published, report, sweep
-from vpt_jax.training import artifacts, optim, programs, recipes, sharding, steps, train
+from vpt_jax.training import artifacts, loop, optim, programs, recipes, sharding, spec, steps, train
 from vpt_jax.utils import config_lib, paths
-from vpt_jax.data import device, pipeline
+from vpt_jax.data import device, tfds_source
 from vpt_jax.data import tasks as tasks_lib
 from vpt_jax.models import vit
 
@@ -90,12 +90,12 @@ def test_ft_then_pt_fine_tunes_then_prompt_tunes_with_a_fresh_head():
   assert (config.stage_optim.full.name, config.stage_optim.full.batch_size) == ("hf_adamw", 128)
   assert config.stage_model.full.dropout == 0.1 and config.model.dropout == 0.0
   assert config.optim.name == "sgd" and max(config.sweep.base_lrs) == 50.0
-  stages = train.plan_stages(config, tasks_lib.get("dtd"), "w")
+  stages = spec.from_resolved(config, "w").stages
   assert [s.method.name for s in stages] == ["full", "vpt_deep"]
   assert stages[0].model.dropout == 0.1 and stages[1].model.dropout == 0.0
   previous = {"head": {"kernel": 1}, "Transformer": {"x": 2}}
   assert stages[1].start_from(previous) == {"Transformer": {"x": 2}}  # build_vit_backbone.py L580.
-  lp_ft = train.plan_stages(resolved("task=dtd,method=lp_ft"), tasks_lib.get("dtd"), "w")
+  lp_ft = spec.from_resolved(resolved("task=dtd,method=lp_ft"), "w").stages
   assert lp_ft[1].start_from(previous) == previous  # LP-FT keeps its probed head.
 
 
@@ -242,9 +242,9 @@ def legacy_bilinear(image, size):
 
 def test_resize_is_tf1_bilinear_without_half_pixel_centres():
   image = np.random.default_rng(0).integers(0, 256, (13, 9, 3)).astype(np.uint8)
-  ours = pipeline.resize(tf.constant(image), 20, "tf1_bilinear").numpy()
+  ours = tfds_source.resize(tf.constant(image), 20, "tf1_bilinear").numpy()
   np.testing.assert_allclose(ours, legacy_bilinear(image.astype(np.float64), 20), atol=1e-3)
-  tf2 = pipeline.resize(tf.constant(image), 20, "bilinear").numpy()
+  tf2 = tfds_source.resize(tf.constant(image), 20, "bilinear").numpy()
   assert np.abs(tf2 - ours).max() > 5  # Half-pixel centres sample elsewhere.
   # The uint8 cache rounds to the nearest level: at most 0.5/255 in [0, 1] pixel units.
   assert np.abs(np.round(ours) - ours).max() <= 0.5
@@ -285,7 +285,7 @@ def test_a_diverged_run_is_scored_at_its_last_finished_epoch(fake_data_dir, tiny
   # A divergence in the first epoch leaves nothing to score: the run fails, as in the VPT code.
   monkeypatch.setattr(steps, "make_train_step", _nan_in_epoch(1, 32))
   monkeypatch.setattr(programs, "_programs", {})
-  with pytest.raises(train.NonFiniteLossError, match="Loss became nan at step 1 "):
+  with pytest.raises(loop.NonFiniteLossError, match="Loss became nan at step 1 "):
     train.train_and_evaluate(config, str(tmp_path / "first"), log=lambda *_: None)
 
 
@@ -382,11 +382,12 @@ def test_steps_match_the_pytorch_reference(name, fake_data_dir, tiny_backbone, t
       **{"optim.epochs": 3, "optim.warmup_epochs": 1, "optim.batch_size": None,
          "optim.base_lr": base_lr, "optim.weight_decay": weight_decay, "model.dropout": 0.0,
          "method_kwargs.prompt_dropout": 0.0, "data.train_subset": "scale400_train"}))
-  [stage] = train.plan_stages(config, tasks_lib.get("dtd"), str(tmp_path / "w"))
+  run = spec.from_resolved(config, str(tmp_path / "w"))
+  [stage] = run.stages
   mesh = sharding.make_mesh()
-  images, labels = programs.train_arrays(config, config.data.train_subset, mesh)
-  setup, member, state = train.create_train_state(config, stage, train.load_backbone(
-      config, tasks_lib.get("dtd")), None, mesh, len(images), lambda *_: None)
+  images, labels = programs.train_arrays(run.data, run.data.train_subset, mesh)
+  setup, member, state = train.create_train_state(run, stage, programs.backbone(run), None, mesh,
+                                                  len(images), lambda *_: None)
   initial = {k: np.asarray(v) for k, v in paths.flatten(jax.device_get(
       paths.merge(state["trainable"], member.frozen))).items()}
 
@@ -394,7 +395,8 @@ def test_steps_match_the_pytorch_reference(name, fake_data_dir, tiny_backbone, t
   batch, n = stage.optim.batch_size, len(images)
   host_images = np.asarray(device.normalize(images, config.data.normalization))
   host_labels = np.asarray(labels)
-  trainable, opt_state = state["trainable"], state["opt_state"]
+  # As a pack of one: states, permutation and keys with a leading axis of 1.
+  trainable, opt_state = jax.tree.map(lambda x: x[None], (state["trainable"], state["opt_state"]))
   ours, batches, step = [], [], 0
   for epoch in range(3):
     permutation = device.epoch_permutation(member.rngs["data"], epoch, n)
@@ -402,9 +404,9 @@ def test_steps_match_the_pytorch_reference(name, fake_data_dir, tiny_backbone, t
     batches.append([])
     for s in range(setup.steps_per_epoch):
       trainable, opt_state, out = setup.train_step(
-          trainable, opt_state, member.frozen, images, labels, permutation, step,
-          member.rngs["train"], member.rngs["flip"])
-      ours.append(float(out["loss"]))
+          trainable, opt_state, member.frozen, images, labels, permutation[None], step,
+          member.rngs["train"][None], member.rngs["flip"][None])
+      ours.append(float(out["loss"][0]))
       chosen = order[s * batch:(s + 1) * batch]
       batches[-1].append((torch.from_numpy(host_images[chosen].transpose(0, 3, 1, 2).copy()),
                           torch.from_numpy(host_labels[chosen].astype(np.int64))))
@@ -414,10 +416,11 @@ def test_steps_match_the_pytorch_reference(name, fake_data_dir, tiny_backbone, t
   reference = torch_reference.from_flax(initial, heads=3,
                                         prompt_tokens=config.method_kwargs.prompt_tokens
                                         if method in ("vpt_deep", "mixed") else 0)
-  theirs = torch_reference.train(reference, method, train.peak_lr(stage.optim), weight_decay, 3,
+  theirs = torch_reference.train(reference, method, stage.optim.peak_lr, weight_decay, 3,
                                  1, batches)
   assert len(ours) == len(theirs) == 3 * setup.steps_per_epoch
   np.testing.assert_allclose(ours, theirs, rtol=2e-5, atol=2e-6)
+  trainable = jax.tree.map(lambda x: x[0], trainable)
   final = paths.flatten(jax.device_get(paths.merge(trainable, member.frozen)))
   expected = torch_reference.to_flax_names(reference)
   trained = paths.flatten(jax.device_get(trainable))

@@ -20,6 +20,7 @@ import pytest
 from configs import vtab as vtab_config
 from test_train import REPO, cli_overrides, tiny_config
 from vpt_jax.checkpoints import pretrained
+from vpt_jax.data import tasks as tasks_lib
 from vpt_jax.study import executors, report, sweep
 from vpt_jax.training import checkpointing, metrics, recipes, train
 from vpt_jax.utils import cli, config_lib, files
@@ -85,8 +86,8 @@ def test_a_changed_configuration_redoes_the_runs_and_the_report_counts_the_curre
 
 def test_two_processes_prepare_one_dataset_safely(tmp_path):
   code = textwrap.dedent(f"""
-      from vpt_jax.data import pipeline, tasks
-      pipeline.builder(tasks.get("demo_count"), {str(tmp_path)!r})
+      from vpt_jax.data import tasks, tfds_source
+      tfds_source.builder(tasks.get("demo_count"), {str(tmp_path)!r})
       print("ready")""")
   processes = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, cwd=REPO) for _ in range(2)]
@@ -205,11 +206,11 @@ def test_damaged_metrics_and_config_are_rebuilt_on_resume(finished, tmp_path, ca
 
 
 def test_a_damaged_data_cache_is_rebuilt(fake_data_dir, tmp_path, caplog):
-  first = pipeline.load_arrays("dtd", "val200", 16, fake_data_dir, str(tmp_path))
+  first = pipeline.load_arrays(tasks_lib.get("dtd"), "val200", 16, fake_data_dir, str(tmp_path))
   [cache] = tmp_path.rglob("*.npz")
   cache.write_bytes(cache.read_bytes()[:1000])
   with caplog.at_level(logging.WARNING):
-    again = pipeline.load_arrays("dtd", "val200", 16, fake_data_dir, str(tmp_path))
+    again = pipeline.load_arrays(tasks_lib.get("dtd"), "val200", 16, fake_data_dir, str(tmp_path))
   assert f"Data cache {cache} is damaged" in caplog.text
   np.testing.assert_array_equal(again[0], first[0])
   np.testing.assert_array_equal(files.read_npz(str(cache))["images"], first[0])

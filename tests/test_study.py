@@ -14,7 +14,7 @@ import pytest
 import scipy.linalg
 
 from vpt_jax.study import attention, distance, executors, plots, published, report, sweep
-from vpt_jax.training import artifacts, recipes, train
+from vpt_jax.training import artifacts, loop, recipes
 from vpt_jax.utils import config_lib
 from vpt_jax.data import device, pipeline
 from vpt_jax.data import tasks as tasks_lib
@@ -137,7 +137,7 @@ def test_sweep_runs_resumes_and_reports(fake_data_dir, tiny_backbone, tmp_path):
   workdir = tmp_path / "sweep/vtab1k/dtd/vpt_deep/final/seed42"
   model, params, run_config = artifacts.load_trained(str(workdir))
   correct = 0
-  for batch in pipeline.eval_batches("dtd", "test", 32, 16, fake_data_dir):
+  for batch in pipeline.eval_batches(tasks_lib.get("dtd"), "test", 32, 16, fake_data_dir):
     logits, aux = model.apply({"params": params}, device.normalize(batch["image"], "imagenet"),
                               return_attention=True)
     correct += int(((np.argmax(logits, -1) == batch["label"]) & batch["mask"]).sum())
@@ -155,7 +155,7 @@ def test_failed_runs_are_recorded_not_retried(tmp_path):
 
   def runner(run, workdir, log=print, env=None):
     calls.append(workdir)
-    raise train.NonFiniteLossError("Loss became nan at step 3")
+    raise loop.NonFiniteLossError("Loss became nan at step 3")
   (tmp_path / runs_[0].workdir).mkdir(parents=True)
   assert sweep.execute(str(tmp_path), runs_, runner, log=lambda *_: None) == \
       {"skipped": 0, "ran": 0, "failed": 1, "infeasible": 0}
@@ -228,8 +228,8 @@ def test_frechet_distance_matches_scipy():
 
 def test_vit_features_distance(fake_data_dir, tiny_backbone, tmp_path):
   extract = distance.vit_extractor(tiny_backbone, "Ti/16", 32, "imagenet", depth=2)
-  images, _ = pipeline.load_arrays("dtd", "train800", 32, fake_data_dir, str(tmp_path))
-  gray, _ = pipeline.load_arrays("smallnorb_azi", "train800", 32, fake_data_dir, str(tmp_path))
+  images, _ = pipeline.load_arrays(tasks_lib.get("dtd"), "train800", 32, fake_data_dir, str(tmp_path))
+  gray, _ = pipeline.load_arrays(tasks_lib.get("smallnorb_azi"), "train800", 32, fake_data_dir, str(tmp_path))
   features = extract(images)
   assert features.shape == (800, 192)
   near = distance.features_distance(features[:400], features[400:])

@@ -14,8 +14,9 @@ import pytest
 
 from configs import vtab as vtab_config
 from vpt_jax import methods
+from vpt_jax.data import tasks as tasks_lib
 from vpt_jax.checkpoints import pretrained
-from vpt_jax.training import artifacts, metrics, optim, recipes, steps, train
+from vpt_jax.training import artifacts, loop, metrics, optim, recipes, spec, steps, train
 from vpt_jax.utils import config_lib, files, paths
 from vpt_jax.models import vit
 
@@ -83,7 +84,7 @@ def test_stage_optim_names_an_earlier_stage(fake_data_dir, tiny_backbone, tmp_pa
   resolved = recipes.resolve(config)
   assert resolved.stage_optim.full.base_lr == 0.001
   # The tuned (last) stage takes config.optim itself.
-  assert [s.optim.base_lr for s in train.plan_stages(resolved, train.tasks_lib.get("dtd"), "w")] \
+  assert [s.optim.base_lr for s in spec.from_resolved(resolved, "w").stages] \
       == [0.001, resolved.optim.base_lr]
   config.stage_optim.vpt_deep = {"base_lr": 1.0}
   with pytest.raises(ValueError, match="has no earlier stage called 'vpt_deep'"):
@@ -117,7 +118,7 @@ def test_run_outputs_and_artifact(fake_data_dir, tiny_backbone, tmp_path):
   params = paths.merge(backbone, trained)
   from vpt_jax.data import device, pipeline
   correct = total = 0
-  for batch in pipeline.eval_batches("dtd", "test", 32, 16, fake_data_dir):
+  for batch in pipeline.eval_batches(tasks_lib.get("dtd"), "test", 32, 16, fake_data_dir):
     logits, _ = model.apply({"params": params}, device.normalize(batch["image"], "imagenet"))
     correct += int(((np.argmax(logits, -1) == batch["label"]) & batch["mask"]).sum())
     total += int(batch["mask"].sum())
@@ -242,7 +243,7 @@ def test_non_finite_loss_stops_and_keeps_good_checkpoints(fake_data_dir, tiny_ba
                        **{"optim.epochs": 3, "optim.on_non_finite": "fail"})
   monkeypatch.setattr(steps, "make_train_step", _nan_after(40))
   workdir = tmp_path / "run"
-  with pytest.raises(train.NonFiniteLossError,
+  with pytest.raises(loop.NonFiniteLossError,
                      match=r"Loss became nan at step 40 \(epoch 2\); stopped. Last good checkpoint: "
                            r"step 32"):
     train.train_and_evaluate(config, str(workdir), log=lambda *_: None)

@@ -26,19 +26,8 @@ import numpy as np
 import scipy.ndimage
 
 from vpt_jax.utils import files
-from vpt_jax.models import vit
+from vpt_jax.models import backbones, vit
 
-BASE_URL = "https://storage.googleapis.com/vit_models/"
-# Published name -> path under BASE_URL.
-PUBLISHED = {
-    "ViT-B_16": "imagenet21k/ViT-B_16.npz",
-    "ViT-B_32": "imagenet21k/ViT-B_32.npz",
-    "ViT-L_16": "imagenet21k/ViT-L_16.npz",
-    "ViT-L_32": "imagenet21k/ViT-L_32.npz",
-    "ViT-H_14": "imagenet21k/ViT-H_14.npz",
-    "augreg_B_16_i21k":
-        "augreg/B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz",
-}
 _OLD_BLOCK_NAMES = {"MultiHeadDotProductAttention_1": "MultiHeadDotProductAttention_0",
                     "LayerNorm_2": "LayerNorm_1", "MlpBlock_3": "MlpBlock_0"}
 _POSEMB = "Transformer/posembed_input/pos_embedding"
@@ -61,21 +50,21 @@ def read(path: str) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------------------------
 # Published names and downloads.
 
-def resolve(name_or_path: str, cache_dir: str | None = None, base_url: str = BASE_URL) -> str:
-  """Returns a local path: an existing file as is, a published name downloaded once into the cache.
+def resolve(name_or_path: str, cache_dir: str | None = None, base_url: str | None = None) -> str:
+  """Returns a local path: an existing file as is, a published name (vpt_jax/models/backbones.py)
+  downloaded once into the cache, from its owners' host (or `base_url`).
 
   A download records its SHA-256 beside the file (<file>.sha256); every later use checks it, and
   a cached file that no longer matches is set aside and downloaded again.
   """
   if os.path.exists(name_or_path):
     return name_or_path
-  name = name_or_path.removesuffix(".npz")
-  relative = PUBLISHED.get(name) or next(
-      (rel for rel in PUBLISHED.values() if rel.removesuffix(".npz") == name), None)
-  if relative is None:
+  published = backbones.find(name_or_path)
+  if published is None:
     raise CheckpointError(
         f"Checkpoint {name_or_path!r} is neither a file nor a published name; published names: "
-        f"{', '.join(PUBLISHED)}.")
+        f"{', '.join(backbones.BACKBONES)}.")
+  relative = published.file
   local = os.path.join(cache_dir or files.cache_dir("checkpoints"), relative)
   if os.path.exists(local) and os.path.exists(local + ".sha256"):
     with open(local + ".sha256") as f:
@@ -85,7 +74,7 @@ def resolve(name_or_path: str, cache_dir: str | None = None, base_url: str = BAS
       logging.warning("%s no longer matches the SHA-256 recorded at its download; moved to %s, "
                       "downloading it again.", local, aside)
   if not os.path.exists(local):
-    download(base_url + relative, local)
+    download((base_url or published.host) + relative, local)
     files.write_text(local + ".sha256", files.sha256_file(local) + "\n")
   return local
 
@@ -238,11 +227,11 @@ def model_param_shapes(model, image_size: int) -> dict[str, jax.ShapeDtypeStruct
 
 
 def load(name_or_path: str, model, image_size: int = 224, keep_head: bool = False,
-         cache_dir: str | None = None, base_url: str = BASE_URL) -> dict:
+         cache_dir: str | None = None, base_url: str | None = None) -> dict:
   """Returns `model`'s parameters (nested dict of float32 arrays) from a Google ViT checkpoint.
 
   Args:
-    name_or_path: an .npz path or a published name from `PUBLISHED` (downloaded once, cached).
+    name_or_path: an .npz path or a published name (models/backbones.py; downloaded once).
     model: a `vit.Model`; its variant, pool_type and representation_size must fit the checkpoint.
     image_size: input resolution; the position embedding grid is resampled to fit it.
     keep_head: keep the checkpoint's head when its shape fits; otherwise the head is zeros.

@@ -4,7 +4,7 @@ import dataclasses
 
 import tensorflow_datasets as tfds
 
-from vpt_jax.data import pipeline
+from vpt_jax.data import tfds_source
 from vpt_jax.data import tasks as tasks_lib
 
 
@@ -37,7 +37,7 @@ def _prepare_builder(task, data_dir, manual_dir, download, log):
   if not builder.is_prepared() and download:
     log(f"Preparing {task.builder} in {data_dir} ...")
     try:
-      with pipeline.preparation_lock(data_dir, task.builder):
+      with tfds_source.preparation_lock(data_dir, task.builder):
         builder = tfds.builder(task.builder, data_dir=data_dir)
         if not builder.is_prepared():
           builder.download_and_prepare(download_config=tfds.download.DownloadConfig(

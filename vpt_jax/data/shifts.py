@@ -4,15 +4,14 @@ A shift is named "<corruption>:<severity>" (severity 1-5), e.g. "gaussian_noise:
 each test image after decoding and resizing (uint8 at the model resolution), inside the same
 tf.data pipeline as the clean split, so a shifted split is the clean one with only the corruption
 added. Randomness (the noise) comes from a stateless generator keyed by (seed, example index):
-the same shifted copy on every machine, run and batch size.
+the same shifted copy on every machine, run and batch size. TensorFlow is imported by the
+functions that build the corruption, so naming and checking shifts needs none.
 
 Severities follow ImageNet-C (Hendrycks & Dietterich 2019, its corruption code's constants),
 with the blur's sigma scaled from 224 px to the model resolution.
 """
 
 import math
-
-import tensorflow as tf
 
 SEVERITIES = {
     "gaussian_noise": (0.08, 0.12, 0.18, 0.26, 0.38),  # Std. of additive noise, [0, 1] units.
@@ -33,15 +32,17 @@ def parse(shift: str) -> tuple[str, int]:
   return name, int(severity)
 
 
-def _gaussian_kernel(sigma: float) -> tf.Tensor:
+def _gaussian_kernel(sigma: float):
+  import tensorflow as tf
   radius = max(1, math.ceil(3 * sigma))
   x = tf.range(-radius, radius + 1, dtype=tf.float32)
   kernel = tf.exp(-0.5 * (x / sigma) ** 2)
   return kernel / tf.reduce_sum(kernel)
 
 
-def _blur(image: tf.Tensor, sigma: float) -> tf.Tensor:
+def _blur(image, sigma: float):
   """Separable Gaussian blur of an (H, W, 3) float image, borders reflected."""
+  import tensorflow as tf
   kernel = _gaussian_kernel(sigma)
   radius = (kernel.shape[0] - 1) // 2
   radius = min(radius, image.shape[0] - 1, image.shape[1] - 1)
@@ -56,6 +57,7 @@ def _blur(image: tf.Tensor, sigma: float) -> tf.Tensor:
 
 def corrupt_fn(shift: str, resolution: int, seed: int = 0):
   """(example index, uint8 (R, R, 3) image) -> the corrupted uint8 image."""
+  import tensorflow as tf
   name, severity = parse(shift)
   value = SEVERITIES[name][severity - 1]
 

@@ -3,14 +3,13 @@
 Each task names two regions of its TFDS splits, VTAB's train and validation sets (see
 docs/vtab1k.md). VTAB-1k takes the first 800 examples of the train region (train800) and
 the first 200 of the validation region (val200); the data-scale protocol takes larger prefixes of
-both at 4:1. Label functions map a decoded TFDS example to an int label, in TensorFlow ops.
+both at 4:1. Label functions map a decoded TFDS example to an int label, in TensorFlow ops (imported when they
+run, so the task table itself needs no TensorFlow).
 """
 
 import dataclasses
 import re
-from typing import Callable
-
-import tensorflow as tf
+from typing import Any, Callable
 
 NATURAL, SPECIALIZED, STRUCTURED = "natural", "specialized", "structured"
 GROUPS = (NATURAL, SPECIALIZED, STRUCTURED)
@@ -43,7 +42,7 @@ class Task:
   train: Region
   val: Region
   test: str  # TFDS split string.
-  label: Callable[[dict], tf.Tensor] = lambda example: example["label"]
+  label: Callable[[dict], Any] = lambda example: example["label"]  # In TensorFlow ops.
   image_key: str = "image"
   binary_image: bool = False  # Pixels are 0/1 (dsprites): scaled by 255.
   manual_download: str | None = None  # What the user must place in TFDS's manual_dir, if anything.
@@ -52,20 +51,24 @@ class Task:
 
 def _bin_of(value, thresholds):
   """Index of the largest threshold below `value`."""
+  import tensorflow as tf
   below = tf.cast(tf.constant(thresholds, tf.float32) < tf.cast(value, tf.float32), tf.int64)
   return tf.reduce_sum(below) - 1
 
 
 def clevr_count(example):
+  import tensorflow as tf
   return tf.cast(tf.size(example["objects"]["size"]), tf.int64) - 3
 
 
 def clevr_dist(example):
+  import tensorflow as tf
   nearest = tf.reduce_min(example["objects"]["pixel_coords"][:, 2])
   return _bin_of(nearest, [0.0, 8.0, 8.5, 9.0, 9.5, 10.0, 100.0])
 
 
 def kitti_dist(example):
+  import tensorflow as tf
   objects = example["objects"]
   vehicles = objects["type"] < 3  # car, van, truck
   depths = tf.boolean_mask(objects["location"][:, 2], vehicles)
@@ -78,6 +81,7 @@ def dsprites_loc(example):
 
 
 def dsprites_ori(example):
+  import tensorflow as tf
   orientation = tf.cast(example["label_orientation"], tf.float32)
   return tf.cast(tf.math.floor(orientation / 2.5), tf.int64)  # 40 orientations -> 16 bins.
 

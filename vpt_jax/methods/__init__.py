@@ -45,17 +45,19 @@ class _Entry:
   build: Callable[..., Method]
   moves_backbone: bool
   stages: tuple[str, ...]
+  about: str
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
 
-def register(moves_backbone: bool = False, stages: tuple[str, ...] = ()):
-  """Registers a method builder under its function name. `moves_backbone`: its (last) stage
-  trains pre-trained backbone weights, which sets its learning-rate grid and compute cost."""
+def register(about: str, moves_backbone: bool = False, stages: tuple[str, ...] = ()):
+  """Registers a method builder under its function name; `about` says what it trains (one line
+  of `--list`). `moves_backbone`: its (last) stage trains pre-trained backbone weights, which sets
+  its learning-rate grid and compute cost."""
   def wrap(fn):
     last = _REGISTRY[stages[-1]].moves_backbone if stages else moves_backbone
-    _REGISTRY[fn.__name__] = _Entry(fn, last, tuple(stages))
+    _REGISTRY[fn.__name__] = _Entry(fn, last, tuple(stages), about)
     return fn
   return wrap
 
@@ -68,6 +70,10 @@ def _entry(name: str) -> _Entry:
   if name not in _REGISTRY:
     raise ValueError(f"Unknown method {name!r}; choose one of: {', '.join(_REGISTRY)}.")
   return _REGISTRY[name]
+
+
+def about(name: str) -> str:
+  return _entry(name).about
 
 
 def moves_backbone(name: str) -> bool:
@@ -91,12 +97,12 @@ def get(name: str, depth: int, **hparams) -> Method:
                      "config.method_kwargs.") from None
 
 
-@register()
+@register("the head only (a linear probe)")
 def linear(**_):
   return Method("linear", (_HEAD, _REST_FROZEN))
 
 
-@register(moves_backbone=True)
+@register("everything (full fine-tuning)", moves_backbone=True)
 def full(**_):
   return Method("full", (_HEAD, (".*", BACKBONE)))
 
@@ -106,65 +112,66 @@ def _prompts(deep, prompt_tokens, prompt_dropout, prompt_project=None):
               prompt_project=prompt_project)
 
 
-@register()
+@register("prompts after the embedding (VPT-shallow) and the head")
 def vpt_shallow(*, prompt_tokens, prompt_dropout, prompt_project=None, **_):
   return Method("vpt_shallow", (("prompt/.*", "prompt"), _HEAD, _REST_FROZEN),
                 _prompts(False, prompt_tokens, prompt_dropout, prompt_project))
 
 
-@register()
+@register("prompts at every layer (VPT-deep) and the head")
 def vpt_deep(*, prompt_tokens, prompt_dropout, prompt_project=None, **_):
   return Method("vpt_deep", (("prompt/.*", "prompt"), _HEAD, _REST_FROZEN),
                 _prompts(True, prompt_tokens, prompt_dropout, prompt_project))
 
 
-@register(moves_backbone=True)
+@register("deep prompts, the whole backbone and the head", moves_backbone=True)
 def mixed(*, prompt_tokens, prompt_dropout, prompt_project=None, **_):
   return Method("mixed", (("prompt/.*", "prompt"), _HEAD, (".*", BACKBONE)),
                 _prompts(True, prompt_tokens, prompt_dropout, prompt_project))
 
 
-@register(stages=("full", "vpt_deep"))
+@register("stage 1 full, stage 2 vpt_deep on the fine-tuned backbone with a fresh head",
+          stages=("full", "vpt_deep"))
 def ft_then_pt(*, depth, **hparams):
   # The prompt stage loads the fine-tuned backbone without its head, and prompts and head start
   # afresh (ChengHan111/VPT-or-FT src/models/build_vit_backbone.py L580-605).
   return Method("ft_then_pt", stages=(full(), vpt_deep(depth=depth, **hparams)), carry_head=False)
 
 
-@register(stages=("linear", "full"))
+@register("stage 1 linear, stage 2 full from the probed head", stages=("linear", "full"))
 def lp_ft(**_):
   return Method("lp_ft", stages=(linear(), full()))
 
 
-@register()
+@register("biases and the head (BitFit)")
 def bitfit(**_):
   return Method("bitfit", (_HEAD, (r".*/bias", "peft"), _REST_FROZEN))
 
 
-@register()
+@register("LayerNorm scales and biases and the head")
 def layernorm(**_):
   return Method("layernorm", (_HEAD, (r".*(LayerNorm_\d+|encoder_norm)/.*", "peft"), _REST_FROZEN))
 
 
-@register()
+@register("low-rank updates of query and value (LoRA) and the head")
 def lora(*, lora_rank, lora_alpha=0.0, **_):
   return Method("lora", (_HEAD, (r".*/lora_(query|value)_[ab]", "peft"), _REST_FROZEN),
                 dict(peft=vit.PeftModules(lora_rank=lora_rank, lora_alpha=lora_alpha)))
 
 
-@register()
+@register("Houlsby adapters after attention and MLP and the head")
 def adapter(*, adapter_dim, **_):
   return Method("adapter", (_HEAD, (r".*/adapter_(attention|mlp)/.*", "peft"), _REST_FROZEN),
                 dict(peft=vit.PeftModules(adapter_dim=adapter_dim)))
 
 
-@register()
+@register("per-channel scale and shift after each op (SSF) and the head")
 def ssf(**_):
   return Method("ssf", (_HEAD, (r"(.*/)?ssf_[^/]+/.*", "peft"), _REST_FROZEN),
                 dict(peft=vit.PeftModules(ssf=True)))
 
 
-@register()
+@register("learned queries per layer, read-only on the frozen backbone (VQT), and the head")
 def vqt(*, query_tokens, query_dropout, **_):
   """Visual Query Tuning (Tu et al. 2023): learned queries per layer read the frozen backbone's
   tokens; the head reads their outputs. No gradient reaches the backbone's activations."""
@@ -172,14 +179,15 @@ def vqt(*, query_tokens, query_dropout, **_):
                 dict(query_tokens=query_tokens, query_dropout=query_dropout))
 
 
-@register(moves_backbone=True)
+@register("everything, with low-rank Adam statistics for attention and MLP kernels (GaLore)",
+          moves_backbone=True)
 def galore(**_):
   """Full fine-tuning whose optimizer keeps low-rank Adam statistics for the attention and MLP
   kernels (GaLore, Zhao et al. 2024; optimizer `galore_adamw` in vpt_jax/training/optim.py)."""
   return Method("galore", (_HEAD, (".*", BACKBONE)))
 
 
-@register(moves_backbone=True)
+@register("the last k blocks and the head (partial-k)", moves_backbone=True)
 def partial_k(*, depth, partial_k, **_):
   if not 0 < partial_k <= depth:
     raise ValueError(f"partial_k={partial_k} must be between 1 and the model depth {depth}.")

@@ -17,6 +17,7 @@ import os
 import jax
 import numpy as np
 
+from vpt_jax.data import tasks as tasks_lib
 from vpt_jax.training import artifacts, evaluate, sharding, train
 from vpt_jax.utils import files, paths
 from vpt_jax.models import vit
@@ -35,7 +36,7 @@ def _cached_evaluator(model: vit.Model, normalization: str) -> evaluate.Evaluato
 
 
 def _accuracy(evaluator, params, config: dict, subset: str, shift: str | None = None) -> float:
-  return evaluator.stream(params, config["task"], subset, config["data.resolution"],
+  return evaluator.stream(params, tasks_lib.get(config["task"]), subset, config["data.resolution"],
                           config["eval_batch_size"], config.get("data.data_dir"),
                           config["data.resize"], shift=shift)["accuracy"]
 

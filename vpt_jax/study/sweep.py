@@ -25,7 +25,7 @@ from typing import Callable
 import ml_collections
 
 from vpt_jax import methods
-from vpt_jax.training import recipes, train
+from vpt_jax.training import loop, recipes, train
 from vpt_jax.utils import config_lib, files
 from vpt_jax.data import tasks as tasks_lib
 
@@ -35,7 +35,7 @@ SWEEP_FIELDS = ("seed", "phase", "optim.base_lr", "optim.weight_decay", "optim.s
                 "data.train_subset", "data.eval_subset")
 BUSY_POLL_SECONDS = 2.0
 # Failures that are results (recorded in failed.json, reported, not retried).
-RECORDED_FAILURES = (train.NonFiniteLossError, tasks_lib.InfeasibleSubsetError)
+RECORDED_FAILURES = (loop.NonFiniteLossError, tasks_lib.InfeasibleSubsetError)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,7 @@ import numpy as np
 
 from vpt_jax.training import sharding, steps
 from vpt_jax.data import device, pipeline
+from vpt_jax.data import tasks as tasks_lib
 
 
 class Evaluator:
@@ -32,16 +33,16 @@ class Evaluator:
     return {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct"]) / count,
             "examples": count}
 
-  def stream(self, params, task: str, subset: str, resolution: int, batch_size: int,
+  def stream(self, params, task: tasks_lib.Task, subset: str, resolution: int, batch_size: int,
              data_dir: str | None, resize_method: str = "bilinear", keep_logits: bool = False,
-             shift: str | None = None) -> dict:
+             shift: str | None = None, source: str = "tfds") -> dict:
     """Loss, accuracy and example count of a split (with `keep_logits`, also "logits" (N, C)
     float16 and "labels" (N,) in the split's order); `shift` evaluates its corrupted copy
     (data/shifts.py)."""
     sums, logits, labels = None, [], []
     put = lambda x: sharding.put_batch(self._mesh, x)
     for batch in pipeline.eval_batches(task, subset, resolution, batch_size, data_dir,
-                                       resize_method, shift=shift):
+                                       resize_method, shift=shift, source=source):
       args = (params, put(batch["image"]), put(batch["label"]), put(batch["mask"]))
       if keep_logits:
         out, batch_logits = self._step_logits(*args)
@@ -55,16 +56,26 @@ class Evaluator:
       result.update(logits=np.concatenate(logits), labels=np.concatenate(labels))
     return result
 
-  def arrays(self, params, images, labels, batch_size: int) -> dict:
+  def arrays(self, params, images, labels, batch_size: int, keep_logits: bool = False) -> dict:
+    """As `stream`, over device-resident arrays (the last batch repeats the last example, masked
+    out)."""
     n = images.shape[0]
-    sums = None
+    sums, logits = None, []
     for start in range(0, n, batch_size):
       indices = np.arange(start, start + batch_size)
       mask = indices < n
       batch_images, batch_labels = self._gather(images, labels, np.minimum(indices, n - 1))
-      out = self._step(params, batch_images, batch_labels, sharding.put_batch(self._mesh, mask))
+      args = (params, batch_images, batch_labels, sharding.put_batch(self._mesh, mask))
+      if keep_logits:
+        out, batch_logits = self._step_logits(*args)
+        logits.append(_host(batch_logits)[mask])
+      else:
+        out = self._step(*args)
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-    return self._finish(sums)
+    result = self._finish(sums)
+    if keep_logits:
+      result.update(logits=np.concatenate(logits), labels=np.asarray(jax.device_get(labels)))
+    return result
 
 
 def _host(array: jax.Array) -> np.ndarray:

@@ -1,20 +1,43 @@
-"""Metrics of a run: JSON lines (one per log point) and TensorBoard event files, written by host 0."""
+"""Metrics of a run: JSON lines (one per log point) and TensorBoard event files, written by host 0.
+
+The event files are written with TensorBoard's own writer (no TensorFlow): in the background,
+flushed when the writer closes, so an epoch's end never waits on them; the JSON lines are the
+record, written at once. Where the tensorboard package is missing, only the JSON lines are kept.
+"""
 
 import json
 import logging
 import os
+import time
 
 import jax
-import tensorflow as tf
 
 from vpt_jax.utils import files
+
+
+def _event_writer(directory: str):
+  try:
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+  except ImportError:
+    logging.info("tensorboard is not installed: metrics go to metrics.jsonl only.")
+    return None
+  writer = EventFileWriter(directory)
+
+  def write(step: int, scalars: dict) -> None:
+    summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=name, simple_value=value)
+                                         for name, value in scalars.items()])
+    writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+
+  write.close = writer.close
+  return write
 
 
 class MetricWriter:
   def __init__(self, workdir: str):
     self.enabled = jax.process_index() == 0
     self.path = os.path.join(workdir, "metrics.jsonl")
-    self._tensorboard = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard")) \
+    self._tensorboard = _event_writer(os.path.join(workdir, "tensorboard")) \
         if self.enabled else None
 
   def write(self, step: int, **metrics) -> None:
@@ -22,11 +45,14 @@ class MetricWriter:
       return
     with open(self.path, "a") as f:
       f.write(json.dumps({"step": step, **metrics}) + "\n")
-    with self._tensorboard.as_default(step=step):
-      for name, value in metrics.items():
-        if isinstance(value, (int, float)) and name != "epoch":
-          tf.summary.scalar(name, value)
-    self._tensorboard.flush()
+    if self._tensorboard:
+      self._tensorboard(step, {name: float(value) for name, value in metrics.items()
+                               if isinstance(value, (int, float)) and name != "epoch"})
+
+  def close(self) -> None:
+    if self._tensorboard:
+      self._tensorboard.close()
+      self._tensorboard = None
 
   def drop_after(self, step: int) -> None:
     """On resume: forget lines logged after the checkpoint we restart from (they will be redone),

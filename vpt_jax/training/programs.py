@@ -18,13 +18,11 @@ import numpy as np
 
 from vpt_jax import methods
 from vpt_jax.checkpoints import pretrained
-from vpt_jax.training import evaluate, optim, sharding, steps
+from vpt_jax.training import evaluate, optim, sharding, spec, steps
 from vpt_jax.utils import paths, timing
 from vpt_jax.data import device, pipeline
 from vpt_jax.models import vit
 
-# The learning rate, the decay and where they were chosen vary between the runs of one program.
-RUNTIME_OPTIM_FIELDS = ("base_lr", "weight_decay", "applied_weight_decay", "selected_in")
 _KEEP_ARRAYS = 4  # Training sets kept on the devices (a sweep goes through one task at a time).
 
 _programs: dict[str, "Program"] = {}
@@ -49,7 +47,6 @@ class Program:
   total_steps: int
   abstract_params: dict  # Shapes of every parameter of the model.
   init_opt: object  # (trainable, peak_lr, weight_decay) -> optimizer state.
-  train_step: object
   evaluator: evaluate.Evaluator
   permutation: object  # (rng, epoch) -> the epoch's order of the train set.
   replicate: object  # tree -> the same tree, replicated (whole on every host).
@@ -68,37 +65,42 @@ class Program:
           if k not in skip}))
     return self._fresh[skip](rng)
 
-  def packed_step(self, members: int):
-    """The train step of `members` runs at once (compiled once per pack size)."""
+  def pack_step(self, members: int):
+    """The train step of a pack of `members` runs (`steps.jit_pack_step`), built once per pack
+    size: (stacked trainable, stacked opt_state, frozen, images, labels, stacked permutations,
+    step, stacked train keys, stacked flip keys) -> (trainable, opt_state, metrics (K,))."""
     if members not in self._packed:
       shardings = tuple(_stacked(s) for s in self.shardings[:2]) + (self.shardings[2],)
-      self._packed[members] = steps.jit_step(self.step_fn, self.mesh, shardings, packed=True)
+      self._packed[members] = steps.jit_pack_step(self.step_fn, self.mesh, shardings, members)
     return self._packed[members]
 
+  @property
+  def train_step(self):
+    """The step of a single run (a pack of one)."""
+    return self.pack_step(1)
 
-def program_key(config, stage, num_examples: int, mesh) -> str:
-  optim_config = {k: v for k, v in stage.optim.to_dict().items()
-                  if k not in RUNTIME_OPTIM_FIELDS}
+
+def program_key(run: spec.RunSpec, stage: spec.StageSpec, num_examples: int, mesh) -> str:
   return json.dumps({
-      "task": config.task, "stage": stage.method.name, "model": stage.model_config,
-      "fields": repr(sorted(stage.method.model_fields.items())), "optim": optim_config,
-      "examples": num_examples, "dtype": config.dtype, "data": [
-          config.data.resolution, config.data.normalization, config.data.flip],
-      "sharding": config.sharding_strategy, "devices": [d.id for d in mesh.devices.flat],
+      "task": run.task.name, "stage": stage.method.name, "model": stage.model_config,
+      "fields": repr(sorted(stage.method.model_fields.items())),
+      "optim": stage.optim.compiled_fields(), "examples": num_examples, "dtype": str(run.dtype),
+      "data": [run.data.resolution, run.data.normalization, run.data.flip],
+      "sharding": run.sharding_strategy, "devices": [d.id for d in mesh.devices.flat],
   }, sort_keys=True, default=str)
 
 
-def get(config, stage, num_examples: int, mesh) -> Program:
+def get(run: spec.RunSpec, stage: spec.StageSpec, num_examples: int, mesh) -> Program:
   """The program of `stage` for a training set of `num_examples` (built on first use)."""
-  key = program_key(config, stage, num_examples, mesh)
+  key = program_key(run, stage, num_examples, mesh)
   if key not in _programs:
-    _programs[key] = _build(key, config, stage, num_examples, mesh)
+    _programs[key] = _build(key, run, stage, num_examples, mesh)
   return _programs[key]
 
 
-def _build(key, config, stage, num_examples: int, mesh) -> Program:
+def _build(key, run: spec.RunSpec, stage: spec.StageSpec, num_examples: int, mesh) -> Program:
   model, optim_config = stage.model, stage.optim
-  resolution = config.data.resolution
+  resolution = run.data.resolution
   images = np.zeros((1, resolution, resolution, 3), np.float32)
   abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), images)["params"]
   groups = methods.labels(abstract, stage.method.rules)
@@ -109,19 +111,19 @@ def _build(key, config, stage, num_examples: int, mesh) -> Program:
     raise ValueError(f"Batch size {batch_size} does not split over {mesh.devices.size} devices.")
   steps_per_epoch = device.steps_per_epoch(num_examples, batch_size)
   schedule, total_steps = _schedule(optim_config, steps_per_epoch)
-  galore = {k: optim_config.get(k) for k in optim.GALORE_FIELDS
+  galore = {k: getattr(optim_config, k) for k in optim.GALORE_FIELDS
             } if optim_config.name == "galore_adamw" else {}
   tx = optim.make(optim_config.name, trainable_groups, schedule, momentum=optim_config.momentum,
-                  lr_mults=optim_config.lr_mults.to_dict(), decay_rules=optim_config.decay_rules,
-                  grad_clip_norm=optim_config.get("grad_clip_norm"), **galore)
-  trainable_sharding = sharding.param_shardings(mesh, trainable, config.sharding_strategy)
-  frozen_sharding = sharding.param_shardings(mesh, frozen, config.sharding_strategy)
+                  lr_mults=dict(optim_config.lr_mults), decay_rules=optim_config.decay_rules,
+                  grad_clip_norm=optim_config.grad_clip_norm, **galore)
+  trainable_sharding = sharding.param_shardings(mesh, trainable, run.sharding_strategy)
+  frozen_sharding = sharding.param_shardings(mesh, frozen, run.sharding_strategy)
   opt_sharding = sharding.optimizer_shardings(mesh, tx, jax.eval_shape(tx.init, trainable),
                                               trainable_sharding)
   shardings = (trainable_sharding, opt_sharding, frozen_sharding)
   replicated = sharding.replicated(mesh)
   step_fn = steps.make_device_step(model, tx, mesh, steps_per_epoch, batch_size,
-                                   config.data.normalization, config.data.flip)
+                                   run.data.normalization, run.data.flip)
   return Program(
       key=key, model=model, mesh=mesh, groups=groups, tx=tx, schedule=schedule,
       shardings=shardings, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
@@ -129,22 +131,21 @@ def _build(key, config, stage, num_examples: int, mesh) -> Program:
       init_opt=jax.jit(lambda t, peak, wd: optim.set_hyperparams(tx.init(t), peak_lr=peak,
                                                                   weight_decay=wd),
                        out_shardings=opt_sharding),
-      train_step=steps.jit_step(step_fn, mesh, shardings),
-      evaluator=evaluate.Evaluator(mesh, model, config.data.normalization),
+      evaluator=evaluate.Evaluator(mesh, model, run.data.normalization),
       permutation=jax.jit(lambda rng, epoch: device.epoch_permutation(rng, epoch, num_examples),
                           out_shardings=replicated),
       replicate=jax.jit(lambda tree: tree, out_shardings=replicated),
       step_fn=step_fn, images_shape=images.shape)
 
 
-def _schedule(optim_config, steps_per_epoch: int) -> tuple[optim.Schedule, int]:
+def _schedule(optim_config: spec.OptimSpec, steps_per_epoch: int) -> tuple[optim.Schedule, int]:
   """(schedule, total steps) of a stage."""
-  if optim_config.get("schedule", "epoch") == "epoch":
+  if optim_config.schedule == "epoch":
     return (optim.warmup_cosine_epochs(optim_config.warmup_epochs, optim_config.epochs,
                                        steps_per_epoch),
             optim_config.epochs * steps_per_epoch)
-  total = optim_config.get("steps") or optim_config.epochs * steps_per_epoch
-  warmup = optim_config.get("warmup_steps")
+  total = optim_config.steps or optim_config.epochs * steps_per_epoch
+  warmup = optim_config.warmup_steps
   warmup = optim_config.warmup_epochs * steps_per_epoch if warmup is None else warmup
   return optim.warmup_cosine(warmup, total), total
 
@@ -159,41 +160,52 @@ def initial_params(program: Program, backbone, rng) -> dict:
   return paths.merge(program.fresh_params(rng, given), backbone)
 
 
-def backbone(config, base_model: vit.Model) -> dict:
+def backbone(run: spec.RunSpec) -> dict:
   """The pre-trained parameters without a head (each stage's model initialises its own, as its
-  recipe says); with `config.backbone = None`, a random init from config.seed (from scratch).
-  Read once per process."""
-  key = json.dumps([config.backbone, base_model.variant, base_model.depth, base_model.pool_type,
-                    base_model.representation_size, config.data.resolution,
-                    config.pretrained_cache_dir, None if config.backbone else config.seed])
+  recipe says); with no checkpoint, a random init from the run's seed (from scratch). Read once
+  per process."""
+  source, base_model, resolution = run.backbone, run.backbone.model, run.data.resolution
+  key = json.dumps([source.checkpoint, base_model.variant, base_model.depth, base_model.pool_type,
+                    base_model.representation_size, resolution, source.cache_dir,
+                    None if source.checkpoint else run.seed])
   if key in _backbones:
     _backbones.move_to_end(key)
   else:
     with timing.phase("data"):
-      if config.backbone:
-        params = pretrained.load(config.backbone, base_model, image_size=config.data.resolution,
-                                 cache_dir=config.pretrained_cache_dir)
+      if source.checkpoint:
+        params = pretrained.load(source.checkpoint, base_model, image_size=resolution,
+                                 cache_dir=source.cache_dir)
       else:
-        images = np.zeros((1, config.data.resolution, config.data.resolution, 3), np.float32)
-        params = jax.jit(base_model.init)(jax.random.PRNGKey(config.seed), images)["params"]
+        images = np.zeros((1, resolution, resolution, 3), np.float32)
+        params = jax.jit(base_model.init)(jax.random.PRNGKey(run.seed), images)["params"]
     _backbones[key] = {k: v for k, v in params.items() if k != "head"}
     while len(_backbones) > 2:  # A process works with one or two backbones at a time.
       _backbones.popitem(last=False)
   return _backbones[key]
 
 
-def train_arrays(config, subset: str, mesh):
+def train_arrays(data: spec.DataSpec, subset: str, mesh):
   """A small subset's images and labels, replicated on the devices (kept for later runs)."""
-  key = json.dumps([config.task, subset, config.data.resolution, config.data.resize,
-                    config.data.data_dir, config.data.cache_dir,
-                    [d.id for d in mesh.devices.flat]])
+  return _on_devices(data, subset, mesh, pipeline.load_arrays)
+
+
+def cached_arrays(data: spec.DataSpec, subset: str, mesh):
+  """A subset's images and labels on the devices if they are cached on disk, else None."""
+  return _on_devices(data, subset, mesh, pipeline.cached_arrays)
+
+
+def _on_devices(data: spec.DataSpec, subset: str, mesh, load):
+  key = json.dumps([data.source, data.task.name, subset, data.resolution, data.resize,
+                    data.data_dir, data.cache_dir, [d.id for d in mesh.devices.flat]])
   if key in _arrays:
     _arrays.move_to_end(key)
     return _arrays[key]
   with timing.phase("data"):
-    images, labels = pipeline.load_arrays(config.task, subset, config.data.resolution,
-                                          config.data.data_dir, config.data.cache_dir,
-                                          config.data.resize)
+    loaded = load(data.task, subset, data.resolution, data.data_dir, data.cache_dir, data.resize,
+                  data.source)
+    if loaded is None:
+      return None
+    images, labels = loaded
     replicated = sharding.replicated(mesh)
     arrays = sharding.put_global(images, replicated), sharding.put_global(labels, replicated)
   _arrays[key] = arrays

@@ -27,11 +27,9 @@ To add one: write a function (method, task, requested) -> nested dict of config 
 import re
 from typing import Callable
 
-import ml_collections
-
 from vpt_jax import methods
 from vpt_jax.training import optim
-from vpt_jax.data import device, pipeline, shifts
+from vpt_jax.data import device, pipeline, shifts, sources
 from vpt_jax.data import tasks as tasks_lib
 from vpt_jax.models import vit
 
@@ -124,6 +122,7 @@ def _vqt_code() -> dict:
 
 
 def paper(method: str, task: str, requested: dict) -> dict:
+  """Each method as the papers' code trained it (KMnP/vpt, ChengHan111/VPT-or-FT, andytu28/VQT)."""
   requested_optim = requested.get("optim", {})
   if method in ("full", "galore"):
     settings = _vpt_or_ft_full(requested_optim.get("weight_decay"))
@@ -158,6 +157,7 @@ def paper(method: str, task: str, requested: dict) -> dict:
 
 
 def google(method: str, task: str, requested: dict) -> dict:
+  """Google's fine-tuning of its ViTs on VTAB-1k (SGD, 2,500 steps at batch 512); full only."""
   del task, requested
   if method != "full":
     raise ValueError(f"Recipe 'google' is Google's full fine-tuning of these checkpoints; it has "
@@ -213,8 +213,10 @@ def _phase_subsets(phase: str) -> tuple[str, str]:
   raise ValueError(f"phase={phase!r} must be 'final' or 'search'.")
 
 
-def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """One run's complete settings: `config` (one task, one method) over its recipe's values."""
+def resolve(config):
+  """One run's complete settings (a ConfigDict): `config` (one task, one method) over its
+  recipe's values."""
+  import ml_collections  # Configs are ConfigDicts; what is below a resolved run needs none.
   if config.recipe not in RECIPES:
     raise ValueError(f"recipe={config.recipe!r} is not a recipe; choose one of: "
                      f"{', '.join(RECIPES)}.")
@@ -280,6 +282,8 @@ def validate(config: dict, stages=()) -> None:
          data["resolution"], f"a positive multiple of the patch size {patch}")
   _check(data["normalization"] in device.NORMALIZATIONS, "data.normalization",
          data["normalization"], f"one of {', '.join(device.NORMALIZATIONS)}")
+  _check(data["source"] in sources.SOURCES, "data.source", data["source"],
+         f"one of {', '.join(sources.SOURCES)}")
   _check(data["resize"] in pipeline.RESIZE_METHODS, "data.resize", data["resize"],
          f"one of {', '.join(pipeline.RESIZE_METHODS)}")
   _check(not _TRAINING_SUBSETS.fullmatch(data["eval_subset"]), "data.eval_subset",

@@ -89,6 +89,27 @@ def jit_step(step_fn, mesh, state_shardings, packed: bool = False):
       out_shardings=(trainable_sharding, opt_sharding, replicated))
 
 
+def jit_pack_step(step_fn, mesh, state_shardings, members: int):
+  """The step of a pack of `members` runs: their trainable state, optimizer state, permutations
+  and keys stacked on a leading axis, the frozen backbone and the train set shared. A pack of one
+  compiles the plain step (its leading axis of 1 is a free reshape), so a single run is the very
+  program it would be unpacked, and the optimizer's own branches (GaLore's projector refresh)
+  stay branches; larger packs are vmapped."""
+  if members > 1:
+    return jit_step(step_fn, mesh, state_shardings, packed=True)
+  squeeze = lambda tree: jax.tree.map(lambda x: x[0], tree)
+  expand = lambda tree: jax.tree.map(lambda x: x[None], tree)
+
+  def single_fn(trainable, opt_state, frozen, images, labels, permutation, step, train_rng,
+                flip_rng):
+    trainable, opt_state, metrics = step_fn(
+        squeeze(trainable), squeeze(opt_state), frozen, images, labels, permutation[0], step,
+        train_rng[0], flip_rng[0])
+    return expand(trainable), expand(opt_state), expand(metrics)
+
+  return jit_step(single_fn, mesh, state_shardings)
+
+
 def build_train_step(model, tx, mesh, state_shardings, steps_per_epoch: int, batch_size: int,
                      normalization: str, flip: bool = False):
   """The jit-compiled step of `make_device_step` (see there)."""

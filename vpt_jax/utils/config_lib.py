@@ -8,11 +8,10 @@ import json
 import shlex
 from typing import Any
 
-import ml_collections
 
-
-def unset(field_type) -> ml_collections.FieldReference:
+def unset(field_type):
   """A field that is None until set; `--config.x=...` still knows its type."""
+  import ml_collections  # Only configs need it; a resolved run (vpt_jax.training.spec) does not.
   return ml_collections.FieldReference(None, field_type=field_type)
 
 
@@ -46,8 +45,8 @@ def _convert(key, text, default):
 
 def flatten(config) -> dict[str, Any]:
   """{"optim.base_lr": 0.5, ...}: a config (or nested dict) as JSON values under dotted paths."""
-  tree = json.loads(config.to_json_best_effort()) if isinstance(
-      config, ml_collections.ConfigDict) else json.loads(json.dumps(config))
+  tree = json.loads(config.to_json_best_effort()) if hasattr(
+      config, "to_json_best_effort") else json.loads(json.dumps(config))
   flat = {}
 
   def visit(prefix, value):
@@ -60,7 +59,7 @@ def flatten(config) -> dict[str, Any]:
   return flat
 
 
-def set_path(config: ml_collections.ConfigDict, path: str, value) -> None:
+def set_path(config, path: str, value) -> None:
   """config.<path> = value for a dotted path, whatever the field's previous type."""
   *parents, leaf = path.split(".")
   for parent in parents:

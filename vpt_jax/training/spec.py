@@ -1,0 +1,197 @@
+"""One run, resolved: the immutable settings everything below `train.train_and_evaluate` reads.
+
+`resolve_run(config, workdir)` is the only place a run's ConfigDict is read. It fills the config
+from its recipe (`recipes.resolve`), looks the task, the method and the backbone up once, and
+returns a `RunSpec` of frozen dataclasses: the task, the backbone, the stages (each with its
+method, model and optimizer settings, and workdir), the data, evaluation and checkpointing
+settings, the seed, and `record`, the flat resolved config that config.json keeps.
+"""
+
+import dataclasses
+import os
+from typing import Any
+
+import jax.numpy as jnp
+
+from vpt_jax import methods
+from vpt_jax.data import tasks as tasks_lib
+from vpt_jax.models import vit
+from vpt_jax.training import optim, recipes
+from vpt_jax.utils import config_lib
+
+# The learning rate, the decay and where they were chosen vary between the runs of one program.
+RUNTIME_OPTIM_FIELDS = ("base_lr", "weight_decay", "applied_weight_decay", "selected_in")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSpec:
+  """How one stage trains (configs/default.py's optim fields, as the recipe filled them)."""
+  name: str
+  base_lr: float
+  weight_decay: float
+  applied_weight_decay: float | None
+  momentum: float | None
+  batch_size: int
+  epochs: int
+  warmup_epochs: int
+  schedule: str
+  steps: int | None
+  warmup_steps: int | None
+  scale_lr: bool
+  grad_clip_norm: float | None
+  decay_rules: tuple
+  lr_mults: tuple[tuple[str, float], ...]
+  on_non_finite: str
+  galore_rank: int | None
+  galore_update_period: int | None
+  galore_scale: float | None
+  galore_rules: tuple | None
+  selected_in: str | None
+
+  @property
+  def peak_lr(self) -> float:
+    return optim.learning_rate(self.base_lr, self.batch_size) if self.scale_lr else self.base_lr
+
+  @property
+  def decay(self) -> float:
+    """The decay the optimizer applies (VPT-or-FT's AdamW applies 0.01 whatever the grid says)."""
+    return self.weight_decay if self.applied_weight_decay is None else self.applied_weight_decay
+
+  def compiled_fields(self) -> dict:
+    """The fields a compiled program depends on (not the runtime lr, decay and provenance)."""
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+            if f.name not in RUNTIME_OPTIM_FIELDS}
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+  """One single-stage method of a run: what trains, on which model, how and where."""
+  method: methods.Method
+  model: vit.Model
+  optim: OptimSpec
+  workdir: str
+  model_config: dict  # config.model (or stage_model) as the artifact records it.
+  keeps_previous_head: bool = True  # Starts from the earlier stage's head (else its own init).
+
+  def start_from(self, previous_params):
+    """What this stage takes over from the stage before it."""
+    if previous_params is None or self.keeps_previous_head:
+      return previous_params
+    return {k: v for k, v in previous_params.items() if k != "head"}
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+  """The pre-trained weights a run starts from: a registered name or a file (None: a random
+  init from the run's seed), and the base model (no method modules, no head) they load into."""
+  checkpoint: str | None
+  cache_dir: str | None
+  model: vit.Model
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  task: tasks_lib.Task
+  source: str  # A name in vpt_jax/data/sources.py.
+  train_subset: str
+  eval_subset: str
+  resolution: int
+  normalization: str
+  resize: str
+  flip: bool
+  data_dir: str | None
+  cache_dir: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSpec:
+  batch_size: int
+  every_epochs: int  # 0: only at the end.
+  shifts: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSpec:
+  every_epochs: int  # 0: only at the end.
+  keep: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  method: str  # The method's name (two-stage methods name their stages in `stages`).
+  recipe: str
+  seed: int
+  backbone: BackboneSpec
+  stages: tuple[StageSpec, ...]
+  data: DataSpec
+  eval: EvalSpec
+  checkpoints: CheckpointSpec
+  dtype: Any
+  sharding_strategy: tuple
+  record: dict  # The flat resolved config (config.json).
+
+  @property
+  def task(self) -> tasks_lib.Task:
+    return self.data.task
+
+  @property
+  def final_run(self) -> bool:
+    """Scored on the test split (a final run keeps its test logits)."""
+    return self.data.eval_subset == "test"
+
+
+def _optim(o) -> OptimSpec:
+  fields = {f.name: o.get(f.name) for f in dataclasses.fields(OptimSpec)}
+  fields["lr_mults"] = tuple(sorted(o.lr_mults.to_dict().items()))
+  fields["schedule"] = fields["schedule"] or "epoch"
+  return OptimSpec(**fields)
+
+
+def _dtype(name: str):
+  dtype = {"float32": None, "bfloat16": jnp.bfloat16}.get(name, "invalid")
+  if dtype == "invalid":
+    raise ValueError(f"dtype={name!r} must be 'float32' or 'bfloat16'.")
+  return dtype
+
+
+def _stages(config, dtype, num_classes: int, workdir: str) -> tuple[StageSpec, ...]:
+  base = vit.Model(num_classes=num_classes, dtype=dtype, **config.model.to_dict())
+  method = methods.get(config.method, depth=base.architecture.depth,
+                       **config.method_kwargs.to_dict())
+  singles = method.single_stages
+  stages = []
+  for index, single in enumerate(singles):
+    last = index == len(singles) - 1
+    model_config = config.model if last else config.stage_model[single.name]
+    stages.append(StageSpec(
+        single, vit.Model(num_classes=num_classes, dtype=dtype, **model_config.to_dict(),
+                          **single.model_fields),
+        _optim(config.optim if last else config.stage_optim[single.name]),
+        workdir if len(singles) == 1 else os.path.join(workdir, f"stage{index + 1}_{single.name}"),
+        model_config.to_dict(), method.carry_head))
+  return tuple(stages)
+
+
+def from_resolved(config, workdir: str) -> RunSpec:
+  """The spec of a config that `recipes.resolve` already filled."""
+  task = tasks_lib.get(config.task)
+  dtype = _dtype(config.dtype)
+  d = config.data
+  return RunSpec(
+      method=config.method, recipe=config.recipe, seed=config.seed,
+      backbone=BackboneSpec(config.backbone, config.pretrained_cache_dir,
+                            vit.Model(num_classes=task.num_classes, dtype=dtype,
+                                      **config.model.to_dict())),
+      stages=_stages(config, dtype, task.num_classes, workdir),
+      data=DataSpec(task, d.source, d.train_subset, d.eval_subset, d.resolution, d.normalization, d.resize,
+                    d.flip, d.data_dir, d.cache_dir),
+      eval=EvalSpec(config.eval_batch_size, config.eval_every_epochs, tuple(config.eval_shifts)),
+      checkpoints=CheckpointSpec(config.checkpoint_every_epochs, config.checkpoints_to_keep),
+      dtype=dtype, sharding_strategy=tuple(tuple(rule) for rule in config.sharding_strategy),
+      record=config_lib.flatten(config))
+
+
+def resolve_run(config, workdir: str) -> RunSpec:
+  """The run `config` describes, resolved and validated (nothing is written for a config this
+  refuses)."""
+  return from_resolved(recipes.resolve(config), workdir)
