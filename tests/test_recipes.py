@@ -395,8 +395,7 @@ def test_steps_match_the_pytorch_reference(name, fake_data_dir, tiny_backbone, t
   batch, n = stage.optim.batch_size, len(images)
   host_images = np.asarray(device.normalize(images, config.data.normalization))
   host_labels = np.asarray(labels)
-  # As a pack of one: states, permutation and keys with a leading axis of 1.
-  trainable, opt_state = jax.tree.map(lambda x: x[None], (state["trainable"], state["opt_state"]))
+  trainable, opt_state = state["trainable"], state["opt_state"]
   ours, batches, step = [], [], 0
   for epoch in range(3):
     permutation = device.epoch_permutation(member.rngs["data"], epoch, n)
@@ -404,9 +403,9 @@ def test_steps_match_the_pytorch_reference(name, fake_data_dir, tiny_backbone, t
     batches.append([])
     for s in range(setup.steps_per_epoch):
       trainable, opt_state, out = setup.train_step(
-          trainable, opt_state, member.frozen, images, labels, permutation[None], step,
-          member.rngs["train"][None], member.rngs["flip"][None])
-      ours.append(float(out["loss"][0]))
+          trainable, opt_state, member.frozen, images, labels, permutation, step,
+          member.rngs["train"], member.rngs["flip"])
+      ours.append(float(out["loss"][0]))  # A pack of one: metrics per member.
       chosen = order[s * batch:(s + 1) * batch]
       batches[-1].append((torch.from_numpy(host_images[chosen].transpose(0, 3, 1, 2).copy()),
                           torch.from_numpy(host_labels[chosen].astype(np.int64))))
@@ -420,7 +419,6 @@ def test_steps_match_the_pytorch_reference(name, fake_data_dir, tiny_backbone, t
                                  1, batches)
   assert len(ours) == len(theirs) == 3 * setup.steps_per_epoch
   np.testing.assert_allclose(ours, theirs, rtol=2e-5, atol=2e-6)
-  trainable = jax.tree.map(lambda x: x[0], trainable)
   final = paths.flatten(jax.device_get(paths.merge(trainable, member.frozen)))
   expected = torch_reference.to_flax_names(reference)
   trained = paths.flatten(jax.device_get(trainable))

@@ -63,15 +63,6 @@ def _restore(program: programs.Program, member: Member, state: dict, checkpointe
   return 0, state
 
 
-def _stack(trees):
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
-
-def _member_state(i: int, trainable, opt_state) -> dict:
-  return {"trainable": jax.tree.map(lambda x: x[i], trainable),
-          "opt_state": jax.tree.map(lambda x: x[i], opt_state)}
-
-
 def _first_non_finite(losses: np.ndarray, step: int) -> tuple[int, float] | None:
   """(step, value) of the first non-finite loss of an epoch that ended before `step`, or None."""
   if np.all(np.isfinite(losses)):
@@ -151,16 +142,18 @@ def _fit(program, members, states, images, labels, checkpointers, writers, log) 
   step = restored[0][0]
   for writer in writers:
     writer.drop_after(step)  # Lines logged after the restart point are about to be redone.
-  trainable = _stack([state["trainable"] for _, state in restored])
-  opt_state = _stack([state["opt_state"] for _, state in restored])
-  del restored, states  # The step donates the stacked copies; nothing else may hold them.
-  rngs = {name: jnp.stack([m.rngs[name] for m in members]) for name in members[0].rngs}
-  train_step, frozen = program.pack_step(k), members[0].frozen
+  pack = program.pack(k)
+  trainable, opt_state = pack.states([state for _, state in restored])
+  del restored, states  # The step donates the pack's state; nothing else may hold it.
+  rngs = {name: pack.values([m.rngs[name] for m in members]) for name in members[0].rngs}
+  state_of = lambda i: {"trainable": pack.member(trainable, i),
+                        "opt_state": pack.member(opt_state, i)}
+  frozen = members[0].frozen
   stage, total_steps = members[0].stage, program.total_steps
   batch_size = stage.optim.batch_size
   score_last_epoch = stage.optim.on_non_finite == "score_last_epoch"
   # A member's parameters at its last finished epoch (what a divergence would be scored with).
-  finished = ([_member_state(i, trainable, opt_state)["trainable"] for i in range(k)]
+  finished = ([jax.tree.map(jnp.copy, pack.member(trainable, i)) for i in range(k)]
               if score_last_epoch and step else [None] * k)
   done = [None] * k  # A member's final state once it stopped (diverged).
   progress = tqdm.tqdm(total=total_steps * batch_size * k, initial=step * batch_size * k,
@@ -173,10 +166,10 @@ def _fit(program, members, states, images, labels, checkpointers, writers, log) 
     while step < total_steps:
       epoch = step // program.steps_per_epoch
       with timing.phase("train", excludes_compile=True):
-        permutation = jnp.stack([program.permutation(m.rngs["data"], epoch) for m in members])
+        permutation = pack.values([program.permutation(m.rngs["data"], epoch) for m in members])
         losses, accuracies = [], []
         for _ in range(min(program.steps_per_epoch, total_steps - step)):
-          trainable, opt_state, step_metrics = train_step(
+          trainable, opt_state, step_metrics = pack.step(
               trainable, opt_state, frozen, images, labels, permutation, step, rngs["train"],
               rngs["flip"])
           losses.append(step_metrics["loss"])
@@ -185,7 +178,7 @@ def _fit(program, members, states, images, labels, checkpointers, writers, log) 
           progress.update(batch_size * k)
         # One transfer per epoch: the steps above were dispatched without waiting for each other.
         losses, accuracies = jax.device_get((jnp.stack(losses), jnp.stack(accuracies)))
-      # Per member, only what it needs: slices of the pack's state are copies.
+      # Per member, only what it needs: slices of a stacked pack's state are copies.
       learning_rates = optim.current_lr(program.schedule, opt_state, step - 1)
       for i, member in enumerate(members):
         if done[i] is not None:
@@ -193,23 +186,23 @@ def _fit(program, members, states, images, labels, checkpointers, writers, log) 
         if (bad := _first_non_finite(losses[:, i], step)) is not None:
           done[i] = _diverged(member, epoch, bad, finished[i], checkpointers[i], log)
           continue
-        trainable_i = lambda: jax.tree.map(lambda x: x[i], trainable)
-        if score_last_epoch:
-          finished[i] = trainable_i()
-        row = _epoch_row(program, member, trainable_i, learning_rates[i], epoch, step,
+        trainable_i = lambda: pack.member(trainable, i)
+        if score_last_epoch:  # A copy: the next step overwrites (donates) the pack's state.
+          finished[i] = jax.tree.map(jnp.copy, trainable_i())
+        row = _epoch_row(program, member, trainable_i, pack.member(learning_rates, i), epoch, step,
                          losses[:, i], accuracies[:, i], images, labels)
         with timing.phase("write"):
           writers[i].write(step, **row)
           member.clock.save()
           if _checkpoint_due(member, epoch, step, total_steps):
-            checkpointers[i].save(step, _member_state(i, trainable, opt_state))
+            checkpointers[i].save(step, state_of(i))
       progress.set_postfix(epoch=epoch + 1, loss=f"{float(losses.mean()):.3f}")
   finals = []
   for i, checkpointer in enumerate(checkpointers):
     if done[i] is not None:
       finals.append(done[i])
       continue
-    state_i = _member_state(i, trainable, opt_state)
+    state_i = state_of(i)
     if total_steps not in checkpointer.steps():  # A resumed finished stage lost its last.
       with timing.phase("write"):
         checkpointer.save(total_steps, state_i)

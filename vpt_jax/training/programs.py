@@ -13,6 +13,7 @@ import dataclasses
 import json
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
@@ -65,19 +66,49 @@ class Program:
           if k not in skip}))
     return self._fresh[skip](rng)
 
-  def pack_step(self, members: int):
-    """The train step of a pack of `members` runs (`steps.jit_pack_step`), built once per pack
-    size: (stacked trainable, stacked opt_state, frozen, images, labels, stacked permutations,
-    step, stacked train keys, stacked flip keys) -> (trainable, opt_state, metrics (K,))."""
+  def pack(self, members: int) -> "Pack":
+    """How `members` runs of this program train together (built once per pack size)."""
     if members not in self._packed:
-      shardings = tuple(_stacked(s) for s in self.shardings[:2]) + (self.shardings[2],)
-      self._packed[members] = steps.jit_pack_step(self.step_fn, self.mesh, shardings, members)
+      self._packed[members] = Pack(self, members)
     return self._packed[members]
 
   @property
   def train_step(self):
     """The step of a single run (a pack of one)."""
-    return self.pack_step(1)
+    return self.pack(1).step
+
+
+class Pack:
+  """K runs of one program advanced by one compiled step. K > 1: their trainable and optimizer
+  states, permutations and keys stacked on a leading axis and the step vmapped. A pack of one
+  keeps its state as it is and runs the plain step (its metrics given a leading axis of 1): the
+  very program, and so the very numbers, of a run trained alone."""
+
+  def __init__(self, program: Program, members: int):
+    self.members, self._program = members, program
+    state_shardings = program.shardings[:2] if members == 1 else tuple(
+        _stacked(s) for s in program.shardings[:2])
+    self._state_shardings = state_shardings
+    self.step = steps.jit_pack_step(program.step_fn, program.mesh,
+                                    state_shardings + (program.shardings[2],), members)
+
+  def states(self, states: list[dict]) -> tuple[dict, dict]:
+    """(trainable, optimizer state) of the pack, placed as its step takes them."""
+    parts = [[s[part] for s in states] for part in ("trainable", "opt_state")]
+    if self.members > 1:
+      parts = [jax.tree.map(lambda *xs: jnp.stack(xs), *trees) for trees in parts]
+    else:
+      parts = [trees[0] for trees in parts]
+    return tuple(jax.device_put(tree, sharding)
+                 for tree, sharding in zip(parts, self._state_shardings))
+
+  def values(self, values: list):
+    """Per-member step arguments (permutations, keys) as the step takes them."""
+    return self._program.replicate(values[0] if self.members == 1 else jnp.stack(values))
+
+  def member(self, tree, i: int):
+    """Member i's part of a pack's tree (a copy when the pack is stacked)."""
+    return tree if self.members == 1 else jax.tree.map(lambda x: x[i], tree)
 
 
 def program_key(run: spec.RunSpec, stage: spec.StageSpec, num_examples: int, mesh) -> str:

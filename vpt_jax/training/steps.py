@@ -90,22 +90,17 @@ def jit_step(step_fn, mesh, state_shardings, packed: bool = False):
 
 
 def jit_pack_step(step_fn, mesh, state_shardings, members: int):
-  """The step of a pack of `members` runs: their trainable state, optimizer state, permutations
-  and keys stacked on a leading axis, the frozen backbone and the train set shared. A pack of one
-  compiles the plain step (its leading axis of 1 is a free reshape), so a single run is the very
-  program it would be unpacked, and the optimizer's own branches (GaLore's projector refresh)
-  stay branches; larger packs are vmapped."""
+  """The step of a pack of `members` runs, whose metrics have a leading axis of `members`. More
+  than one: their trainable state, optimizer state, permutations and keys stacked on a leading
+  axis (vmap), the frozen backbone and the train set shared. One: the plain step, so a single run
+  is the very program it always was, and the optimizer's own branches (GaLore's projector
+  refresh) stay branches."""
   if members > 1:
     return jit_step(step_fn, mesh, state_shardings, packed=True)
-  squeeze = lambda tree: jax.tree.map(lambda x: x[0], tree)
-  expand = lambda tree: jax.tree.map(lambda x: x[None], tree)
 
-  def single_fn(trainable, opt_state, frozen, images, labels, permutation, step, train_rng,
-                flip_rng):
-    trainable, opt_state, metrics = step_fn(
-        squeeze(trainable), squeeze(opt_state), frozen, images, labels, permutation[0], step,
-        train_rng[0], flip_rng[0])
-    return expand(trainable), expand(opt_state), expand(metrics)
+  def single_fn(*args):
+    trainable, opt_state, metrics = step_fn(*args)
+    return trainable, opt_state, jax.tree.map(lambda x: x[None], metrics)
 
   return jit_step(single_fn, mesh, state_shardings)
 
