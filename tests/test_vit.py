@@ -145,3 +145,31 @@ def test_fused_attention_and_remat_change_nothing(tiny):
     other_logits, other_grads = outputs(**kwargs)
     np.testing.assert_allclose(other_logits, logits, atol=1e-5)
     chex.assert_trees_all_close(other_grads, grads, atol=1e-5)
+
+
+def test_attention_auto_picks_cudnn_only_for_half_precision_on_a_gpu():
+  pick = vit.attention_implementation
+  assert pick("auto", jnp.bfloat16, "gpu") == "cudnn"
+  assert pick("auto", jnp.float16, "gpu") == "cudnn"
+  # cuDNN's fused attention has no float32 kernel (None is the model's float32 default).
+  assert pick("auto", None, "gpu") is None and pick("auto", jnp.float32, "gpu") is None
+  assert pick("auto", jnp.bfloat16, "cpu") is None
+  assert pick("xla", None, "gpu") == "xla" and pick(None, jnp.bfloat16, "gpu") is None
+  assert pick("cudnn", jnp.bfloat16, "gpu") == "cudnn"
+
+
+def test_cudnn_attention_in_float32_is_refused_when_the_model_is_built():
+  for dtype in (None, jnp.float32):
+    with pytest.raises(ValueError) as error:
+      vit.Model(num_classes=5, variant="Ti/16", depth=1, attention_impl="cudnn", dtype=dtype)
+    assert "\n" not in str(error.value) and "needs a bfloat16 or float16" in str(error.value)
+  with pytest.raises(ValueError, match="must be one of None"):
+    vit.Model(num_classes=5, attention_impl="flash")
+  vit.Model(num_classes=5, attention_impl="cudnn", dtype=jnp.bfloat16)  # Accepted.
+
+
+def test_auto_attention_runs_the_explicit_path_on_the_cpu(tiny):
+  _, params, images = tiny
+  logits = lambda impl: vit.Model(num_classes=5, variant="Ti/16", depth=2, representation_size=24,
+                                  attention_impl=impl).apply({"params": params}, images)[0]
+  np.testing.assert_array_equal(logits("auto"), logits(None))

@@ -54,6 +54,46 @@ def decode_variant(variant: str) -> Architecture:
   return Architecture(_WIDTH[size], _DEPTH[size], _MLP_DIM[size], _HEADS[size], (patch, patch))
 
 
+# Attention implementations a model accepts: None (explicit einsums), "xla", "cudnn", or "auto".
+ATTENTION_IMPLS = (None, "auto", "xla", "cudnn")
+# cuDNN's fused (flash) attention has kernels for these compute dtypes only.
+_CUDNN_DTYPES = ("bfloat16", "float16")
+# Known fault: cuDNN before 9.15.1 can compute a wrong attention backward (or hit an illegal
+# address) when the key length is not a multiple of 128, there is no mask, and the kernel is
+# replayed from a CUDA graph. Our sequences are 197 tokens (B/16 at 224 px), 247 (50 prompts) and
+# up to 397 (200 prompts), and XLA records cuDNN calls into command buffers (CUDA graphs) by
+# default. The workaround, applied by launch/device_check.py when the runtime's cuDNN is older:
+# XLA_FLAGS=--xla_gpu_enable_command_buffer=-CUDNN,-CUSTOM_CALL (those calls run outside graphs).
+CUDNN_COMMAND_BUFFER_FIXED = (9, 15, 1)
+CUDNN_COMMAND_BUFFER_WORKAROUND = "--xla_gpu_enable_command_buffer=-CUDNN,-CUSTOM_CALL"
+
+
+def _dtype_name(dtype) -> str:
+  return jnp.dtype(dtype or jnp.float32).name
+
+
+def check_attention(attention_impl: str | None, dtype) -> None:
+  """Refuses an implementation this model cannot run, in one line, before anything compiles."""
+  if attention_impl not in ATTENTION_IMPLS:
+    raise ValueError(f"attention_impl={attention_impl!r} must be one of None (explicit), 'auto', "
+                     "'xla' or 'cudnn'.")
+  if attention_impl == "cudnn" and _dtype_name(dtype) not in _CUDNN_DTYPES:
+    raise ValueError(f"attention_impl='cudnn' needs a bfloat16 or float16 compute dtype (cuDNN's "
+                     f"fused attention has no {_dtype_name(dtype)} kernel): set dtype=bfloat16, "
+                     "or attention_impl='auto' or None.")
+
+
+def attention_implementation(attention_impl: str | None, dtype, platform: str | None = None):
+  """The implementation a model runs: "auto" is cuDNN's fused attention on a GPU in bfloat16 or
+  float16 and the explicit einsums (None) otherwise (on a CPU they are as fast as XLA's fused
+  path, and cuDNN has no float32 kernel); other values are checked and kept."""
+  check_attention(attention_impl, dtype)
+  if attention_impl != "auto":
+    return attention_impl
+  platform = platform or jax.default_backend()
+  return "cudnn" if platform == "gpu" and _dtype_name(dtype) in _CUDNN_DTYPES else None
+
+
 class ScaleShift(nn.Module):
   """SSF (Lian et al. 2022): a learned per-channel affine map, initialised to the identity."""
 
@@ -360,7 +400,9 @@ class Model(nn.Module):
       projection).
     peft: LoRA, adapters and SSF inside the blocks.
     attention_impl: None computes attention explicitly; "xla" or "cudnn" use
-      jax.nn.dot_product_attention with that implementation (fused) when no weights are returned.
+      jax.nn.dot_product_attention with that implementation (fused) when no weights are returned;
+      "auto" picks cuDNN on a GPU in bfloat16/float16, else explicit (`attention_implementation`).
+      "cudnn" with a float32 dtype is refused when the model is built (cuDNN has no such kernel).
     remat: rematerialise each block in the backward pass (less memory, ~1/3 more compute).
     embedding_dropout: the rate after the position embedding instead (None: `dropout`); VQT's
       code trains with its backbone in eval mode but its embedding dropout (0.1) active.
@@ -389,6 +431,10 @@ class Model(nn.Module):
   embedding_dropout: float | None = None
   query_tokens: int = 0
   query_dropout: float = 0.0
+
+  def __post_init__(self):
+    check_attention(self.attention_impl, self.dtype)  # A config error, not a crash at compile.
+    super().__post_init__()
 
   @property
   def architecture(self) -> Architecture:
@@ -428,7 +474,8 @@ class Model(nn.Module):
 
     x, attentions, query_outputs = Encoder(
         arch.depth, arch.mlp_dim, arch.num_heads, self.dropout, dtype=self.dtype,
-        peft=self.peft, attention_impl=self.attention_impl, remat=self.remat,
+        peft=self.peft, attention_impl=attention_implementation(self.attention_impl, self.dtype),
+        remat=self.remat,
         attn_out_dropout=self.attn_out_dropout, gelu_approximate=self.gelu_approximate,
         embedding_dropout=self.embedding_dropout, name="Transformer")(
             x, prompts, int(self.has_class_token), train, return_attention, queries)
