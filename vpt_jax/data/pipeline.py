@@ -94,7 +94,18 @@ def ensure_prepared(task: tasks_lib.Task, data_dir: str | None = None,
   for data that is not on disk. Prepared data is recognised without the source's libraries."""
   data_source = sources.get(source)
   if data_source.prepared_version(task, data_dir or default_data_dir()) is None:
-    data_source.reader().prepare(task, data_dir)
+    _reader_of_unprepared(data_source, task, data_dir).prepare(task, data_dir)
+
+
+def _reader_of_unprepared(data_source: sources.Source, task: tasks_lib.Task, data_dir: str | None):
+  """The reader that generates a generated task; for data nobody prepared, the error that says
+  how, raised before the reader's libraries load (they print banners before any error line)."""
+  if not task.generated:
+    data_dir = data_dir or default_data_dir()
+    raise DataNotPreparedError(
+        f"Task {task.name} ({task.builder}) is not prepared in {data_dir}; prepare it with: "
+        + PREPARE_COMMAND.format(task=task.name, data_dir=data_dir))
+  return data_source.reader()
 
 
 def load_arrays(task: tasks_lib.Task, subset: str, resolution: int, data_dir: str | None = None,
@@ -115,7 +126,10 @@ def load_arrays(task: tasks_lib.Task, subset: str, resolution: int, data_dir: st
   if (cached := _cached_without_source(data_source, task, subset, resolution, data_dir,
                                        cache_dir, resize_method)) is not None:
     return cached
-  reader = data_source.reader()
+  if data_source.prepared_version(task, data_dir or default_data_dir()) is None:
+    reader = _reader_of_unprepared(data_source, task, data_dir)
+  else:
+    reader = data_source.reader()
   cache = _cache_path(cache_dir, task, reader.version(task, data_dir), subset, resolution,
                       resize_method)
   if (cached := _read_cache(cache)) is not None:
