@@ -21,6 +21,15 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", None,
                                   "Where manually downloaded files are (default: TFDS's).")
 _STATUS_ONLY = flags.DEFINE_bool("status_only", False, "Report readiness without downloading.")
+_CACHE_SUBSETS = flags.DEFINE_list(
+    "cache_subsets", [], "Also decode these subsets of the ready tasks into the array cache "
+    "(e.g. test,train800val200), so that runs read them without TensorFlow or the dataset.")
+_RESOLUTION = flags.DEFINE_integer("resolution", 224, "With --cache_subsets: image size.")
+_RESIZE = flags.DEFINE_enum("resize", "tf1_bilinear", list(pipeline.RESIZE_METHODS),
+                            "With --cache_subsets: resize method (the recipe's: tf1_bilinear "
+                            "for paper, bilinear for google).")
+_CACHE_DIR = flags.DEFINE_string("cache_dir", None, "With --cache_subsets: array cache "
+                                 "(default $VPT_JAX_CACHE/arrays).")
 
 
 def main(argv):
@@ -35,6 +44,12 @@ def main(argv):
   print(f"\nData directory: {data_dir}\n" + prepare.table(rows))
   ready = sum(r.status == "ready" for r in rows)
   print(f"\n{ready} of {len(rows)} tasks ready.")
+  for row in rows:
+    for subset in _CACHE_SUBSETS.value if row.status == "ready" else ():
+      with cli.errors(ValueError, pipeline.DataNotPreparedError):
+        images, _ = pipeline.load_arrays(tasks_lib.get(row.task), subset, _RESOLUTION.value,
+                                         data_dir, _CACHE_DIR.value, _RESIZE.value)
+      print(f"Cached {row.task}/{subset}: {len(images)} images at {_RESOLUTION.value} px.")
   sys.exit(0 if ready == len(rows) else 1)
 
 

@@ -102,3 +102,18 @@ def test_a_run_on_cached_arrays_needs_no_tensorflow(fake_data_dir, tiny_backbone
   result = json.loads(out.stdout.strip().splitlines()[-1])
   assert result["eval_examples"] == 37 and 0 <= result["test_accuracy"] <= 1
   assert np.isfinite(result["test_loss"]) and result["steps"] > 0
+
+
+def test_prepare_data_caches_subsets_for_tensorflow_free_runs(fake_data_dir, tmp_path):
+  out = subprocess.run([sys.executable, "launch/prepare_data.py", "--tasks=dtd",
+                        f"--data_dir={fake_data_dir}", "--cache_subsets=test,val200",
+                        "--resolution=32", f"--cache_dir={tmp_path}"], cwd=REPO, text=True,
+                       capture_output=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "Cached dtd/test: 37 images at 32 px." in out.stdout
+  cached = pipeline.cached_arrays(tasks_lib.get("dtd"), "val200", 32, fake_data_dir,
+                                  str(tmp_path), "tf1_bilinear")
+  expected = pipeline.load_arrays(tasks_lib.get("dtd"), "val200", 32, fake_data_dir,
+                                  str(tmp_path / "fresh"), "tf1_bilinear")
+  np.testing.assert_array_equal(cached[0], expected[0])
+  np.testing.assert_array_equal(cached[1], expected[1])
