@@ -21,15 +21,19 @@ def test_analytic_flops_match_xla_on_b16(method, xla_gflops):
   assert flops / 1e9 == pytest.approx(xla_gflops, rel=0.01)
 
 
-def test_the_benchmark_needs_no_tensorflow():
-  # GPU images often carry jax and torch but not TensorFlow or TFDS (too large to bring along).
-  code = ("import sys; import vpt_jax.bench.benchmark, vpt_jax.bench.torch_reference; "
-          "print(sorted(m for m in ('tensorflow', 'tensorflow_datasets', 'ml_collections', 'tqdm',"
-          " 'orbax') if m in sys.modules))")
+def modules_imported_by(modules: str, names: tuple[str, ...]) -> list[str]:
+  """Which of `names` a fresh process has loaded after `import <modules>`."""
+  code = f"import sys; import {modules}; print(sorted(m for m in {names!r} if m in sys.modules))"
   process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                            timeout=300)
   assert process.returncode == 0, process.stderr[-2000:]
-  assert process.stdout.strip() == "[]"
+  return eval(process.stdout.strip())
+
+
+def test_the_benchmark_needs_no_tensorflow():
+  # GPU images often carry jax and torch but not TensorFlow or TFDS (too large to bring along).
+  assert modules_imported_by("vpt_jax.bench.benchmark, vpt_jax.bench.torch_reference", (
+      "tensorflow", "tensorflow_datasets", "ml_collections", "tqdm", "orbax")) == []
 
 
 def test_peak_table():

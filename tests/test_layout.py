@@ -16,6 +16,7 @@ from vpt_jax.data import tasks as tasks_lib
 from vpt_jax.models import backbones
 from vpt_jax.training import recipes, spec, train
 
+from test_benchmark import modules_imported_by
 from test_train import REPO, tiny_config
 
 
@@ -68,12 +69,8 @@ def test_records_made_before_a_field_existed_still_match():
 
 
 def test_the_training_path_imports_neither_tensorflow_nor_ml_collections():
-  code = ("import sys; import vpt_jax.training.train, vpt_jax.training.loop, vpt_jax.catalog; "
-          "print(sorted({m.split('.')[0] for m in sys.modules} & "
-          "{'tensorflow', 'tensorflow_datasets', 'ml_collections'}))")
-  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, text=True, capture_output=True,
-                       timeout=300)
-  assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+  assert modules_imported_by("vpt_jax.training.train, vpt_jax.training.loop, vpt_jax.catalog",
+                             ("tensorflow", "tensorflow_datasets", "ml_collections")) == []
 
 
 def test_a_run_on_cached_arrays_needs_no_tensorflow(fake_data_dir, tiny_backbone, tmp_path):
