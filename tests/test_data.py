@@ -166,7 +166,7 @@ def test_cache_is_read_on_the_second_load(data_dir, tmp_path, monkeypatch):
 
   def no_tfds(*args, **kwargs):
     raise AssertionError("read TFDS although the subset is cached")
-  monkeypatch.setattr(pipeline, "_dataset", no_tfds)
+  monkeypatch.setattr(tfds_source, "_dataset", no_tfds)
   second = pipeline.load_arrays(tasks_lib.get("dtd"), "val200", RES, data_dir, str(tmp_path))
   for a, b in zip(first, second):
     np.testing.assert_array_equal(a, b)
