@@ -101,7 +101,7 @@ def test_two_processes_prepare_one_dataset_safely(tmp_path):
 
 def hold_lock(workdir, seconds):
   """Another process that owns `workdir` for a while."""
-  code = (f"import time; from vpt_jax import files; lock = files.RunLock({str(workdir)!r})"
+  code = (f"import time; from vpt_jax.utils import files; lock = files.RunLock({str(workdir)!r})"
           f".acquire(); print('locked', flush=True); time.sleep({seconds})")
   process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                              cwd=REPO)
@@ -141,22 +141,24 @@ def test_one_owner_per_run_directory(fake_data_dir, tiny_backbone, tmp_path, mon
 
 
 def test_killing_the_parent_of_parallel_runs_stops_its_children(tmp_path):
-  child = ("import time; from vpt_jax import executors; executors.exit_with_parent(0.1); "
-           "time.sleep(60)")
+  # The child sleeps far longer than the test waits: only the watcher can end it in time.
+  child = ("import time; from vpt_jax.study import executors; executors.exit_with_parent(0.1); "
+           "print('watching', flush=True); time.sleep(600)")
   parent = textwrap.dedent(f"""
       import os, subprocess, sys, time
       from vpt_jax.study import executors
       env = {{**os.environ, executors.PARENT_ENV: str(os.getpid())}}
       child = subprocess.Popen([sys.executable, "-c", {child!r}], env=env)
       print(child.pid, flush=True)
-      time.sleep(60)""")
+      time.sleep(600)""")
   process = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True,
                              cwd=REPO)
   child_pid = int(process.stdout.readline())
-  time.sleep(3)  # The child is up and watching.
+  # The child shares the parent's stdout: wait until its watcher runs, however slow the start.
+  assert process.stdout.readline().strip() == "watching"
   process.send_signal(signal.SIGKILL)
   process.wait()
-  deadline = time.time() + 10
+  deadline = time.time() + 120  # A bound for a loaded machine, far below the child's 600 s.
   while time.time() < deadline:
     try:
       os.kill(child_pid, 0)
@@ -165,7 +167,7 @@ def test_killing_the_parent_of_parallel_runs_stops_its_children(tmp_path):
       break
   else:
     os.kill(child_pid, signal.SIGKILL)
-    pytest.fail("the child outlived its sweep by 10 s")
+    pytest.fail("the child outlived its sweep by 120 s")
 
 
 # --- 4, 5. Damaged files and checksums ------------------------------------------------------------
