@@ -119,6 +119,26 @@ def test_galore_matches_a_numpy_restatement(inputs, outputs):
     np.testing.assert_allclose(params["k"], want.T, rtol=1e-5, atol=1e-6)
 
 
+def test_packed_galore_refreshes_its_projector_only_when_due():
+  """In a pack (vmap over runs that share their step) the refresh stays a branch: the SVDs run
+  only on refresh steps, not at every step as a per-run select would make them."""
+  tx = optim.galore_transform(lambda step: 0.01, 0.0, {"k": True}, {"k": (6, 4)}, rank=2,
+                              update_period=3, scale=1.0)
+  params = {"k": jnp.ones((2, 6, 4))}
+  state = jax.vmap(tx.init)(params)
+  update = jax.vmap(tx.update, axis_name=optim.PACK_AXIS)
+  primitives = [e.primitive.name for e in jax.make_jaxpr(update)(params, state, params).eqns]
+  assert "cond" in primitives and "select_n" not in primitives
+  alone = jax.vmap(tx.update)  # Without the pack's axis name: a select, both sides computed.
+  assert "cond" not in [e.primitive.name for e in jax.make_jaxpr(alone)(params, state,
+                                                                         params).eqns]
+  packed, _ = update(params, state, params)  # The same numbers as one by one.
+  for i in range(2):
+    single, _ = tx.update({"k": params["k"][i]}, jax.tree.map(lambda x: x[i], state),
+                          {"k": params["k"][i]})
+    np.testing.assert_allclose(packed["k"][i], single["k"], rtol=1e-6, atol=1e-7)
+
+
 def galore_state_size(shapes: dict, rank: int) -> int:
   """Scalars GaLore keeps: per projected (m, n) kernel a projector and two rank-r moments; two
   full moments for every other leaf."""

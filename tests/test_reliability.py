@@ -12,8 +12,11 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -330,6 +333,34 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporaries(tmp_path, monkeypatch
     checkpointer.save(5, {"x": np.zeros(3)})
   assert os.listdir(tmp_path / "checkpoints") == []
   monkeypatch.setattr(checkpointer._manager, "save", original)
+
+
+def test_background_checkpoints_save_what_the_state_was_and_report_failures(tmp_path,
+                                                                            monkeypatch):
+  checkpointer = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), 2, background=True)
+  original, release = checkpointer._manager.save, threading.Event()
+
+  def slow_save(*args, **kwargs):
+    assert release.wait(60)  # The write waits until the caller has moved on.
+    return original(*args, **kwargs)
+  monkeypatch.setattr(checkpointer._manager, "save", slow_save)
+  state = {"x": jnp.arange(4.0)}
+  checkpointer.save(3, state)  # Returns while the write is held back.
+  state["x"] = state["x"] + 100  # Training goes on.
+  release.set()
+  assert checkpointer.steps() == [3]
+  abstract = {"x": jax.ShapeDtypeStruct((4,), jnp.float32)}
+  step, restored = checkpointer.restore_latest(abstract)
+  assert step == 3 and np.asarray(restored["x"]).tolist() == [0.0, 1.0, 2.0, 3.0]
+
+  def full_disk_save(step, args, force):
+    (tmp_path / "checkpoints" / f"{step}.orbax-checkpoint-tmp-9").mkdir()
+    raise OSError(errno.ENOSPC, "No space left on device")
+  monkeypatch.setattr(checkpointer._manager, "save", full_disk_save)
+  checkpointer.save(4, state)
+  with pytest.raises(OSError, match="No space left"):
+    checkpointer.close()
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]
 
 
 def test_a_rejected_config_does_not_block_its_fix(fake_data_dir, tiny_backbone, tmp_path):

@@ -324,6 +324,20 @@ def test_parallel_runs_never_share_a_device(tmp_path):
   assert counts["ran"] == 6 and not any(clashes)
 
 
+def test_processes_sharing_a_device_share_its_memory():
+  fraction = lambda env: float(env["XLA_PYTHON_CLIENT_MEM_FRACTION"])
+  # Four runs at once on one GPU: each may take a quarter of 90%, not JAX's default 75%.
+  one_gpu = [sweep.slot_environment(slot, 4, ("0",)) for slot in range(4)]
+  assert {env["CUDA_VISIBLE_DEVICES"] for env in one_gpu} == {"0"}
+  assert [fraction(env) for env in one_gpu] == [0.23] * 4 and sum(map(fraction, one_gpu)) < 1
+  # Three slots over two GPUs: two share GPU 0, one has GPU 1.
+  assert [(e["CUDA_VISIBLE_DEVICES"], fraction(e)) for e in (
+      sweep.slot_environment(s, 3, ("0", "1")) for s in range(3))] == [
+          ("0", 0.45), ("1", 0.9), ("0", 0.45)]
+  assert fraction(sweep.slot_environment(0, 2, ())) == 0.45  # Both see every device.
+  assert sweep.slot_environment(0, 1, ()) is None
+
+
 def test_infeasible_sizes_are_recorded_and_the_sweep_goes_on(tmp_path):
   config = vtab_config.get_config("task=dtd")
   config.sweep.base_lrs, config.sweep.weight_decays, config.sweep.seeds = (1.0,), (0.0,), 1

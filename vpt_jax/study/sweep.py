@@ -284,6 +284,19 @@ class Planner:
 Runner = Callable[..., None]
 
 
+def slot_environment(slot: int, parallel: int, device_ids: tuple[str, ...]) -> dict | None:
+  """What the process of a device slot sees: its device, and its share of that device's memory
+  among the slots that run on it at once (JAX would otherwise take 75% in each)."""
+  if parallel <= 1 and not device_ids:
+    return None
+  if not device_ids:  # Every process sees every device.
+    return {"XLA_PYTHON_CLIENT_MEM_FRACTION": f"{0.9 / parallel:.2f}"}
+  device_of = lambda s: device_ids[s % len(device_ids)]
+  share = sum(device_of(s) == device_of(slot) for s in range(max(parallel, 1)))
+  return {"CUDA_VISIBLE_DEVICES": device_of(slot),
+          "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{0.9 / share:.2f}"}
+
+
 def execute(sweep_dir: str, runs: list[Run], runner: Runner, parallel: int = 1,
             device_ids: tuple[str, ...] = (), log=print,
             expected: Callable[[Run], dict] | None = None, pack: int = 1,
@@ -312,12 +325,7 @@ def execute(sweep_dir: str, runs: list[Run], runner: Runner, parallel: int = 1,
     workdir = os.path.join(sweep_dir, run.workdir)
     slot = free_slots.get()
     try:
-      env = None
-      if device_ids:
-        device = device_ids[slot % len(device_ids)]
-        share = device_ids.count(device)
-        env = {"CUDA_VISIBLE_DEVICES": device,
-               "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{0.9 / share:.2f}"}
+      env = slot_environment(slot, parallel, device_ids)
       try:
         runner(run, workdir, log=log, env=env)
       except RECORDED_FAILURES as e:

@@ -6,7 +6,14 @@ checkpoints, checkpoint_checksums.<process>.json records a SHA-256 of what each 
 checkpoint that is
 unreadable or no longer matches it (disk damage, a bad copy) is moved aside (to
 unreadable_checkpoints/, never deleted) with a warning, in favour of the one before it.
+
+In the background (training's mode) a save copies the state to the host and returns; the write
+and the checksum follow on a thread while the devices train on. A checkpoint exists only once
+both are done, as in the foreground, and every later call (save, steps, restore, close) first
+waits for the pending one and raises its error, if any.
 """
+
+import concurrent.futures
 
 import glob
 import hashlib
@@ -38,16 +45,25 @@ def checksum(state) -> str:
 
 
 class Checkpointer:
-  def __init__(self, directory: str, keep: int):
+  def __init__(self, directory: str, keep: int, background: bool = False):
     directory = os.path.abspath(directory)  # Orbax needs absolute paths.
     self._directory = directory
+    self._writer = concurrent.futures.ThreadPoolExecutor(1) if background else None
+    self._pending = None
     self._sums_path = os.path.join(os.path.dirname(directory),
                                    f"checkpoint_checksums.{jax.process_index()}.json")
     self._manager = ocp.CheckpointManager(
         directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=False))
 
+  def wait(self) -> None:
+    """Until the pending save (if any) is written; raises its error."""
+    if self._pending is not None:
+      pending, self._pending = self._pending, None
+      pending.result()
+
   def steps(self) -> list[int]:
+    self.wait()
     return sorted(self._manager.all_steps())
 
   def _sums(self) -> dict:
@@ -57,6 +73,13 @@ class Checkpointer:
       return {}  # Without checksums, restoring still checks that orbax can read the files.
 
   def save(self, step: int, state) -> None:
+    self.wait()
+    if self._writer is None or jax.process_count() > 1:  # Hosts hold shards: they save together.
+      self._write(step, state)
+    else:  # The host copy is taken now: the devices may overwrite (donate) the state next step.
+      self._pending = self._writer.submit(self._write, step, jax.device_get(state))
+
+  def _write(self, step: int, state) -> None:
     try:
       self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
       self._manager.wait_until_finished()
@@ -64,12 +87,14 @@ class Checkpointer:
       for tmp in glob.glob(os.path.join(self._directory, "*.orbax-checkpoint-tmp*")):
         shutil.rmtree(tmp, ignore_errors=True)
       raise
-    sums = {k: v for k, v in self._sums().items() if int(k) in self.steps()}
+    kept = self._manager.all_steps()
+    sums = {k: v for k, v in self._sums().items() if int(k) in kept}
     sums[str(step)] = checksum(state)
     files.write_json(self._sums_path, sums)
 
   def restore_latest(self, abstract_state):
     """(step, state) of the newest readable checkpoint, or (None, None) when there is none."""
+    self.wait()
     sums = self._sums()
     for step in reversed(self.steps()):
       try:
@@ -95,4 +120,9 @@ class Checkpointer:
     return None, None
 
   def close(self) -> None:
-    self._manager.close()
+    try:
+      self.wait()
+    finally:
+      if self._writer is not None:
+        self._writer.shutdown()
+      self._manager.close()

@@ -125,7 +125,8 @@ def fit(program: programs.Program, members: list[Member], states: list[dict], im
   "fail", or when no epoch finished, NonFiniteLossError.
   """
   checkpointers = [checkpointing.Checkpointer(os.path.join(m.stage.workdir, "checkpoints"),
-                                              m.run.checkpoints.keep) for m in members]
+                                              m.run.checkpoints.keep, background=True)
+                   for m in members]
   writers = [metrics.MetricWriter(m.stage.workdir) for m in members]
   try:
     return _fit(program, members, states, images, labels, checkpointers, writers, log)

@@ -151,6 +151,21 @@ def _fixed_signs(vectors, axis: int):
   return vectors * jnp.where(largest < 0, -1.0, 1.0)
 
 
+# The vmapped axis of a pack of runs (vpt_jax.training.steps): packed runs share their step.
+PACK_AXIS = "pack"
+
+
+def _shared_by_the_pack(flag):
+  """A flag that every run of a pack has alike (it depends on the step count, which they share)
+  as one value for the whole pack. Under the pack's vmap a per-run flag would turn lax.cond into
+  a select that computes both branches (GaLore's SVDs at every step); outside a pack it is the
+  flag itself."""
+  try:
+    return jax.lax.pmax(flag.astype(jnp.int32), PACK_AXIS) > 0
+  except NameError:  # Not traced inside a pack's vmap.
+    return flag
+
+
 def galore_transform(learning_rate_fn, weight_decay, mask, projected, *, rank: int,
                      update_period: int, scale: float, b1=0.9, b2=0.999,
                      eps=1e-6) -> optax.GradientTransformation:
@@ -192,7 +207,7 @@ def galore_transform(learning_rate_fn, weight_decay, mask, projected, *, rank: i
   def update(grads, state, params):
     shapes = projected(params) if callable(projected) else projected
     decays = mask(params) if callable(mask) else mask
-    refresh = state.count % update_period == 0
+    refresh = _shared_by_the_pack(state.count % update_period == 0)
     count = state.count + 1
     lr = learning_rate_fn(state.count)
     t = count.astype(jnp.float32)

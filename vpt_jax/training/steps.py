@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vpt_jax.training import sharding
+from vpt_jax.training import optim, sharding
 from vpt_jax.utils import paths
 from vpt_jax.data import device
 
@@ -81,7 +81,8 @@ def jit_step(step_fn, mesh, state_shardings, packed: bool = False):
   trainable_sharding, opt_sharding, frozen_sharding = state_shardings
   replicated = sharding.replicated(mesh)
   if packed:
-    step_fn = jax.vmap(step_fn, in_axes=(0, 0, None, None, None, 0, None, 0, 0))
+    step_fn = jax.vmap(step_fn, in_axes=(0, 0, None, None, None, 0, None, 0, 0),
+                       axis_name=optim.PACK_AXIS)
   return jax.jit(
       step_fn, donate_argnums=(0, 1),
       in_shardings=(trainable_sharding, opt_sharding, frozen_sharding, replicated, replicated,
