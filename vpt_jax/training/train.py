@@ -49,8 +49,9 @@ class Clock:
     return self._before + time.time() - self._started
 
   def save(self) -> None:
+    """Every epoch: atomic, but not waiting for the disk (a lost count only undercounts)."""
     if jax.process_index() == 0:
-      files.write_json(self._path, {"seconds": self.seconds()})
+      files.write_json(self._path, {"seconds": self.seconds()}, durable=False)
 
 
 def finished_result(path: str, log=print) -> dict | None:

@@ -31,8 +31,9 @@ def cache_dir(kind: str) -> str:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str, mode: str = "w"):
-  """A file object whose contents replace `path` only when the block finishes without error."""
+def atomic_open(path: str, mode: str = "w", durable: bool = True):
+  """A file object whose contents replace `path` only when the block finishes without error;
+  `durable` also waits for the disk (fsync), which a record rewritten every epoch can skip."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
@@ -40,7 +41,8 @@ def atomic_open(path: str, mode: str = "w"):
     with os.fdopen(fd, mode) as f:
       yield f
       f.flush()
-      os.fsync(f.fileno())
+      if durable:
+        os.fsync(f.fileno())
     os.chmod(tmp, FILE_MODE)
     os.replace(tmp, path)
   except BaseException:
@@ -49,8 +51,8 @@ def atomic_open(path: str, mode: str = "w"):
     raise
 
 
-def write_json(path: str, value) -> None:
-  with atomic_open(path) as f:
+def write_json(path: str, value, durable: bool = True) -> None:
+  with atomic_open(path, durable=durable) as f:
     json.dump(value, f, indent=2)
 
 
