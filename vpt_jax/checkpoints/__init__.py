@@ -1,0 +1,38 @@
+"""Pre-trained checkpoints: one reader per file format, and `load`, which picks the reader.
+
+A published name (vpt_jax/models/backbones.py) is read by its record's `checkpoint_format`; a
+file by its suffix. Every reader converts to `vit.Model`'s tree and refuses a file that does not
+fit the model with one error listing its missing, unexpected and mis-shaped keys.
+"""
+
+import os
+
+from vpt_jax.checkpoints import pretrained, torch_vit
+from vpt_jax.models import backbones
+
+READERS = {"vit_npz": pretrained, "torch_vit": torch_vit}
+_SUFFIXES = {".npz": "vit_npz", ".pth": "torch_vit", ".pth.tar": "torch_vit", ".pt": "torch_vit"}
+
+
+def checkpoint_format(name_or_path: str) -> str:
+  """The reader's name for a published name or a file."""
+  published = None if os.path.exists(name_or_path) else backbones.find(name_or_path)
+  if published is not None:
+    return published.checkpoint_format
+  suffix = next((s for s in _SUFFIXES if name_or_path.endswith(s)), None)
+  if suffix is None:
+    raise pretrained.CheckpointError(
+        f"Checkpoint {name_or_path!r} is neither a published name ({', '.join(backbones.BACKBONES)}) "
+        f"nor a file ending in {', '.join(_SUFFIXES)}.")
+  return _SUFFIXES[suffix]
+
+
+def load(name_or_path: str, model, image_size: int = 224, keep_head: bool = False,
+         cache_dir: str | None = None, base_url: str | None = None) -> dict:
+  """`model`'s parameters (nested dict of float32 arrays) from a published name (downloaded once
+  into $VPT_JAX_CACHE/checkpoints or `cache_dir`; offline, the error says where to put the file)
+  or a checkpoint file. The position grid is resampled to `image_size`; the head is the file's
+  only with `keep_head` and when it fits, else zeros."""
+  reader = READERS[checkpoint_format(name_or_path)]
+  path = pretrained.resolve(name_or_path, cache_dir, base_url, check=reader.read)
+  return reader.load(path, model, image_size, keep_head)

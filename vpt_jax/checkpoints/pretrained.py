@@ -50,9 +50,11 @@ def read(path: str) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------------------------
 # Published names and downloads.
 
-def resolve(name_or_path: str, cache_dir: str | None = None, base_url: str | None = None) -> str:
+def resolve(name_or_path: str, cache_dir: str | None = None, base_url: str | None = None,
+            check=read) -> str:
   """Returns a local path: an existing file as is, a published name (vpt_jax/models/backbones.py)
-  downloaded once into the cache, from its owners' host (or `base_url`).
+  downloaded once into the cache, from its owners' host (or `base_url`). `check` reads a
+  download before it is kept (the reader of the name's format).
 
   A download records its SHA-256 beside the file (<file>.sha256); every later use checks it, and
   a cached file that no longer matches is set aside and downloaded again.
@@ -74,13 +76,14 @@ def resolve(name_or_path: str, cache_dir: str | None = None, base_url: str | Non
       logging.warning("%s no longer matches the SHA-256 recorded at its download; moved to %s, "
                       "downloading it again.", local, aside)
   if not os.path.exists(local):
-    download((base_url or published.host) + relative, local)
+    download((base_url or published.host) + relative, local, check=check)
     files.write_text(local + ".sha256", files.sha256_file(local) + "\n")
   return local
 
 
-def download(url: str, dest: str, timeout_s: float = 30.0) -> None:
-  """Streams `url` into `dest` atomically; a short or failed transfer leaves nothing at `dest`."""
+def download(url: str, dest: str, timeout_s: float = 30.0, check=read) -> None:
+  """Streams `url` into `dest` atomically; a short or failed transfer, or one that `check` cannot
+  read, leaves nothing at `dest`."""
   directory = os.path.dirname(os.path.abspath(dest))
   os.makedirs(directory, exist_ok=True)
   logging.info("Downloading %s to %s", url, dest)
@@ -102,7 +105,7 @@ def download(url: str, dest: str, timeout_s: float = 30.0) -> None:
       raise CheckpointError(
           f"Download of {url} stopped after {received} of {expected} bytes; nothing was saved. "
           f"Try again, or place the file at {dest} by hand.")
-    read(tmp)  # A server error page is not a checkpoint.
+    check(tmp)  # A server error page is not a checkpoint.
     os.chmod(tmp, files.FILE_MODE)
     os.replace(tmp, dest)
   except BaseException:
@@ -237,9 +240,14 @@ def load(name_or_path: str, model, image_size: int = 224, keep_head: bool = Fals
     keep_head: keep the checkpoint's head when its shape fits; otherwise the head is zeros.
   """
   path = resolve(name_or_path, cache_dir, base_url)
-  expected = model_param_shapes(model, image_size)
-  flat = to_model_layout(read(path), model.has_class_token)
+  return fit(path, to_model_layout(read(path), model.has_class_token), model, image_size, keep_head)
 
+
+def fit(path: str, flat: dict[str, np.ndarray], model, image_size: int, keep_head: bool) -> dict:
+  """`model`'s parameters from a checkpoint already in the model's '/'-joined keys (any reader's
+  output): drops an unused pre_logits, resamples the position grid, keeps or zeroes the head, and
+  refuses whatever else does not fit, every key in one error."""
+  expected = model_param_shapes(model, image_size)
   if "pre_logits/kernel" not in expected:
     flat.pop("pre_logits/kernel", None)
     flat.pop("pre_logits/bias", None)

@@ -7,7 +7,8 @@ The parameter tree is the one of Google's ImageNet-21k checkpoints, with Linen's
   Transformer/posembed_input/pos_embedding   (1, tokens, width); added after `cls` is prepended,
                                           so it holds a CLS row when there is a class token
   Transformer/encoderblock_{i}/{LayerNorm_0, MultiHeadDotProductAttention_0, LayerNorm_1, MlpBlock_0}
-  Transformer/encoder_norm
+  Transformer/encoder_norm                (absent with pool_type "gap_fc_norm")
+  fc_norm                                 pool_type "gap_fc_norm" only: the norm of the pooled features
   pre_logits                              optional tanh representation layer
   head
 
@@ -33,6 +34,7 @@ _MLP_DIM = {"mu": 128, "Ti": 768, "S": 1536, "M": 2048, "B": 3072, "L": 4096, "S
 _HEADS = {"mu": 2, "Ti": 3, "S": 6, "M": 8, "B": 12, "L": 16, "So400m": 16,
           "H": 16, "g": 16, "G": 16, "e": 16}
 SIZES = tuple(_WIDTH)
+POOL_TYPES = ("tok", "gap", "gap_fc_norm")  # See `Model.pool_type`.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,6 +304,7 @@ class Encoder(nn.Module):
   attn_out_dropout: float | None = None
   gelu_approximate: bool = True
   embedding_dropout: float | None = None  # None: `dropout`.
+  final_norm: bool = True  # False: the tokens leave unnormalised (the model normalises the pool).
 
   @nn.compact
   def __call__(self, x, prompts=None, prompt_start=0, train=False, return_attention=False,
@@ -323,7 +326,8 @@ class Encoder(nn.Module):
               x, train, return_attention, None if queries is None else queries[i])
       attentions.append(attention)
       query_outputs.append(query_output)
-    x = nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
+    if self.final_norm:
+      x = nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
     return (x, attentions if return_attention else None,
             query_outputs if queries is not None else None)
 
@@ -381,7 +385,11 @@ class Model(nn.Module):
     num_classes: classes of the head; 0 means no head (logits are the pre-logit features).
     variant: "SIZE/PATCH" as big_vision names them, e.g. "Ti/16", "B/16", "L/16", "H/14".
     pool_type: "tok" (class token) or "gap" (mean of the patch tokens after the final norm, prompt
-      tokens excluded; no class token).
+      tokens excluded; no class token), or "gap_fc_norm": MAE's global pooling as KMnP/vpt uses it
+      (vit_backbones/vit_mae.py, VIT_POOL_TYPE "original"): the class token goes through the
+      blocks, the features are the mean of every token after it, prompts included, and a
+      LayerNorm of its own, `fc_norm`, replaces the encoder's final norm (so "encoded" holds the
+      unnormalised tokens).
     representation_size: width of the tanh pre-logits layer, or None for none.
     dropout: dropout rate after the position embedding, inside the MLPs (after the GELU) and on
       both residual branches, as Google's ViT; 0 is the frozen-backbone "eval mode".
@@ -443,12 +451,12 @@ class Model(nn.Module):
 
   @property
   def has_class_token(self) -> bool:
-    return self.pool_type == "tok"
+    return self.pool_type in ("tok", "gap_fc_norm")
 
   @nn.compact
   def __call__(self, images, *, train=False, return_attention=False):
-    if self.pool_type not in ("tok", "gap"):
-      raise ValueError(f"pool_type must be 'tok' or 'gap', got {self.pool_type!r}")
+    if self.pool_type not in POOL_TYPES:
+      raise ValueError(f"pool_type must be 'tok' or 'gap' or 'gap_fc_norm', got {self.pool_type!r}.")
     arch = self.architecture
     x = nn.Conv(arch.width, arch.patch_size, strides=arch.patch_size, padding="VALID",
                 dtype=self.dtype, name="embedding")(images)
@@ -466,7 +474,7 @@ class Model(nn.Module):
                               name="prompt")(n, train)
     queries = None
     if self.query_tokens:
-      if not self.has_class_token:
+      if self.pool_type != "tok":
         raise ValueError("VQT (query_tokens > 0) reads the class token: use pool_type 'tok'.")
       # Initialised as VPT's prompts (andytu28/VQT h2t_vit.py).
       queries = VisualPrompts(self.query_tokens, arch.depth, c, arch.patch_size,
@@ -475,15 +483,17 @@ class Model(nn.Module):
     x, attentions, query_outputs = Encoder(
         arch.depth, arch.mlp_dim, arch.num_heads, self.dropout, dtype=self.dtype,
         peft=self.peft, attention_impl=attention_implementation(self.attention_impl, self.dtype),
-        remat=self.remat,
-        attn_out_dropout=self.attn_out_dropout, gelu_approximate=self.gelu_approximate,
-        embedding_dropout=self.embedding_dropout, name="Transformer")(
+        remat=self.remat, attn_out_dropout=self.attn_out_dropout,
+        gelu_approximate=self.gelu_approximate, embedding_dropout=self.embedding_dropout,
+        final_norm=self.pool_type != "gap_fc_norm", name="Transformer")(
             x, prompts, int(self.has_class_token), train, return_attention, queries)
     x = _maybe_ssf(self.peft.ssf, "encoder_norm")(x)
     aux = {"encoded": x}
     if query_outputs is not None:
       pooled = jnp.concatenate([_l2_normalize(x[:, 0])] + [
           _l2_normalize(q.reshape(n, -1)) for q in query_outputs], axis=-1)
+    elif self.pool_type == "gap_fc_norm":
+      pooled = nn.LayerNorm(dtype=self.dtype, name="fc_norm")(jnp.mean(x[:, 1:], axis=1))
     elif self.has_class_token:
       pooled = x[:, 0]
     else:

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from vpt_jax import methods
-from vpt_jax.checkpoints import pretrained
+from vpt_jax import checkpoints
 from vpt_jax.utils import files, paths
 from vpt_jax.data import tasks as tasks_lib
 from vpt_jax.models import vit
@@ -91,7 +91,7 @@ def pretrained_backbone(config: dict, num_classes: int) -> dict:
 @functools.lru_cache(maxsize=2)
 def _pretrained_backbone(backbone: str, model_config: str, num_classes: int, resolution: int,
                          cache_dir: str | None) -> dict:
-  params = pretrained.load(backbone, vit.Model(num_classes=num_classes,
-                                               **json.loads(model_config)),
-                           image_size=resolution, cache_dir=cache_dir)
+  params = checkpoints.load(backbone, vit.Model(num_classes=num_classes,
+                                                **json.loads(model_config)),
+                            image_size=resolution, cache_dir=cache_dir)
   return {k: v for k, v in params.items() if k != "head"}

@@ -18,7 +18,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
 from vpt_jax import methods
-from vpt_jax.checkpoints import pretrained
+from vpt_jax import checkpoints
 from vpt_jax.training import evaluate, optim, sharding, spec, steps
 from vpt_jax.utils import paths, timing
 from vpt_jax.data import device, pipeline
@@ -204,8 +204,8 @@ def backbone(run: spec.RunSpec) -> dict:
   else:
     with timing.phase("data"):
       if source.checkpoint:
-        params = pretrained.load(source.checkpoint, base_model, image_size=resolution,
-                                 cache_dir=source.cache_dir)
+        params = checkpoints.load(source.checkpoint, base_model, image_size=resolution,
+                                  cache_dir=source.cache_dir)
       else:
         images = np.zeros((1, resolution, resolution, 3), np.float32)
         params = jax.jit(base_model.init)(jax.random.PRNGKey(run.seed), images)["params"]
