@@ -48,7 +48,9 @@ def get_config():
   config.phase = "final"  # "final": train800val200 -> test; "search": train800 -> val200.
   config.seed = 0
 
-  config.backbone = "ViT-B_16"  # Published name (downloaded once), an .npz path, or None (scratch).
+  # A published name (vpt_jax/models/backbones.py; downloaded once), a checkpoint file (.npz, .pth,
+  # .pth.tar), or None (from scratch).
+  config.backbone = "ViT-B_16"
   config.pretrained_cache_dir = unset(str)  # None: $VPT_JAX_CACHE/checkpoints.
   config.model = ml_collections.ConfigDict(dict(
       variant="B/16", depth=unset(int), pool_type="tok", representation_size=unset(int),

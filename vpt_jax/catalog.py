@@ -20,7 +20,7 @@ def lines() -> list[str]:
       _section("Tasks (task=NAME; also all, demo, natural, specialized, structured, a+b):", tasks)
       + _section("Data sources (--config.data.source=NAME):",
                  [(s.name, s.about) for s in sources.SOURCES.values()])
-      + _section("Backbones (--config.backbone=NAME, or an .npz path):",
+      + _section("Backbones (backbone=NAME in configs/vtab.py, --config.backbone=NAME, or a file):",
                  [(b.name, f"{b.about}; {b.variant}, {b.checkpoint_format}")
                   for b in backbones.BACKBONES.values()])
       + _section("Methods (method=NAME; several joined by +):",

@@ -150,7 +150,7 @@ def bitfit(**_):
 
 @register("LayerNorm scales and biases and the head")
 def layernorm(**_):
-  return Method("layernorm", (_HEAD, (r".*(LayerNorm_\d+|encoder_norm)/.*", "peft"), _REST_FROZEN))
+  return Method("layernorm", (_HEAD, (r".*(LayerNorm_\d+|encoder_norm|fc_norm)/.*", "peft"), _REST_FROZEN))
 
 
 @register("low-rank updates of query and value (LoRA) and the head")
@@ -192,7 +192,8 @@ def partial_k(*, depth, partial_k, **_):
   if not 0 < partial_k <= depth:
     raise ValueError(f"partial_k={partial_k} must be between 1 and the model depth {depth}.")
   blocks = "|".join(str(i) for i in range(depth - partial_k, depth))
-  return Method("partial_k", (_HEAD, (rf"Transformer/(encoderblock_({blocks})|encoder_norm)/.*",
+  # The final norm is the encoder's, or fc_norm after MAE's pooling (the VPT code trains it too).
+  return Method("partial_k", (_HEAD, (rf"(Transformer/(encoderblock_({blocks})|encoder_norm)|fc_norm)/.*",
                                       BACKBONE), _REST_FROZEN))
 
 

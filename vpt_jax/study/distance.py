@@ -10,7 +10,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from vpt_jax.checkpoints import pretrained
+from vpt_jax import checkpoints
 from vpt_jax.data import device
 from vpt_jax.models import vit
 
@@ -45,7 +45,7 @@ def vit_extractor(checkpoint: str, variant: str, resolution: int, normalization:
                   batch_size: int = 128, **model_kwargs) -> Extractor:
   """Pre-logits features of the pre-trained ViT (no head)."""
   model = vit.Model(num_classes=0, variant=variant, **model_kwargs)
-  params = pretrained.load(checkpoint, model, image_size=resolution)
+  params = checkpoints.load(checkpoint, model, image_size=resolution)
   forward = jax.jit(lambda images: model.apply(
       {"params": params}, device.normalize(images, normalization))[0])
 
