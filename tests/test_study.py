@@ -419,3 +419,49 @@ def test_means_say_when_they_miss_tasks_and_published_rows_get_group_means():
   assert paper["mean"] == pytest.approx((78.48 + 82.43 + 54.98) / 3, abs=0.03)
   assert paper["mean_tasks"] == pytest.approx(np.mean(list(published.VPT_PAPER["vpt_deep"].values())))
   assert "| 78.5 | 82.4 | 55.0 | 72.0 | 69.4 |" in markdown
+
+
+def test_any_config_field_is_an_axis_of_the_grid(tmp_path):
+  config = vtab_config.get_config("task=dtd,method=lora")
+  config.sweep.base_lrs, config.sweep.weight_decays, config.sweep.seeds = (0.5, 0.1), (0.0,), 2
+  config.sweep.grid = (("method_kwargs.lora_rank", (1, 8, 32)),)
+  planner = sweep.Planner(config, sweep_dir=str(tmp_path))
+  grid = planner.search_runs()
+  assert len(grid) == 6 and grid[0].workdir == os.path.join(
+      "vtab1k", "dtd", "lora", "search", "lr0.5_wd0_method_kwargs.lora_rank1")
+  assert planner.run_config(grid[1]).method_kwargs.lora_rank == 8
+  # Planted accuracies: rank 8 and 32 tie at the best; the smaller lr, then the smaller rank wins.
+  planted = {(0.5, 1): 0.5, (0.5, 8): 0.7, (0.5, 32): 0.6, (0.1, 1): 0.2, (0.1, 8): 0.7,
+             (0.1, 32): 0.7}
+  trained = []
+
+  def runner(run, workdir, log=print, env=None):
+    trained.append(planner.run_config(run))
+    rank = dict(run.extra)["method_kwargs.lora_rank"]
+    result = ({"val_accuracy": planted[(run.base_lr, rank)]} if run.phase == "search" else
+              {"test_accuracy": 0.5})
+    write_result(tmp_path, run, **result)
+
+  lines = []
+  counts = sweep.run_protocol(str(tmp_path), planner, runner, log=lines.append)
+  assert counts == {"skipped": 0, "ran": 8, "failed": 0, "infeasible": 0}
+  best = json.loads((tmp_path / "vtab1k/dtd/lora/best.json").read_text())
+  assert (best["base_lr"], best["weight_decay"], best["grid"]) == (
+      0.1, 0.0, {"method_kwargs.lora_rank": 8})
+  assert "best base_lr=0.1 weight_decay=0 method_kwargs.lora_rank=8" in "\n".join(lines)
+  finals = [c for c in trained if c.phase == "final"]
+  assert [(c.optim.base_lr, c.method_kwargs.lora_rank) for c in finals] == [(0.1, 8)] * 2
+  assert "| vtab1k | dtd | lora | 0.1 | 0 | method_kwargs.lora_rank=8 | 70.0 |" in (
+      report.selections_markdown(str(tmp_path)))
+  # The default grid keeps the paths of sweeps made before grids had other axes.
+  assert sweep.Run("vtab1k", "dtd", "lora", "search", 0.5, 0.0, 0).workdir.endswith("lr0.5_wd0")
+
+
+def test_a_grid_axis_must_name_a_config_field():
+  config = vtab_config.get_config("task=dtd,method=lora")
+  config.sweep.grid = (("method_kwargs.lora_rnk", (1, 8)),)
+  with pytest.raises(ValueError, match="sweep.grid="):
+    recipes.resolve(config)
+  config.sweep.grid = (("method_kwargs.lora_rank", (1, 8)),)
+  with pytest.raises(ValueError, match="A sweep sets method_kwargs.lora_rank itself"):
+    sweep.Planner(config, {"method_kwargs.lora_rank": 4})

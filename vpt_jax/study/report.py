@@ -311,6 +311,26 @@ def _robustness_markdown(rows: dict, curves: dict) -> str:
   return "\n".join(parts)
 
 
+def selections_markdown(sweep_dir: str) -> str:
+  """What each task's grid chose (best.json): the setting its final runs train with."""
+  rows = []
+  for path in sorted(glob.glob(os.path.join(sweep_dir, "*", "*", "*", "best.json"))):
+    setting, task, method = os.path.relpath(path, sweep_dir).split(os.sep)[:3]
+    try:
+      best = files.read_json(path)
+    except files.DamagedFileError:
+      continue
+    others = ", ".join(f"{field}={value}" for field, value in best.get("grid", {}).items())
+    rows.append(f"| {setting} | {task} | {method} | {best['base_lr']:g} | "
+                f"{best['weight_decay']:g} | {others} | {100 * best['val_accuracy']:.1f} |")
+  if not rows:
+    return ""
+  return ("\n## Selected settings (best validation top-1 of each grid; ties -> smaller lr, wd, "
+          "then smaller values of the other axes)\n\n| setting | task | method | base_lr | "
+          "weight_decay | other axes | val top-1 (%) |\n|---|---|---|---|---|---|---|\n"
+          + "\n".join(rows))
+
+
 def write(sweep_dir: str, out_dir: str, with_published: bool = False,
           ensembles: tuple = ()) -> str:
   """Writes report.md and one CSV per setting; returns the Markdown. `ensembles`: method sets
@@ -331,6 +351,8 @@ def write(sweep_dir: str, out_dir: str, with_published: bool = False,
     files.write_text(os.path.join(out_dir, f"{setting}.csv"), buffer.getvalue())
   if not cells:
     parts.append("\nNo finished final runs yet.")
+  if selected := selections_markdown(sweep_dir):
+    parts.append(selected)
   current, _ = final_dirs(sweep_dir)
   for setting in sorted({os.path.relpath(d, sweep_dir).split(os.sep)[0] for d in current}):
     runs = predictions.load([d for d in current

@@ -11,13 +11,13 @@ runs' test accuracy (clean and shifted), written to <method>/wise.json.
 """
 
 import functools
-import glob
 import os
 
 import jax
 import numpy as np
 
 from vpt_jax.data import tasks as tasks_lib
+from vpt_jax.study import sweep
 from vpt_jax.training import artifacts, evaluate, sharding, train
 from vpt_jax.utils import files, paths
 from vpt_jax.models import vit
@@ -94,11 +94,9 @@ def selection_run(method_dir: str) -> str | None:
     best = files.read_json(os.path.join(method_dir, "best.json"))
   except (FileNotFoundError, files.DamagedFileError):
     return None
-  for result_path in glob.glob(os.path.join(method_dir, "search", "*", "result.json")):
-    result = files.read_json(result_path)
-    if (result["base_lr"], result["weight_decay"]) == (best["base_lr"], best["weight_decay"]):
-      return os.path.dirname(result_path)
-  return None
+  chosen = os.path.join(method_dir, "search", sweep.point_name(
+      best["base_lr"], best["weight_decay"], best.get("grid", {}).items()))
+  return chosen if os.path.exists(os.path.join(chosen, "result.json")) else None
 
 
 def wise_curve(workdir: str, subset: str, shifts=(), alphas=WISE_ALPHAS) -> dict:

@@ -1,10 +1,15 @@
-"""The paper's protocol over many runs: a base_lr x weight_decay grid scored on validation data,
-the best setting (ties -> smaller lr, then smaller weight decay) rerun with several seeds and
-scored on test. Where the runs execute is vpt_jax/study/executors.py's job.
+"""The paper's protocol over many runs: a grid scored on validation data, the best point (ties ->
+smaller lr, then smaller weight decay, then smaller values of the other axes in order) rerun with
+several seeds and scored on test. Where the runs execute is vpt_jax/study/executors.py's job.
+
+The grid is a product over named config fields: base_lr x weight_decay (sweep.base_lrs,
+sweep.weight_decays, the recipe's) and any others in sweep.grid, e.g.
+`--config.sweep.grid='(("method_kwargs.lora_rank", (1, 8, 32)),)'`; naming optim.base_lr or
+optim.weight_decay there replaces that axis.
 
 Every run has its own workdir under the sweep directory:
 
-  <sweep_dir>/<setting>/<task>/<method>/search/lr<lr>_wd<wd>/   grid runs
+  <sweep_dir>/<setting>/<task>/<method>/search/lr<lr>_wd<wd>[_<field><value>...]/   grid runs
   <sweep_dir>/<setting>/<task>/<method>/best.json                 the chosen setting
   <sweep_dir>/<setting>/<task>/<method>/final/seed<s>/            final runs
   <sweep_dir>/<setting>/<task>/<method>/superseded/...             finals of an earlier selection
@@ -15,6 +20,7 @@ and skipped; anything else is (re)started and resumes from its own checkpoints.
 """
 
 import dataclasses
+import itertools
 import json
 import os
 import queue
@@ -38,6 +44,15 @@ BUSY_POLL_SECONDS = 2.0
 RECORDED_FAILURES = (loop.NonFiniteLossError, tasks_lib.InfeasibleSubsetError)
 
 
+def _text(value) -> str:
+  return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def point_name(base_lr: float, weight_decay: float, extra=()) -> str:
+  """A grid point's directory name: lr<lr>_wd<wd>, then _<field><value> for the other axes."""
+  return f"lr{base_lr:g}_wd{weight_decay:g}" + "".join(f"_{f}{_text(v)}" for f, v in extra)
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
   setting: str
@@ -47,6 +62,7 @@ class Run:
   base_lr: float
   weight_decay: float
   seed: int
+  extra: tuple[tuple[str, object], ...] = ()  # (field, value) of the grid's other axes.
 
   @property
   def group_dir(self) -> str:
@@ -54,9 +70,21 @@ class Run:
 
   @property
   def workdir(self) -> str:
-    leaf = (f"lr{self.base_lr:g}_wd{self.weight_decay:g}" if self.phase == "search"
+    leaf = (point_name(self.base_lr, self.weight_decay, self.extra) if self.phase == "search"
             else f"seed{self.seed}")
     return os.path.join(self.group_dir, self.phase, leaf)
+
+
+LR, WD = "optim.base_lr", "optim.weight_decay"
+
+
+def grid_axes(sweep_config) -> list[tuple[str, tuple]]:
+  """(field, values) of every axis of the grid, base_lr and weight_decay first."""
+  extra = [(field, tuple(values)) for field, values in (sweep_config.get("grid") or ())]
+  named = dict(extra)
+  return ([(LR, tuple(named.pop(LR, sweep_config.base_lrs))),
+           (WD, tuple(named.pop(WD, sweep_config.weight_decays)))]
+          + [(field, values) for field, values in extra if field in named])
 
 
 def settings(sweep_config) -> list[str]:
@@ -105,12 +133,15 @@ def final_seeds(sweep_config) -> tuple[int, ...]:
 
 
 def search_runs(setting, task, method, sweep_config) -> list[Run]:
-  return [Run(setting, task, method, "search", float(lr), float(wd), 0)
-          for lr in sweep_config.base_lrs for wd in sweep_config.weight_decays]
+  axes = grid_axes(sweep_config)
+  fields = [field for field, _ in axes[2:]]
+  return [Run(setting, task, method, "search", float(lr), float(wd), 0, tuple(zip(fields, rest)))
+          for lr, wd, *rest in itertools.product(*(values for _, values in axes))]
 
 
 def final_runs(setting, task, method, best, sweep_config) -> list[Run]:
-  return [Run(setting, task, method, "final", best["base_lr"], best["weight_decay"], seed)
+  extra = tuple(best.get("grid", {}).items())
+  return [Run(setting, task, method, "final", best["base_lr"], best["weight_decay"], seed, extra)
           for seed in final_seeds(sweep_config)]
 
 
@@ -153,13 +184,14 @@ def set_aside_stale(sweep_dir: str, run: Run, expected: dict | None, log=print) 
   except files.DamagedFileError:
     return  # Training writes it again (train.claim_workdir); the results stay where they are.
   if expected is None:
-    expected = {"optim.base_lr": run.base_lr, "optim.weight_decay": run.weight_decay}
+    expected = {LR: run.base_lr, WD: run.weight_decay, **dict(run.extra)}
     changed = [k for k, v in expected.items() if stored.get(k) != v]
   else:
     changed = train.config_differences(stored, expected)
   if not changed:
     return
-  setting = f"lr{stored.get('optim.base_lr'):g}_wd{stored.get('optim.weight_decay'):g}"
+  setting = point_name(stored.get(LR), stored.get(WD),
+                       [(field, stored.get(field)) for field, _ in run.extra])
   where = (os.path.join("search", setting) if run.phase == "search"
            else os.path.join(setting, f"seed{run.seed}"))
   target = _free_name(os.path.join(sweep_dir, run.group_dir, "superseded", where))
@@ -175,19 +207,30 @@ def read_result(sweep_dir: str, run: Run) -> dict | None:
   return train.finished_result(os.path.join(sweep_dir, run.workdir, "result.json"))
 
 
+def _order(value):
+  """Smaller first; numbers before anything else, which is ordered by its text."""
+  return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
+
+
 def select_best(sweep_dir: str, runs: list[Run]) -> dict:
-  """The grid point with the best validation accuracy; ties -> smaller lr, then smaller wd."""
+  """The grid point with the best validation accuracy; ties -> smaller lr, then smaller wd, then
+  smaller values of the other axes in their order."""
   scored = []
   for run in runs:
     result = read_result(sweep_dir, run)
     if result is not None:
-      scored.append((-result["val_accuracy"], run.base_lr, run.weight_decay, result))
+      key = (-result["val_accuracy"], run.base_lr, run.weight_decay,
+             *(_order(value) for _, value in run.extra))
+      scored.append((key, run))
   if not scored:
     raise RuntimeError(f"No grid run of {runs[0].group_dir} finished: nothing to choose from.")
-  scored.sort(key=lambda item: item[:3])
-  accuracy, base_lr, weight_decay, _ = scored[0]
-  return {"base_lr": base_lr, "weight_decay": weight_decay, "val_accuracy": -accuracy,
+  scored.sort(key=lambda item: item[0])
+  key, run = scored[0]
+  best = {"base_lr": run.base_lr, "weight_decay": run.weight_decay, "val_accuracy": -key[0],
           "grid_points": len(runs), "finished": len(scored)}
+  if run.extra:
+    best["grid"] = dict(run.extra)
+  return best
 
 
 def best_setting(sweep_dir: str, grid: list[Run]) -> dict:
@@ -203,7 +246,8 @@ class Planner:
 
   def __init__(self, config: ml_collections.ConfigDict, overrides: dict | None = None,
                sweep_dir: str | None = None):
-    if fixed := sorted(set(overrides or {}) & set(SWEEP_FIELDS)):
+    grid_fields = {field for field, _ in (config.sweep.get("grid") or ())}
+    if fixed := sorted(set(overrides or {}) & (set(SWEEP_FIELDS) | grid_fields)):
       raise ValueError(f"A sweep sets {', '.join(fixed)} itself (the seeds of sweep.seeds, the "
                        "grid sweep.base_lrs x sweep.weight_decays, the protocol's subsets); "
                        "drop those overrides and set config.sweep instead.")
@@ -235,6 +279,8 @@ class Planner:
         run.group_dir, "best.json")
     config.data.train_subset, config.data.eval_subset = subsets(
         run.setting, run.phase, run.seed, self.config.sweep.kshot_per_seed)
+    for field, value in run.extra:
+      config_lib.set_path(config, field, value)
     # A two-stage method's first stage trains with the setting this sweep selected for that
     # method on the same task, when there is one (else its recipe's default).
     for stage in methods.stage_names(run.method)[:-1]:
@@ -277,7 +323,8 @@ class Planner:
     sweep_config = self.sweep_config(*group[1:])
     best = best_setting(sweep_dir, search_runs(*group, sweep_config))
     write_manifest(sweep_dir, group, final_runs(*group, best, sweep_config))
-    return Run(*group, "final", best["base_lr"], best["weight_decay"], seed)
+    return Run(*group, "final", best["base_lr"], best["weight_decay"], seed,
+               tuple(best.get("grid", {}).items()))
 
 
 # A runner trains one run in its workdir: runner(run, workdir, log, env=None) (executors.py).
@@ -441,8 +488,9 @@ def _protocol_of(sweep_dir, groups, planner, runner, log, **execute_kwargs) -> d
       write_manifest(sweep_dir, group, [])
       continue
     files.write_json(os.path.join(sweep_dir, grid[0].group_dir, "best.json"), best)
+    others = "".join(f" {field}={_text(value)}" for field, value in best.get("grid", {}).items())
     log(f"{grid[0].group_dir}: best base_lr={best['base_lr']:g} weight_decay="
-        f"{best['weight_decay']:g} (val accuracy {best['val_accuracy']:.4f})")
+        f"{best['weight_decay']:g}{others} (val accuracy {best['val_accuracy']:.4f})")
     group_finals = final_runs(*group, best, planner.sweep_config(*group[1:]))
     write_manifest(sweep_dir, group, group_finals)
     finals += group_finals

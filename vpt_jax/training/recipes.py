@@ -334,6 +334,19 @@ def validate(config: dict, stages=()) -> None:
          sweep["protocol"], "vtab1k, data_scale or kshot")
   _check(sweep["shots"] >= 1, "sweep.shots", sweep["shots"], "≥ 1")
   _check(sweep["pack"] >= 1, "sweep.pack", sweep["pack"], "≥ 1 (1: one run at a time)")
+  for axis in sweep["grid"] or ():
+    field, values = (axis if isinstance(axis, (tuple, list)) and len(axis) == 2 else (None, ()))
+    _check(field is not None and _has_field(config, str(field)) and len(values) >= 1,
+           "sweep.grid", axis, "(field, values) pairs naming config fields, each with one or "
+           "more values, e.g. ((\"method_kwargs.lora_rank\", (1, 8, 32)),)")
+
+
+def _has_field(config: dict, dotted: str) -> bool:
+  for part in dotted.split("."):
+    if not isinstance(config, dict) or part not in config:
+      return False
+    config = config[part]
+  return True
 
 
 def _validate_optim(prefix: str, o: dict) -> None:
