@@ -35,6 +35,8 @@ def set_backbone(config, name: str):
                      f"{', '.join(backbones.BACKBONES)} (a file goes in --config.backbone).")
   config.backbone = name
   config.model.variant, config.model.pool_type = record.variant, record.pool_type
+  for field, value in record.model:  # LayerScale, registers, CLIP's ln_pre and projection, ...
+    config.model[field] = value
   # Google's backbones are normalised as each recipe says (the VPT code used ImageNet's
   # statistics for them too); any other backbone sees the inputs its pre-training saw.
   if record.normalization != "inception":

@@ -11,7 +11,8 @@ from vpt_jax.checkpoints import pretrained, torch_vit
 from vpt_jax.models import backbones
 
 READERS = {"vit_npz": pretrained, "torch_vit": torch_vit}
-_SUFFIXES = {".npz": "vit_npz", ".pth": "torch_vit", ".pth.tar": "torch_vit", ".pt": "torch_vit"}
+_SUFFIXES = {".npz": "vit_npz", ".pth": "torch_vit", ".pth.tar": "torch_vit", ".pt": "torch_vit",
+             ".bin": "torch_vit", ".safetensors": "torch_vit"}
 
 
 def checkpoint_format(name_or_path: str) -> str:

@@ -1,6 +1,9 @@
-"""PyTorch ViT checkpoints in timm's key layout, as facebookresearch/mae and MoCo v3 publish them.
+"""PyTorch ViT checkpoints in timm's key layout, as facebookresearch/mae, MoCo v3 and DINOv2
+publish them, and CLIP's image tower (renamed into that layout by `clip`).
 
-Files understood (docs/checkpoints.md):
+Files understood (docs/checkpoints.md): pickled state dicts (.pth, .pth.tar, .pt, .bin), OpenAI's
+TorchScript archives (.pt) and safetensors files (.safetensors, read with the safetensors package
+and no torch), holding:
   * MAE (`mae_pretrain_vit_base.pth`, `_large`, `_huge`): {"model": encoder state dict}. KMnP/vpt
     loads it into a model with global pooling, which has no final `norm` but a `fc_norm` after the
     pooling, non-strictly: the file's `norm` goes unused and `fc_norm` keeps its fresh init (ones
@@ -12,12 +15,22 @@ Files understood (docs/checkpoints.md):
   * MoCo v3 pre-training (`vit-b-300ep.pth.tar`): the `module.base_encoder.` part, without its
     projection MLP (`head.*`); the momentum encoder and the predictor are dropped. (The VPT code's
     prefix rule would load nothing from this file; here it loads the base encoder.)
+  * DINOv2 (`dinov2_vitb14_pretrain.pth`, `dinov2_vitb14_reg4_pretrain.pth`, ...): a bare state
+    dict with LayerScale (`blocks.i.ls1.gamma`, `ls2.gamma`), `register_tokens` in the register
+    variants, and `mask_token`, iBOT's embedding of masked patches, used only in pre-training and
+    dropped here. Its position grid is 37x37 (518 px); another resolution resamples it as
+    PETL_Vision loads DINOv2 through timm: bicubic with antialiasing, the class token's row aside.
+  * CLIP (OpenAI's `ViT-B-16.pt`, open_clip's `open_clip_pytorch_model.bin` or safetensors): the
+    `visual.` tower; its `ln_pre` becomes the model's pre_encoder_norm, `ln_post` the final norm and
+    `proj` the projection; the text tower is dropped (`clip`).
   * a bare state dict in the same names.
 
 Names map onto `vit.Model`'s tree: cls_token -> cls, pos_embed -> the position embedding (with the
 class token's row), patch_embed.proj -> embedding (OIHW -> HWIO), blocks.i.{norm1, attn.qkv (split
 into query, key, value per head), attn.proj, norm2, mlp.fc1, mlp.fc2} -> encoderblock_i, norm ->
-encoder_norm, fc_norm, head. Anything else is reported by `pretrained.fit`, all in one error.
+encoder_norm, fc_norm, head; blocks.i.ls{1,2}.gamma -> LayerScale_{0,1}, register_tokens ->
+registers, norm_pre -> Transformer/pre_encoder_norm, proj -> projection. Anything else is reported
+by `pretrained.fit`, all in one error.
 """
 
 import argparse
@@ -29,14 +42,15 @@ import zipfile
 
 import numpy as np
 
-from vpt_jax.checkpoints import pretrained
+from vpt_jax.checkpoints import clip, pretrained
 
 _BLOCK = "Transformer/encoderblock_{}/"
 _POSEMB = "Transformer/posembed_input/pos_embedding"
 # Per-block modules whose PyTorch Linear/LayerNorm maps one to one (weights transposed).
 _BLOCK_MODULES = {"norm1": "LayerNorm_0", "norm2": "LayerNorm_1", "mlp.fc1": "MlpBlock_0/Dense_0",
                   "mlp.fc2": "MlpBlock_0/Dense_1"}
-_TOP_MODULES = {"norm": "Transformer/encoder_norm", "fc_norm": "fc_norm", "head": "head"}
+_TOP_MODULES = {"norm": "Transformer/encoder_norm", "fc_norm": "fc_norm", "head": "head",
+                "norm_pre": "Transformer/pre_encoder_norm"}
 _MOCO_PRETRAINING = "module.base_encoder."
 
 
@@ -49,23 +63,62 @@ def _torch():
   return torch
 
 
-def read(path: str) -> dict[str, np.ndarray]:
-  """The ViT state dict of a PyTorch checkpoint file, unwrapped and with the prefixes of its
-  publisher removed (see the module's docstring), as float32 arrays under timm's names."""
-  torch = _torch()
-  if not os.path.exists(path):
-    raise pretrained.CheckpointError(f"Checkpoint file {path} does not exist.")
+def _first_line(error: Exception) -> str:
+  return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
   try:
+    import safetensors
+    import safetensors.numpy
+  except ImportError:
+    raise pretrained.CheckpointError(
+        "Reading a safetensors checkpoint needs the safetensors package: pip install safetensors"
+    ) from None
+  try:
+    return safetensors.numpy.load_file(path)
+  except (safetensors.SafetensorError, OSError, ValueError, TypeError) as e:
+    raise pretrained.CheckpointError(
+        f"Checkpoint file {path} is not a safetensors file that can be read ({_first_line(e)}). "
+        "Delete it and download it again.") from None
+
+
+def _is_torchscript(path: str) -> bool:
+  """OpenAI's CLIP files are TorchScript archives: a zip with the model's code beside its data."""
+  if not zipfile.is_zipfile(path):
+    return False
+  with zipfile.ZipFile(path) as archive:
+    return any(name.endswith("/constants.pkl") for name in archive.namelist())
+
+
+def _load_torch(path: str):
+  torch = _torch()
+  try:
+    if _is_torchscript(path):
+      # TorchScript deserialises its own restricted language, not Python pickles; only the
+      # weights are kept.
+      return torch.jit.load(path, map_location="cpu").state_dict()
     # Tensors and plain containers only (no code runs from the file); MAE's training script
     # stores its argparse.Namespace beside the weights.
     with torch.serialization.safe_globals([argparse.Namespace]):
-      checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+      return torch.load(path, map_location="cpu", weights_only=True)
   except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as e:
-    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise pretrained.CheckpointError(
-        f"Checkpoint file {path} is not a PyTorch checkpoint that can be read safely ({reason}). "
-        "Delete it and download it again.") from None
-  return {k: v.detach().float().numpy() for k, v in _state_dict(checkpoint, path).items()}
+        f"Checkpoint file {path} is not a PyTorch checkpoint that can be read safely "
+        f"({_first_line(e)}). Delete it and download it again.") from None
+
+
+def read(path: str) -> dict[str, np.ndarray]:
+  """The ViT state dict of a PyTorch or safetensors checkpoint file, unwrapped and with the
+  prefixes of its publisher removed (see the module's docstring), as float32 arrays under timm's
+  names (CLIP's image tower renamed, its text tower dropped)."""
+  if not os.path.exists(path):
+    raise pretrained.CheckpointError(f"Checkpoint file {path} does not exist.")
+  if path.endswith(".safetensors"):
+    state = {k: np.asarray(v, np.float32) for k, v in _read_safetensors(path).items()}
+  else:
+    state = {k: v.detach().float().numpy() for k, v in _state_dict(_load_torch(path), path).items()}
+  return clip.to_timm_names(state) if clip.is_clip(state) else state
 
 
 def _state_dict(checkpoint, path: str) -> dict:
@@ -87,8 +140,14 @@ def _state_dict(checkpoint, path: str) -> dict:
   return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def _is_mae_decoder(key: str) -> bool:
-  return key == "mask_token" or key.startswith("decoder_")
+def _is_mae_decoder(key: str, value: np.ndarray) -> bool:
+  """MAE's decoder; its mask token is (1, 1, decoder width), DINOv2's (1, width)."""
+  return (key == "mask_token" and value.ndim == 3) or key.startswith("decoder_")
+
+
+def is_dinov2(state: dict[str, np.ndarray]) -> bool:
+  """DINOv2's files, the only ones here with a 2-D mask token (and LayerScale)."""
+  return "mask_token" in state and state["mask_token"].ndim == 2
 
 
 def _split_qkv(attention: str, kind: str, value: np.ndarray, num_heads: int) -> dict[str, np.ndarray]:
@@ -112,6 +171,8 @@ def _block_entry(prefix: str, module: str, kind: str, value: np.ndarray,
     return {attention + "out/bias": value}
   if module == "attn.proj" and value.ndim == 2 and value.shape[1] % num_heads == 0:
     return {attention + "out/kernel": value.T.reshape(num_heads, value.shape[1] // num_heads, -1)}
+  if module in ("ls1", "ls2") and kind == "gamma":
+    return {prefix + f"LayerScale_{int(module[-1]) - 1}/scale": value}
   if module in _BLOCK_MODULES:
     return {prefix + _BLOCK_MODULES[module] + "/" + _param_name(module, kind, value): _linear(value)}
   return None
@@ -120,17 +181,19 @@ def _block_entry(prefix: str, module: str, kind: str, value: np.ndarray,
 def _convert(key: str, value: np.ndarray, num_heads: int) -> dict[str, np.ndarray]:
   """One PyTorch entry in the model's names; an entry no rule knows keeps its name (and is then
   reported as unexpected)."""
-  if key in ("cls_token", "pos_embed"):
-    return {"cls" if key == "cls_token" else _POSEMB: value}
+  if key in ("cls_token", "pos_embed", "register_tokens"):
+    return {{"cls_token": "cls", "pos_embed": _POSEMB, "register_tokens": "registers"}[key]: value}
+  if key == "proj" and value.ndim == 2:
+    return {"projection/kernel": value}  # CLIP computes features @ proj: already (in, out).
   if key == "patch_embed.proj.weight" and value.ndim == 4:
     return {"embedding/kernel": value.transpose(2, 3, 1, 0)}  # OIHW -> HWIO.
   if key == "patch_embed.proj.bias":
     return {"embedding/bias": value}
-  if match := re.fullmatch(r"blocks\.(\d+)\.(.+)\.(weight|bias)", key):
+  if match := re.fullmatch(r"blocks\.(\d+)\.(.+)\.(weight|bias|gamma)", key):
     converted = _block_entry(_BLOCK.format(match.group(1)), match.group(2), match.group(3), value,
                              num_heads)
     return converted or {key: value}
-  if match := re.fullmatch(r"(norm|fc_norm|head)\.(weight|bias)", key):
+  if match := re.fullmatch(r"(norm|fc_norm|head|norm_pre)\.(weight|bias)", key):
     module, kind = match.groups()
     return {_TOP_MODULES[module] + "/" + _param_name(module, kind, value): _linear(value)}
   return {key: value}
@@ -148,14 +211,21 @@ def _linear(value: np.ndarray) -> np.ndarray:
 
 
 def to_model_layout(state: dict[str, np.ndarray], model) -> dict[str, np.ndarray]:
-  """A state dict from `read` in `model`'s '/'-joined names, with the entries the VPT code leaves
-  unused dropped and the fc_norm it initialises added (no shape checks yet)."""
-  decoder = sorted(k for k in state if _is_mae_decoder(k))
+  """A state dict from `read` in `model`'s '/'-joined names, with the entries the reference code
+  leaves unused dropped and the fc_norm the VPT code initialises added (no shape checks yet)."""
+  decoder = sorted(k for k, v in state.items() if _is_mae_decoder(k, v))
   if decoder:
     logging.info("Dropping MAE's decoder (%d entries): the encoder does not use it.", len(decoder))
+  unused = set(decoder)
+  if is_dinov2(state):
+    logging.info("Dropping DINOv2's mask_token: it replaces masked patches in pre-training only.")
+    unused.add("mask_token")
+  if "proj" in state and not model.projection_dim:
+    logging.info("Dropping CLIP's projection (proj): the model has no projection_dim.")
+    unused.add("proj")
   flat = {}
   for key, value in state.items():
-    if not _is_mae_decoder(key):
+    if key not in unused:
       flat.update(_convert(key, value, model.architecture.num_heads))
   if model.pool_type == "gap_fc_norm":
     width = model.architecture.width
@@ -169,6 +239,30 @@ def to_model_layout(state: dict[str, np.ndarray], model) -> dict[str, np.ndarray
   return flat
 
 
+def resample_posemb_bicubic(posemb: np.ndarray, grid: int) -> np.ndarray:
+  """timm's resample_abs_pos_embed, as PETL_Vision loads DINOv2 at 224 px: the square patch grid
+  resized to `grid` x `grid` by torch's bicubic interpolation with antialiasing, in float32, the
+  class token's row kept aside."""
+  torch = _torch()
+  old = int(round(np.sqrt(posemb.shape[1] - 1)))
+  if old * old != posemb.shape[1] - 1:
+    raise pretrained.CheckpointError(f"Cannot resample a position embedding of {posemb.shape[1]} "
+                                     "tokens: only square patch grids are supported.")
+  logging.info("Resampling the position embedding grid %dx%d -> %dx%d (bicubic, antialiased)",
+               old, old, grid, grid)
+  patches = torch.from_numpy(np.ascontiguousarray(posemb[0, 1:], np.float32))
+  patches = patches.reshape(1, old, old, -1).permute(0, 3, 1, 2)
+  patches = torch.nn.functional.interpolate(patches, size=(grid, grid), mode="bicubic",
+                                            antialias=True)
+  patches = patches.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).numpy()
+  return np.concatenate([posemb[:, :1], patches], axis=1)
+
+
 def load(path: str, model, image_size: int = 224, keep_head: bool = False) -> dict:
   """`model`'s parameters from a PyTorch ViT file (checkpoints.load resolves names to files)."""
-  return pretrained.fit(path, to_model_layout(read(path), model), model, image_size, keep_head)
+  state = read(path)
+  flat = to_model_layout(state, model)
+  grid = image_size // model.architecture.patch_size[0]
+  if is_dinov2(state) and _POSEMB in flat and flat[_POSEMB].shape[1] != grid * grid + 1:
+    flat[_POSEMB] = resample_posemb_bicubic(flat[_POSEMB], grid)
+  return pretrained.fit(path, flat, model, image_size, keep_head)

@@ -10,15 +10,21 @@ import jax.numpy as jnp
 # Per-channel statistics, in [0, 1] pixel units.
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
-NORMALIZATIONS = ("imagenet", "inception")
+# CLIP's pre-training statistics (openai/CLIP clip.py _transform; open_clip's OPENAI_DATASET_MEAN).
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+NORMALIZATIONS = ("imagenet", "inception", "clip")
 
 
 def normalize(images, mode: str):
   """uint8 images -> float32. "imagenet": (x/255 - mean) / std, as the VPT code did;
-  "inception": x/127.5 - 1, in [-1, 1], as Google's ViT fine-tuning did."""
+  "inception": x/127.5 - 1, in [-1, 1], as Google's ViT fine-tuning did; "clip": as "imagenet"
+  with CLIP's mean and std."""
   x = images.astype(jnp.float32)
   if mode == "imagenet":
     return (x / 255.0 - jnp.asarray(_IMAGENET_MEAN)) / jnp.asarray(_IMAGENET_STD)
+  if mode == "clip":
+    return (x / 255.0 - jnp.asarray(_CLIP_MEAN)) / jnp.asarray(_CLIP_STD)
   if mode == "inception":
     return x / 127.5 - 1.0
   raise ValueError(f"Unknown normalization {mode!r}; use one of {NORMALIZATIONS}.")

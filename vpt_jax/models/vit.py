@@ -4,11 +4,15 @@ The parameter tree is the one of Google's ImageNet-21k checkpoints, with Linen's
 
   embedding/{kernel,bias}                 patch embedding, HWIO
   cls                                     class token (pool_type "tok" only)
+  registers                               register_tokens > 0 only: (1, registers, width)
   Transformer/posembed_input/pos_embedding   (1, tokens, width); added after `cls` is prepended,
                                           so it holds a CLS row when there is a class token
+  Transformer/pre_encoder_norm            pre_norm only: CLIP's ln_pre, before the blocks
   Transformer/encoderblock_{i}/{LayerNorm_0, MultiHeadDotProductAttention_0, LayerNorm_1, MlpBlock_0}
+                                          and, with layer_scale, LayerScale_0, LayerScale_1
   Transformer/encoder_norm                (absent with pool_type "gap_fc_norm")
   fc_norm                                 pool_type "gap_fc_norm" only: the norm of the pooled features
+  projection                              projection_dim only: CLIP's bias-free `proj`
   pre_logits                              optional tanh representation layer
   head
 
@@ -111,12 +115,23 @@ def _maybe_ssf(enabled: bool, name: str):
   return ScaleShift(name=f"ssf_{name}") if enabled else (lambda x: x)
 
 
+class LayerScale(nn.Module):
+  """A learned per-channel scale of a residual branch (Touvron et al. 2021; DINOv2's ls1, ls2).
+  Initialised to 1e-5, DINOv2's training value; a checkpoint brings its own."""
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", nn.initializers.constant(1e-5), x.shape[-1:], jnp.float32)
+    return x * scale.astype(x.dtype)
+
+
 class MlpBlock(nn.Module):
   mlp_dim: int
   dropout: float = 0.0
   dtype: Any = None
   ssf: bool = False
   gelu_approximate: bool = True
+  quick_gelu: bool = False  # x * sigmoid(1.702 x), OpenAI CLIP's activation; wins over gelu_approximate.
 
   @nn.compact
   def __call__(self, x, train=False):
@@ -126,7 +141,7 @@ class MlpBlock(nn.Module):
         kernel_init=nn.initializers.xavier_uniform(),
         bias_init=nn.initializers.normal(stddev=1e-6))
     x = _maybe_ssf(self.ssf, "Dense_0")(dense(self.mlp_dim, "Dense_0")(x))
-    x = nn.gelu(x, approximate=self.gelu_approximate)
+    x = x * nn.sigmoid(1.702 * x) if self.quick_gelu else nn.gelu(x, approximate=self.gelu_approximate)
     x = nn.Dropout(rate=self.dropout)(x, deterministic=not train)
     return _maybe_ssf(self.ssf, "Dense_1")(dense(width, "Dense_1")(x))
 
@@ -229,13 +244,16 @@ class Encoder1DBlock(nn.Module):
   attention_impl: str | None = None
   attn_out_dropout: float | None = None  # None: `dropout`.
   gelu_approximate: bool = True
+  layer_scale: bool = False
+  norm_epsilon: float = 1e-6
+  quick_gelu: bool = False
 
   @nn.compact
   def __call__(self, x, train=False, return_attention=False, queries=None):
     """(x, attention weights or None, query outputs or None); `queries` (VQT) pass through the
     block reading `x` but are never read by it."""
     ssf = self.peft.ssf
-    norm_0 = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_0")
+    norm_0 = nn.LayerNorm(epsilon=self.norm_epsilon, dtype=self.dtype, name="LayerNorm_0")
     ssf_0 = _maybe_ssf(ssf, "LayerNorm_0")
     attention = Attention(self.num_heads, dtype=self.dtype, lora_rank=self.peft.lora_rank,
                           lora_alpha=self.peft.lora_alpha, ssf=ssf,
@@ -245,10 +263,15 @@ class Encoder1DBlock(nn.Module):
                          if self.peft.adapter_dim else (lambda y: y))
     attn_out_dropout = self.dropout if self.attn_out_dropout is None else self.attn_out_dropout
     dropout_attention = nn.Dropout(rate=attn_out_dropout)
-    norm_1 = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_1")
+    norm_1 = nn.LayerNorm(epsilon=self.norm_epsilon, dtype=self.dtype, name="LayerNorm_1")
     ssf_1 = _maybe_ssf(ssf, "LayerNorm_1")
     mlp = MlpBlock(self.mlp_dim, self.dropout, dtype=self.dtype, ssf=ssf,
-                   gelu_approximate=self.gelu_approximate, name="MlpBlock_0")
+                   gelu_approximate=self.gelu_approximate, quick_gelu=self.quick_gelu,
+                   name="MlpBlock_0")
+    # LayerScale multiplies the block's own branch output; an adapter then sees what the
+    # pre-trained block adds to the residual stream (and starts as the identity on it).
+    scale_0, scale_1 = ((LayerScale(name="LayerScale_0"), LayerScale(name="LayerScale_1"))
+                        if self.layer_scale else (lambda y: y, lambda y: y))
     adapter_mlp = (Adapter(self.peft.adapter_dim, dtype=self.dtype, name="adapter_mlp")
                    if self.peft.adapter_dim else (lambda y: y))
     dropout_mlp = nn.Dropout(rate=self.dropout)
@@ -258,8 +281,8 @@ class Encoder1DBlock(nn.Module):
         None if queries is None else ssf_0(norm_0(queries)))
 
     def rest(x, y):
-      x = x + dropout_attention(adapter_attention(y), deterministic=not train)
-      y = adapter_mlp(mlp(ssf_1(norm_1(x)), train))
+      x = x + dropout_attention(adapter_attention(scale_0(y)), deterministic=not train)
+      y = adapter_mlp(scale_1(mlp(ssf_1(norm_1(x)), train)))
       return x + dropout_mlp(y, deterministic=not train)
     return rest(x, y), weights, None if queries is None else rest(queries, query_y)
 
@@ -288,7 +311,9 @@ class Encoder(nn.Module):
   queries (VQT).
 
   `prompts` is (layers, N, P, D) or None. Layer 0's prompts go after the class token (if any) and
-  before the patches, after the position embedding (prompts get none). With more than one set
+  the register tokens and before the patches, after the position embedding (prompts get none).
+  `registers` (N, R, D) or None: DINOv2's register tokens, inserted after the class token once the
+  position embedding is added (they get none), as DINOv2's prepare_tokens_with_masks does. With more than one set
   (VPT-deep), set i replaces the prompt outputs of layer i-1 before layer i.
   `queries` is (layers, N, Q, D) or None: set i goes through layer i beside its tokens (reading
   them, unread by them), and its outputs are returned per layer, without the final norm.
@@ -305,13 +330,21 @@ class Encoder(nn.Module):
   gelu_approximate: bool = True
   embedding_dropout: float | None = None  # None: `dropout`.
   final_norm: bool = True  # False: the tokens leave unnormalised (the model normalises the pool).
+  layer_scale: bool = False
+  norm_epsilon: float = 1e-6
+  quick_gelu: bool = False
+  pre_norm: bool = False  # A LayerNorm before the blocks (CLIP's ln_pre); prompts enter after it.
 
   @nn.compact
   def __call__(self, x, prompts=None, prompt_start=0, train=False, return_attention=False,
-               queries=None):
+               queries=None, registers=None):
     x = AddPositionEmbs(name="posembed_input")(x)
+    if registers is not None:
+      x = jnp.concatenate([x[:, :1], registers.astype(x.dtype), x[:, 1:]], axis=1)
     embedding_dropout = self.dropout if self.embedding_dropout is None else self.embedding_dropout
     x = nn.Dropout(rate=embedding_dropout)(x, deterministic=not train)
+    if self.pre_norm:
+      x = nn.LayerNorm(epsilon=self.norm_epsilon, dtype=self.dtype, name="pre_encoder_norm")(x)
     # Rematerialisation recomputes each block's activations in the backward pass: less memory
     # for large batches, same parameter tree.
     block = nn.remat(Encoder1DBlock, static_argnums=(2, 3)) if self.remat else Encoder1DBlock
@@ -322,12 +355,13 @@ class Encoder(nn.Module):
       x, attention, query_output = block(
           self.mlp_dim, self.num_heads, self.dropout, dtype=self.dtype, peft=self.peft,
           attention_impl=self.attention_impl, attn_out_dropout=self.attn_out_dropout,
-          gelu_approximate=self.gelu_approximate, name=f"encoderblock_{i}")(
+          gelu_approximate=self.gelu_approximate, layer_scale=self.layer_scale,
+          norm_epsilon=self.norm_epsilon, quick_gelu=self.quick_gelu, name=f"encoderblock_{i}")(
               x, train, return_attention, None if queries is None else queries[i])
       attentions.append(attention)
       query_outputs.append(query_output)
     if self.final_norm:
-      x = nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
+      x = nn.LayerNorm(epsilon=self.norm_epsilon, dtype=self.dtype, name="encoder_norm")(x)
     return (x, attentions if return_attention else None,
             query_outputs if queries is not None else None)
 
@@ -418,6 +452,19 @@ class Model(nn.Module):
       are read by none; the head sees [L2-normalised CLS output, then per layer the
       L2-normalised flattened query outputs] (andytu28/VQT, concat combiner).
     query_dropout: dropout on the queries while training.
+    layer_scale: a learned per-channel scale on each block's attention and MLP outputs (DINOv2's
+      LayerScale, `ls1`/`ls2`).
+    register_tokens: learned tokens after the class token that get no position embedding and are
+      not pooled (DINOv2 with registers, Darcet et al. 2024). Sequence: [CLS, registers, prompts,
+      patches]. Attention does not see token order, so prompts before or after the registers
+      compute the same; this order keeps [CLS, registers] a fixed prefix, as timm's prefix tokens.
+    pre_norm: a LayerNorm after the position embedding, before the blocks (CLIP's `ln_pre`).
+    quick_gelu: x * sigmoid(1.702 x) in the MLPs (OpenAI CLIP's QuickGELU) instead of GELU.
+    norm_epsilon: every LayerNorm's epsilon: 1e-6 (Google's, timm's ViTs, DINOv2) or 1e-5
+      (PyTorch's default, CLIP's).
+    embedding_bias: the patch embedding has a bias (CLIP's `conv1` has none).
+    projection_dim: a bias-free linear map of the pooled features to this width (CLIP's `proj`,
+      which gives the image embedding) before pre_logits and the head; None: none.
   """
   num_classes: int
   variant: str = "B/16"
@@ -439,6 +486,13 @@ class Model(nn.Module):
   embedding_dropout: float | None = None
   query_tokens: int = 0
   query_dropout: float = 0.0
+  layer_scale: bool = False
+  register_tokens: int = 0
+  pre_norm: bool = False
+  quick_gelu: bool = False
+  norm_epsilon: float = 1e-6
+  embedding_bias: bool = True
+  projection_dim: int | None = None
 
   def __post_init__(self):
     check_attention(self.attention_impl, self.dtype)  # A config error, not a crash at compile.
@@ -457,9 +511,11 @@ class Model(nn.Module):
   def __call__(self, images, *, train=False, return_attention=False):
     if self.pool_type not in POOL_TYPES:
       raise ValueError(f"pool_type must be 'tok' or 'gap' or 'gap_fc_norm', got {self.pool_type!r}.")
+    if self.register_tokens and not self.has_class_token:
+      raise ValueError("register_tokens sit after the class token: use pool_type 'tok'.")
     arch = self.architecture
     x = nn.Conv(arch.width, arch.patch_size, strides=arch.patch_size, padding="VALID",
-                dtype=self.dtype, name="embedding")(images)
+                use_bias=self.embedding_bias, dtype=self.dtype, name="embedding")(images)
     x = _maybe_ssf(self.peft.ssf, "embedding")(x)
     n, h, w, c = x.shape
     x = jnp.reshape(x, (n, h * w, c))
@@ -467,6 +523,12 @@ class Model(nn.Module):
     if self.has_class_token:
       cls = self.param("cls", nn.initializers.zeros, (1, 1, c), jnp.float32)
       x = jnp.concatenate([jnp.tile(cls, (n, 1, 1)).astype(x.dtype), x], axis=1)
+    registers = None
+    if self.register_tokens:
+      registers = self.param("registers", nn.initializers.normal(stddev=1e-6),
+                             (1, self.register_tokens, c), jnp.float32)
+      registers = jnp.broadcast_to(registers, (n, self.register_tokens, c))
+    prefix_tokens = int(self.has_class_token) + self.register_tokens
     prompts = None
     if self.prompt_tokens:
       prompts = VisualPrompts(self.prompt_tokens, arch.depth if self.prompt_deep else 1, c,
@@ -485,19 +547,24 @@ class Model(nn.Module):
         peft=self.peft, attention_impl=attention_implementation(self.attention_impl, self.dtype),
         remat=self.remat, attn_out_dropout=self.attn_out_dropout,
         gelu_approximate=self.gelu_approximate, embedding_dropout=self.embedding_dropout,
-        final_norm=self.pool_type != "gap_fc_norm", name="Transformer")(
-            x, prompts, int(self.has_class_token), train, return_attention, queries)
+        final_norm=self.pool_type != "gap_fc_norm", layer_scale=self.layer_scale,
+        norm_epsilon=self.norm_epsilon, quick_gelu=self.quick_gelu, pre_norm=self.pre_norm,
+        name="Transformer")(
+            x, prompts, prefix_tokens, train, return_attention, queries, registers)
     x = _maybe_ssf(self.peft.ssf, "encoder_norm")(x)
     aux = {"encoded": x}
     if query_outputs is not None:
       pooled = jnp.concatenate([_l2_normalize(x[:, 0])] + [
           _l2_normalize(q.reshape(n, -1)) for q in query_outputs], axis=-1)
     elif self.pool_type == "gap_fc_norm":
-      pooled = nn.LayerNorm(dtype=self.dtype, name="fc_norm")(jnp.mean(x[:, 1:], axis=1))
+      pooled = nn.LayerNorm(epsilon=self.norm_epsilon, dtype=self.dtype, name="fc_norm")(
+          jnp.mean(x[:, 1:], axis=1))
     elif self.has_class_token:
       pooled = x[:, 0]
     else:
       pooled = jnp.mean(x[:, self.prompt_tokens:], axis=1)
+    if self.projection_dim:
+      pooled = nn.Dense(self.projection_dim, use_bias=False, dtype=self.dtype, name="projection")(pooled)
     if self.representation_size:
       pooled = jnp.tanh(nn.Dense(self.representation_size, dtype=self.dtype,
                                  name="pre_logits")(pooled))
