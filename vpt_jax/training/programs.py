@@ -116,7 +116,7 @@ def program_key(run: spec.RunSpec, stage: spec.StageSpec, num_examples: int, mes
       "task": run.task.name, "stage": stage.method.name, "model": stage.model_config,
       "fields": repr(sorted(stage.method.model_fields.items())),
       "optim": stage.optim.compiled_fields(), "examples": num_examples, "dtype": str(run.dtype),
-      "data": [run.data.resolution, run.data.normalization, run.data.flip],
+      "data": [run.data.resolution, run.data.normalization, run.data.flip, run.data.crop_from],
       "sharding": run.sharding_strategy, "devices": [d.id for d in mesh.devices.flat],
   }, sort_keys=True, default=str)
 
@@ -154,7 +154,7 @@ def _build(key, run: spec.RunSpec, stage: spec.StageSpec, num_examples: int, mes
   shardings = (trainable_sharding, opt_sharding, frozen_sharding)
   replicated = sharding.replicated(mesh)
   step_fn = steps.make_device_step(model, tx, mesh, steps_per_epoch, batch_size,
-                                   run.data.normalization, run.data.flip)
+                                   run.data.normalization, run.data.flip, run.data.crop_size)
   return Program(
       key=key, model=model, mesh=mesh, groups=groups, tx=tx, schedule=schedule,
       shardings=shardings, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
@@ -162,7 +162,7 @@ def _build(key, run: spec.RunSpec, stage: spec.StageSpec, num_examples: int, mes
       init_opt=jax.jit(lambda t, peak, wd: optim.set_hyperparams(tx.init(t), peak_lr=peak,
                                                                   weight_decay=wd),
                        out_shardings=opt_sharding),
-      evaluator=evaluate.Evaluator(mesh, model, run.data.normalization),
+      evaluator=evaluate.Evaluator(mesh, model, run.data.normalization, run.data.crop_size),
       permutation=jax.jit(lambda rng, epoch: device.epoch_permutation(rng, epoch, num_examples),
                           out_shardings=replicated),
       replicate=jax.jit(lambda tree: tree, out_shardings=replicated),
@@ -196,8 +196,8 @@ def backbone(run: spec.RunSpec) -> dict:
   recipe says); with no checkpoint, a random init from the run's seed (from scratch). Read once
   per process."""
   source, base_model, resolution = run.backbone, run.backbone.model, run.data.resolution
-  key = json.dumps([source.checkpoint, base_model.variant, base_model.depth, base_model.pool_type,
-                    base_model.representation_size, resolution, source.cache_dir,
+  # Every field of the base model: the architecture's options decide what the reader loads.
+  key = json.dumps([source.checkpoint, repr(base_model), resolution, source.cache_dir,
                     None if source.checkpoint else run.seed])
   if key in _backbones:
     _backbones.move_to_end(key)
@@ -226,13 +226,13 @@ def cached_arrays(data: spec.DataSpec, subset: str, mesh):
 
 
 def _on_devices(data: spec.DataSpec, subset: str, mesh, load):
-  key = json.dumps([data.source, data.task.name, subset, data.resolution, data.resize,
+  key = json.dumps([data.source, data.task.name, subset, data.array_resolution, data.resize,
                     data.data_dir, data.cache_dir, [d.id for d in mesh.devices.flat]])
   if key in _arrays:
     _arrays.move_to_end(key)
     return _arrays[key]
   with timing.phase("data"):
-    loaded = load(data.task, subset, data.resolution, data.data_dir, data.cache_dir, data.resize,
+    loaded = load(data.task, subset, data.array_resolution, data.data_dir, data.cache_dir, data.resize,
                   data.source)
     if loaded is None:
       return None
