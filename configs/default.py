@@ -59,13 +59,16 @@ def get_config():
   config.method_kwargs = ml_collections.ConfigDict(dict(
       prompt_tokens=unset(int), prompt_dropout=unset(float), prompt_project=unset(int),
       query_tokens=unset(int), query_dropout=unset(float),
-      lora_rank=8, lora_alpha=8.0, adapter_dim=8, partial_k=1))
+      lora_rank=8, lora_alpha=8.0, adapter_dim=8, adapter_reduction=8, partial_k=1))
 
   config.data = ml_collections.ConfigDict(dict(
       source="tfds",  # Where images come from (vpt_jax/data/sources.py).
       data_dir=unset(str),  # None: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
       cache_dir=unset(str),  # None: $VPT_JAX_CACHE/arrays.
-      resolution=224, normalization=unset(str), resize=unset(str), flip=False,
+      resolution=224, normalization=unset(str), resize=unset(str), flip=unset(bool),
+      # Images held at crop_from px and cropped to resolution on the device (random crop in
+      # training, centre crop in evaluation; FGVC's recipe: 256); unset or 0: held at resolution.
+      crop_from=unset(int),
       train_subset=unset(str), eval_subset=unset(str)))  # None: as config.phase says.
 
   config.optim = ml_collections.ConfigDict(_optim_fields())
@@ -119,4 +122,6 @@ def set_arguments(config, args: dict) -> ml_collections.ConfigDict:
     raise ValueError(f"phase={args['phase']!r} must be 'final' or 'search'.")
   for key in ("task", "method", "recipe", "phase", "seed"):
     config[key] = args[key]
+  # FGVC is read from its JSON lists, a custom folder from its own; --config.data.source wins.
+  config.data.source = tasks_lib.default_source(args["task"])
   return config

@@ -43,13 +43,48 @@ def epoch_permutation(rng, epoch, num_examples: int):
   return jax.random.permutation(jax.random.fold_in(rng, epoch), num_examples)
 
 
-def take_batch(images, labels, permutation, step_in_epoch, batch_size: int, flip_rng=None):
+def take_batch(images, labels, permutation, step_in_epoch, batch_size: int, flip_rng=None,
+               crop_size: int | None = None, crop_rng=None, epoch=None, crop_flip: bool = False):
   """The `step_in_epoch`-th batch of the permuted set, and a mask that is False on the padding
-  of a short last batch (shapes stay fixed, so one compiled step serves); optional flips."""
+  of a short last batch (shapes stay fixed, so one compiled step serves); optional flips.
+  `crop_size`: a random crop of every example (and with `crop_flip` a random flip) keyed by
+  (`crop_rng`, `epoch`, the example's index in the set), see `crop_and_flip`."""
   positions = step_in_epoch * batch_size + jnp.arange(batch_size)
   indices = permutation[positions % permutation.shape[0]]
   batch_images, batch_labels = images[indices], labels[indices]
-  if flip_rng is not None:
+  if crop_size is not None:
+    batch_images = crop_and_flip(batch_images, example_keys(crop_rng, epoch, indices), crop_size,
+                                 crop_flip)
+  elif flip_rng is not None:
     flip = jax.random.bernoulli(flip_rng, 0.5, (batch_size, 1, 1, 1))
     batch_images = jnp.where(flip, batch_images[:, :, ::-1], batch_images)
   return batch_images, batch_labels, positions < permutation.shape[0]
+
+
+def example_keys(rng, epoch, indices):
+  """A key per example from (the run's key, the epoch, the example's index in the training set)
+  alone: the same augmentation whatever the batch size, the pack, or the step a run resumed at."""
+  epoch_key = jax.random.fold_in(rng, epoch)
+  return jax.vmap(lambda index: jax.random.fold_in(epoch_key, index))(indices)
+
+
+def crop_and_flip(images, keys, size: int, flip: bool):
+  """KMnP/vpt's FGVC training transform after its resize (src/data/transforms.py): a size x size
+  crop at offsets uniform over every position (torchvision RandomCrop: randint(0, H - size + 1)),
+  then, with `flip`, a horizontal flip with probability 1/2 (RandomHorizontalFlip(0.5))."""
+  def one(image, key):
+    crop_key, flip_key = jax.random.split(key)
+    top, left = (jax.random.randint(k, (), 0, extent - size + 1)
+                 for k, extent in zip(jax.random.split(crop_key), image.shape[:2]))
+    patch = jax.lax.dynamic_slice(image, (top, left, 0), (size, size, image.shape[2]))
+    return jnp.where(jax.random.bernoulli(flip_key) & flip, patch[:, ::-1], patch)
+  return jax.vmap(one)(images, keys)
+
+
+def center_crop(images, size: int | None):
+  """The centre size x size of a batch (torchvision CenterCrop's offsets, round((H - size) / 2));
+  None or the batch's own size: the batch as it is."""
+  if size is None or images.shape[1:3] == (size, size):
+    return images
+  top, left = (int(round((extent - size) / 2.0)) for extent in images.shape[1:3])
+  return images[:, top:top + size, left:left + size]

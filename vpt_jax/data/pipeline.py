@@ -31,7 +31,10 @@ def default_data_dir() -> str:
                                                       "tensorflow_datasets"))
 
 
-RESIZE_METHODS = ("tf1_bilinear", "bilinear")
+# tf1_bilinear, bilinear: TensorFlow's kernels (tfds_source; folder_source restates them in
+# NumPy); short_side: torchvision's Resize to the shorter side and the centre square, with PIL
+# (the image-folder sources only; KMnP/vpt's FGVC transform).
+RESIZE_METHODS = ("tf1_bilinear", "bilinear", "short_side")
 
 
 def even_separate_indices(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -50,7 +53,9 @@ def even_separate_indices(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 def _cache_path(cache_dir: str | None, task: tasks_lib.Task, version: str, subset: str,
                 resolution: int, resize_method: str) -> str:
-  return os.path.join(cache_dir or files.cache_dir("arrays"), task.name,
+  # A custom folder's task name holds its path: one directory level, no separators.
+  return os.path.join(cache_dir or files.cache_dir("arrays"),
+                      task.name.replace(os.sep, "_").replace(":", "_"),
                       f"{version}_{subset}_{resolution}px_{resize_method}.npz")
 
 
@@ -99,8 +104,9 @@ def ensure_prepared(task: tasks_lib.Task, data_dir: str | None = None,
 
 def _reader_of_unprepared(data_source: sources.Source, task: tasks_lib.Task, data_dir: str | None):
   """The reader that generates a generated task; for data nobody prepared, the error that says
-  how, raised before the reader's libraries load (they print banners before any error line)."""
-  if not task.generated:
+  how, raised before the reader's libraries load (they print banners before any error line), or
+  the reader's own where it says what is missing."""
+  if not task.generated and not data_source.reports_missing:
     data_dir = data_dir or default_data_dir()
     raise DataNotPreparedError(
         f"Task {task.name} ({task.builder}) is not prepared in {data_dir}; prepare it with: "

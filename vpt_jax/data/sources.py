@@ -19,6 +19,7 @@ import os
 import re
 from typing import Callable
 
+from vpt_jax.data import lists
 from vpt_jax.data import tasks as tasks_lib
 
 
@@ -30,6 +31,9 @@ class Source:
   # (task, data_dir) -> the version `reader.version` would give, read off the disk without the
   # reader's libraries; None when nothing (or more than one candidate) is prepared.
   prepared_version: Callable[[tasks_lib.Task, str], str | None]
+  # Whether the reader's `prepare` reports missing data itself (its libraries print nothing);
+  # else the pipeline's one-line error with the TFDS preparation command is raised before it loads.
+  reports_missing: bool = False
 
   def reader(self):
     try:
@@ -66,6 +70,14 @@ def register(source: Source) -> Source:
 
 register(Source("tfds", "TensorFlow Datasets builders (VTAB-1k's, the demo's mini_vtab), prepared "
                 "by launch/prepare_data.py", "vpt_jax.data.tfds_source", _tfds_prepared_version))
+
+
+register(Source("folder", "image folders with split lists: VTAB-1k as NOAH's get_vtab1k.py writes it "
+                "(<data_dir>/<task>/train800.txt ...), custom datasets (task=folder:<path>)",
+                "vpt_jax.data.folder_source", lists.txt_version, reports_missing=True))
+register(Source("json", "FGVC as KMnP/vpt reads it: a dataset folder with train.json, val.json, "
+                "test.json (image path -> class id)", "vpt_jax.data.json_source",
+                lists.json_version, reports_missing=True))
 
 
 def get(name: str) -> Source:

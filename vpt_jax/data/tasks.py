@@ -1,4 +1,5 @@
-"""The 19 VTAB-1k tasks: TFDS builders, where their train/val/test examples come from, labels.
+"""The 19 VTAB-1k tasks: TFDS builders, where their train/val/test examples come from, labels;
+the five FGVC tasks (KMnP/vpt's JSON splits) and custom image folders (task=folder:<path>).
 
 Each task names two regions of its TFDS splits, VTAB's train and validation sets (see
 docs/vtab1k.md). VTAB-1k takes the first 800 examples of the train region (train800) and
@@ -8,11 +9,14 @@ run, so the task table itself needs no TensorFlow).
 """
 
 import dataclasses
+import os
 import re
 from typing import Any, Callable
 
 NATURAL, SPECIALIZED, STRUCTURED = "natural", "specialized", "structured"
-GROUPS = (NATURAL, SPECIALIZED, STRUCTURED)
+GROUPS = (NATURAL, SPECIALIZED, STRUCTURED)  # VTAB-1k's.
+FGVC, CUSTOM = "fgvc", "custom"
+FOLDER_PREFIX = "folder:"
 
 
 class InfeasibleSubsetError(ValueError):
@@ -47,6 +51,11 @@ class Task:
   binary_image: bool = False  # Pixels are 0/1 (dsprites): scaled by 255.
   manual_download: str | None = None  # What the user must place in TFDS's manual_dir, if anything.
   generated: bool = False  # Made on this machine (vpt_jax.data.demo): prepared on first use.
+  sources: tuple[str, ...] = ("tfds", "folder")  # The data sources that can read it.
+  # Its image folder: inside data.data_dir (NOAH's vtab-1k/<name>/, the task's name when None),
+  # or absolute (a custom folder).
+  folder: str | None = None
+  image_dir: str = ""  # FGVC: where the JSON lists' paths start, inside its folder.
 
 
 def _bin_of(value, thresholds):
@@ -105,8 +114,9 @@ def register(task: Task) -> Task:
 
 
 for _task in [
+    # NOAH's get_vtab1k.py names two folders otherwise: cifar, kitti.
     Task("cifar100", "cifar100:3.*.*", 100, NATURAL, Region("train", 0, 45000),
-         Region("train", 45000), "test"),
+         Region("train", 45000), "test", folder="cifar"),
     Task("caltech101", "caltech101:3.*.*", 102, NATURAL, Region("train", 0, 2754),
          Region("train", 2754), "test"),
     Task("dtd", "dtd:3.*.*", 47, NATURAL, Region("train"), Region("validation"), "test"),
@@ -134,7 +144,7 @@ for _task in [
     Task("dmlab", "dmlab:2.0.1", 6, STRUCTURED, Region("train"), Region("validation"), "test"),
     # VTAB used kitti 3.1.0 and 3.2.0 (same splits); TFDS's default is newer.
     Task("kitti_dist", "kitti:3.2.0", 4, STRUCTURED, Region("train"), Region("validation"), "test",
-         label=kitti_dist),
+         label=kitti_dist, folder="kitti"),
     Task("dsprites_loc", "dsprites:2.*.*", 16, STRUCTURED, Region("train", 0, 589824),
          Region("train", 589824, 663552), "train[663552:]", label=dsprites_loc, binary_image=True),
     Task("dsprites_ori", "dsprites:2.*.*", 16, STRUCTURED, Region("train", 0, 589824),
@@ -157,10 +167,48 @@ for _name, _classes, _group in [("shapes", 6, None), ("digits", 10, NATURAL),
                 Region("train"), Region("validation"), "test", generated=True))
 DEMO_TASKS = ("demo_digits", "demo_gratings", "demo_count", "demo_location", "demo_orientation")
 
+# FGVC as KMnP/vpt reads it (src/data/datasets/json_dataset.py, src/data/loader.py): a folder
+# with train.json, val.json, test.json; the images under the folder that its dataset class names
+# (CUB200Dataset and NabirdsDataset "images", DogsDataset "Images", the others the folder itself).
+for _name, _classes, _images in [("cub", 200, "images"), ("nabirds", 555, "images"),
+                                 ("oxford_flowers", 102, ""), ("stanford_dogs", 120, "Images"),
+                                 ("stanford_cars", 196, "")]:
+  register(Task(_name, f"{_name}/{{train,val,test}}.json", _classes, FGVC, Region("train"),
+                Region("val"), "test", sources=("json",), image_dir=_images))
+FGVC_TASKS = ("cub", "nabirds", "oxford_flowers", "stanford_dogs", "stanford_cars")
+
+
+def folder_task(path: str) -> Task:
+  """A custom dataset: a folder with train.txt, val.txt and test.txt ("relative/path label"
+  lines) and its class count in classes.txt (one number, or one class name a line), else the
+  largest label + 1."""
+  from vpt_jax.data import lists  # It reads task records; they do not need it.
+  path = os.path.abspath(os.path.expanduser(path))
+  if not os.path.isdir(path):
+    raise ValueError(f"task={FOLDER_PREFIX}{path}: no such folder.")
+  classes_file = os.path.join(path, "classes.txt")
+  if os.path.exists(classes_file):
+    with open(classes_file) as f:
+      lines = [line.strip() for line in f if line.strip()]
+    classes = int(lines[0]) if len(lines) == 1 and lines[0].isdigit() else len(lines)
+  else:
+    labels = [entry.label for name in ("train.txt", "val.txt", "test.txt")
+              if os.path.exists(os.path.join(path, name))
+              for entry in lists.read_txt(os.path.join(path, name), path, None)]
+    if not labels:
+      raise ValueError(f"task={FOLDER_PREFIX}{path}: the folder has no train.txt, val.txt or "
+                       "test.txt.")
+    classes = max(labels) + 1
+  return Task(FOLDER_PREFIX + path, path, classes, CUSTOM, Region("train"), Region("val"), "test",
+              sources=("folder",), folder=path)
+
 
 def get(name: str) -> Task:
+  if name.startswith(FOLDER_PREFIX):
+    return folder_task(name[len(FOLDER_PREFIX):])
   if name not in TASKS:
-    raise ValueError(f"Unknown task {name!r}; choose one of: {', '.join(TASKS)}.")
+    raise ValueError(f"Unknown task {name!r}; choose one of: {', '.join(TASKS)} (or "
+                     f"{FOLDER_PREFIX}<path>).")
   return TASKS[name]
 
 
@@ -170,29 +218,59 @@ def by_group(group: str) -> tuple[str, ...]:
 
 def expand(spec: str) -> list[str]:
   """Task names from "dtd", "all" (VTAB-1k's 19), a group ("natural", ...), "demo" (the demo's
-  five) or several of these joined by "+" or ","."""
+  five), "fgvc" (FGVC's five), "folder:<path>" (a custom folder) or several of these joined by
+  "+" or "," (a folder's path holds neither)."""
   names = []
   for item in filter(None, (s.strip() for s in spec.replace(",", "+").split("+"))):
-    if item == "all":
+    if item.startswith(FOLDER_PREFIX):
+      names.append(get(item).name)
+    elif item == "all":
       names += VTAB_TASKS
     elif item == "demo":
       names += DEMO_TASKS
+    elif item == FGVC:
+      names += FGVC_TASKS
     elif item in GROUPS:
       names += by_group(item)
     elif item in TASKS:
       names.append(item)
     else:
-      raise ValueError(f"task={item!r} is not a VTAB-1k task or a demo task; choose one of: "
-                       f"{', '.join(TASKS)} (or all, demo, a group: {', '.join(GROUPS)}; several "
-                       "joined by +).")
+      raise ValueError(f"task={item!r} is not a VTAB-1k, FGVC or demo task; choose one of: "
+                       f"{', '.join(TASKS)} (or all, demo, fgvc, a group: {', '.join(GROUPS)}, "
+                       f"{FOLDER_PREFIX}<path>; several joined by +).")
   if not names:
     raise ValueError("No task given: set task=NAME (e.g. task=dtd or task=all).")
   return list(dict.fromkeys(names))
 
 
 def suite(name: str) -> tuple[str, ...]:
-  """The benchmark `name` belongs to: VTAB-1k's 19 tasks, or the demo's five."""
-  return VTAB_TASKS if name in VTAB_TASKS else DEMO_TASKS
+  """The benchmark `name` belongs to: VTAB-1k's 19 tasks, FGVC's five, the demo's five, or a
+  custom folder alone."""
+  if name in VTAB_TASKS:
+    return VTAB_TASKS
+  if name in FGVC_TASKS:
+    return FGVC_TASKS
+  return DEMO_TASKS if name in DEMO_TASKS else (name,)
+
+
+def default_source(spec: str) -> str:
+  """The data source of the tasks `spec` names: the JSON lists for FGVC, the image folder for a
+  custom folder, TFDS otherwise (VTAB-1k's image folders are chosen by data.source=folder)."""
+  sources = {get(name).sources[0] for name in expand(spec)}
+  return sources.pop() if len(sources) == 1 else "tfds"
+
+
+def phase_subsets(task: Task, phase: str) -> tuple[str, str]:
+  """(train, eval) subsets of a phase: VTAB-1k's train800 -> val200 and train800val200 -> test;
+  FGVC's train -> val and train -> test (KMnP/vpt train.py get_loaders trains FGVC on train.json
+  alone); a custom folder's train -> val and train + val -> test."""
+  if phase not in ("final", "search"):
+    raise ValueError(f"phase={phase!r} must be 'final' or 'search'.")
+  if task.group == FGVC:
+    return ("train", "test") if phase == "final" else ("train", "val")
+  if task.group == CUSTOM:
+    return ("trainval", "test") if phase == "final" else ("train", "val")
+  return ("train800val200", "test") if phase == "final" else ("train800", "val200")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -60,6 +60,9 @@ def resize(image, resolution: int, method: str):
                                      align_corners=False, half_pixel_centers=False)[0]
   if method == "bilinear":
     return tf.image.resize(image, (resolution, resolution), method="bilinear")
+  if method in pipeline.RESIZE_METHODS:
+    raise ValueError(f"data.resize={method!r} is made by the image-folder sources (PIL); with "
+                     "data.source=tfds use tf1_bilinear or bilinear.")
   raise ValueError(f"data.resize={method!r} must be one of {', '.join(pipeline.RESIZE_METHODS)}.")
 
 

@@ -14,15 +14,18 @@ from vpt_jax.data import tasks as tasks_lib
 class Evaluator:
   """Compiled once per model; evaluates a streamed split or the device-resident train set."""
 
-  def __init__(self, mesh: jax.sharding.Mesh, model, normalization: str):
+  def __init__(self, mesh: jax.sharding.Mesh, model, normalization: str,
+               crop_size: int | None = None):
+    """`crop_size`: images arrive larger and are centre-cropped to it (data.crop_from)."""
     self._mesh = mesh
     eval_step = steps.make_eval_step(model)
+    prepare = lambda images: device.normalize(device.center_crop(images, crop_size), normalization)
     self._step = jax.jit(lambda params, images, labels, mask: eval_step(
-        params, device.normalize(images, normalization), labels, mask)[0])
+        params, prepare(images), labels, mask)[0])
     # Logits in float16: enough for ensembles and agreement, a quarter of float32's bytes.
     self._step_logits = jax.jit(lambda params, images, labels, mask: jax.tree.map(
         lambda x: x.astype(jnp.float16) if x.ndim == 2 else x,
-        eval_step(params, device.normalize(images, normalization), labels, mask)))
+        eval_step(params, prepare(images), labels, mask)))
     self._gather = jax.jit(lambda images, labels, indices: (images[indices], labels[indices]),
                            out_shardings=sharding.batch_sharded(mesh))
 

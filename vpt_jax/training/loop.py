@@ -45,7 +45,7 @@ def evaluate(program: programs.Program, data: spec.DataSpec, batch_size: int, pa
     elif (cached := programs.cached_arrays(data, subset, program.mesh)) is not None:
       images, labels = cached
     else:
-      return program.evaluator.stream(params, data.task, subset, data.resolution, batch_size,
+      return program.evaluator.stream(params, data.task, subset, data.array_resolution, batch_size,
                                       data.data_dir, data.resize, keep_logits=keep_logits,
                                       source=data.source)
     return program.evaluator.arrays(params, images, labels, batch_size, keep_logits=keep_logits)

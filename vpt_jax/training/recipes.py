@@ -11,7 +11,9 @@ leaves unset from its recipe; what the config sets (in a config file, in
           fine-tuning, Mixed and FT-then-PT as ChengHan111/VPT-or-FT does (FT: its AdamW, batch
           128, 5 warm-up epochs, dropout 0.1). Methods neither paper trained (bitfit, layernorm,
           lora, adapter, ssf, partial_k, lp_ft) take the VPT recipe: SGD, batch 64, 10 warm-up
-          epochs, no dropout.
+          epochs, no dropout. FGVC tasks as KMnP/vpt's FGVC configs (configs/{prompt,finetune,
+          linear}/<task>.yaml, tune_fgvc.py): batch 128 / 384 / 1024, their grids, its
+          transforms (resize 256; random crop 224 and flip in training, centre crop otherwise).
   google  How Google fine-tunes these checkpoints for VTAB-1k (ViT paper, appendix B.1.1 and
           Table 4; google-research/vision_transformer vit_jax/train.py and configs/common.py):
           SGD momentum 0.9, no weight decay, gradient clipping at global norm 1, lr 0.01 (not
@@ -62,7 +64,7 @@ def _vpt_code(method: str) -> dict:
   return dict(
       model=dict(dropout=0.0, attn_out_dropout=0.0, gelu_approximate=False, head_init="vpt"),
       method_kwargs=dict(prompt_dropout=0.0 if method == "vpt_shallow" else 0.1),
-      data=dict(normalization="imagenet", resize="tf1_bilinear"),
+      data=dict(normalization="imagenet", resize="tf1_bilinear", flip=False),
       optim=dict(name="sgd", base_lr=0.5 if not methods.moves_backbone(method) else 0.001,
                  weight_decay=1e-4, momentum=0.9, batch_size=1024 if linear else 64, epochs=100,
                  warmup_epochs=10, schedule="epoch", scale_lr=True, grad_clip_norm=None,
@@ -121,6 +123,53 @@ def _vqt_code() -> dict:
   return settings
 
 
+# FGVC (KMnP/vpt). tune_fgvc.py's grids: finetune_main, prompt_main, linear_main (one weight-decay
+# grid). Their learning rates are the applied rate at batch 256 (setup(): lr / 256 *
+# DATA.BATCH_SIZE), which is base_lr here (scale_lr).
+FGVC_BACKBONE_LRS = (0.001, 0.0001, 0.0005, 0.005)
+FGVC_PROMPT_LRS = (5.0, 2.5, 1.0, 50.0, 25.0, 10.0, 0.5, 0.25, 0.1)
+FGVC_LINEAR_LRS = (50.0, 25.0, 10.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1, 0.05)
+# configs/base-{prompt,finetune,linear}.yaml: batch, warm-up epochs (100 epochs, cosine, each).
+FGVC_BATCH = {"prompt": (128, 10), "finetune": (384, 5), "linear": (1024, 10)}
+# configs/{prompt,finetune,linear}/<task>.yaml SOLVER.(BASE_LR, WEIGHT_DECAY): the rate the code
+# applies at that batch (train.py uses BASE_LR as it is); base_lr = BASE_LR x 256 / batch.
+FGVC_CONFIGS = {
+    "cub": {"prompt": (0.1, 0.01), "finetune": (0.00375, 0.01), "linear": (0.1, 0.01)},
+    "nabirds": {"prompt": (0.1, 0.01), "finetune": (0.00375, 0.01), "linear": (0.1, 0.01)},
+    "oxford_flowers": {"prompt": (0.001, 0.0001), "finetune": (0.001, 0.0001),
+                       "linear": (0.001, 0.0001)},
+    "stanford_dogs": {"prompt": (0.001, 0.0001), "finetune": (0.00375, 0.001),
+                      "linear": (0.001, 0.0001)},
+    "stanford_cars": {"prompt": (0.001, 0.0001), "finetune": (0.0375, 0.001),
+                      "linear": (0.001, 0.0001)},
+}
+# VPT-deep prompt lengths on FGVC, derived (docs/protocol.md): the VPT paper's tuned/total
+# percentages (Han et al. Table 19 reprints them: 0.29, 1.02, 0.14, 1.17, 2.27 of 85.8M) less
+# the head, over 12 x 768 per prompt; they average 73, the mean the VPT paper states.
+FGVC_PROMPT_TOKENS = {"cub": 10, "nabirds": 50, "oxford_flowers": 5, "stanford_dogs": 100,
+                      "stanford_cars": 200}
+# src/data/transforms.py for CROPSIZE 224: resize 256, crop 224.
+FGVC_CROP_FROM = 256
+
+
+def _fgvc(settings: dict, method: str, task: str) -> dict:
+  """The FGVC parts of KMnP/vpt's configs over a method's settings: its batch, warm-up, lr and
+  wd per task, grids, transforms and prompt length."""
+  kind = ("linear" if methods.stage_names(method)[-1] == "linear" else
+          "finetune" if methods.moves_backbone(method) and method not in ("mixed", "ft_then_pt")
+          else "prompt")
+  batch, warmup = FGVC_BATCH[kind]
+  lr, wd = FGVC_CONFIGS[task][kind]
+  settings["data"].update(resize="short_side", crop_from=FGVC_CROP_FROM, flip=True)
+  settings["optim"].update(batch_size=batch, warmup_epochs=warmup, epochs=100,
+                           base_lr=lr * 256 / batch, weight_decay=wd)
+  settings["sweep"]["base_lrs"] = {"prompt": FGVC_PROMPT_LRS, "finetune": FGVC_BACKBONE_LRS,
+                                   "linear": FGVC_LINEAR_LRS}[kind]
+  if "prompt_dropout" in settings["method_kwargs"]:
+    settings["method_kwargs"]["prompt_tokens"] = FGVC_PROMPT_TOKENS[task]
+  return settings
+
+
 def paper(method: str, task: str, requested: dict) -> dict:
   """Each method as the papers' code trained it (KMnP/vpt, ChengHan111/VPT-or-FT, andytu28/VQT)."""
   requested_optim = requested.get("optim", {})
@@ -153,7 +202,7 @@ def paper(method: str, task: str, requested: dict) -> dict:
     stages[stage] = stage_settings
   settings["stage_optim"] = {name: s["optim"] for name, s in stages.items()}
   settings["stage_model"] = {name: s["model"] for name, s in stages.items()}
-  return settings
+  return _fgvc(settings, method, task) if task in tasks_lib.FGVC_TASKS else settings
 
 
 def google(method: str, task: str, requested: dict) -> dict:
@@ -165,7 +214,7 @@ def google(method: str, task: str, requested: dict) -> dict:
   return dict(
       model=dict(dropout=0.0, attn_out_dropout=None, gelu_approximate=True, head_init="zeros"),
       method_kwargs={},
-      data=dict(normalization="inception", resize="bilinear"),
+      data=dict(normalization="inception", resize="bilinear", flip=False),
       optim=dict(name="sgd", base_lr=0.01, weight_decay=0.0, momentum=0.9, batch_size=512,
                  epochs=1, warmup_epochs=0, steps=2500, warmup_steps=500, schedule="step",
                  scale_lr=False, grad_clip_norm=1.0, decay_rules=((".*", False),),
@@ -203,14 +252,6 @@ def _explicit(tree: dict) -> dict:
     elif value is not None:
       out[key] = value
   return out
-
-
-def _phase_subsets(phase: str) -> tuple[str, str]:
-  if phase == "final":
-    return "train800val200", "test"
-  if phase == "search":
-    return "train800", "val200"
-  raise ValueError(f"phase={phase!r} must be 'final' or 'search'.")
 
 
 def resolve(config):
@@ -257,7 +298,7 @@ def resolve(config):
       name: _merge(_merge(settings["stage_model"][name], given["model"]),
                    stage_model.get(name, {}))
       for name in stages[:-1]}
-  train_subset, eval_subset = _phase_subsets(resolved["phase"])
+  train_subset, eval_subset = tasks_lib.phase_subsets(tasks_lib.get(tasks[0]), resolved["phase"])
   resolved["data"]["train_subset"] = resolved["data"]["train_subset"] or train_subset
   resolved["data"]["eval_subset"] = resolved["data"]["eval_subset"] or eval_subset
   validate(resolved, stages)
@@ -265,7 +306,8 @@ def resolve(config):
 
 
 _TRAINING_SUBSETS = re.compile(r"train800|train800val200|train_full|scale\d+_(train|trainval)|"
-                               r"\d+shot_(train800_|train800val200_)?seed\d+")
+                               r"\d+shot_(train800_|train800val200_)?seed\d+|"
+                               r"train|trainval|train_[\d.]+")  # FGVC's and custom folders'.
 
 
 def _check(ok: bool, field: str, value, valid: str) -> None:
@@ -286,6 +328,14 @@ def validate(config: dict, stages=()) -> None:
          f"one of {', '.join(sources.SOURCES)}")
   _check(data["resize"] in pipeline.RESIZE_METHODS, "data.resize", data["resize"],
          f"one of {', '.join(pipeline.RESIZE_METHODS)}")
+  task = tasks_lib.get(config["task"])
+  _check(data["source"] in task.sources, "data.source", data["source"],
+         f"a source that reads task {task.name}: {', '.join(task.sources)}")
+  _check(data["resize"] != "short_side" or data["source"] != "tfds", "data.resize",
+         data["resize"], "tf1_bilinear or bilinear with data.source=tfds (short_side is PIL's, "
+         "made by the image-folder sources)")
+  _check(not data.get("crop_from") or data["crop_from"] > data["resolution"], "data.crop_from",
+         data.get("crop_from"), f"0 (no crop) or larger than data.resolution={data['resolution']}")
   _check(not _TRAINING_SUBSETS.fullmatch(data["eval_subset"]), "data.eval_subset",
          data["eval_subset"], "held-out data (val200, test, scale<N>_val, <k>shot_val200_seed<s>),"
          " not a training subset, which would be reported as validation accuracy")
@@ -321,7 +371,8 @@ def validate(config: dict, stages=()) -> None:
            "method_kwargs.query_tokens", kwargs.get("query_tokens"), "an integer ≥ 1")
     _check(0 <= kwargs["query_dropout"] < 1, "method_kwargs.query_dropout",
            kwargs["query_dropout"], "in [0, 1)")
-  for field, method in (("lora_rank", "lora"), ("adapter_dim", "adapter"),
+  for field, method in (("lora_rank", "lora"), ("adapter_dim", "adapter_houlsby"),
+                        ("adapter_reduction", "adapter"),
                         ("partial_k", "partial_k")):
     if method in stages:
       _check(kwargs[field] >= 1, f"method_kwargs.{field}", kwargs[field], "≥ 1")

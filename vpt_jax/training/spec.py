@@ -101,6 +101,19 @@ class DataSpec:
   flip: bool
   data_dir: str | None
   cache_dir: str | None
+  # >0: images are stored at crop_from px and cropped to `resolution` on the device (random in
+  # training, the centre in evaluation: KMnP/vpt's FGVC transforms); 0: stored at `resolution`.
+  crop_from: int = 0
+
+  @property
+  def array_resolution(self) -> int:
+    """The size images are decoded, cached and held at."""
+    return self.crop_from or self.resolution
+
+  @property
+  def crop_size(self) -> int | None:
+    """What the device crops the held images to, if they are larger than the model's input."""
+    return self.resolution if self.crop_from else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +170,7 @@ def _dtype(name: str):
 def _stages(config, dtype, num_classes: int, workdir: str) -> tuple[StageSpec, ...]:
   base = vit.Model(num_classes=num_classes, dtype=dtype, **config.model.to_dict())
   method = methods.get(config.method, depth=base.architecture.depth,
-                       **config.method_kwargs.to_dict())
+                       width=base.architecture.width, **config.method_kwargs.to_dict())
   singles = method.single_stages
   stages = []
   for index, single in enumerate(singles):
@@ -184,7 +197,7 @@ def from_resolved(config, workdir: str) -> RunSpec:
                                       **config.model.to_dict())),
       stages=_stages(config, dtype, task.num_classes, workdir),
       data=DataSpec(task, d.source, d.train_subset, d.eval_subset, d.resolution, d.normalization, d.resize,
-                    d.flip, d.data_dir, d.cache_dir),
+                    d.flip, d.data_dir, d.cache_dir, d.crop_from or 0),
       eval=EvalSpec(config.eval_batch_size, config.eval_every_epochs, tuple(config.eval_shifts)),
       checkpoints=CheckpointSpec(config.checkpoint_every_epochs, config.checkpoints_to_keep),
       dtype=dtype, sharding_strategy=tuple(tuple(rule) for rule in config.sharding_strategy),

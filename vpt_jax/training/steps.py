@@ -48,13 +48,15 @@ def make_eval_step(model):
 
 
 def make_device_step(model, tx, mesh, steps_per_epoch: int, batch_size: int,
-                     normalization: str, flip: bool = False):
+                     normalization: str, flip: bool = False, crop_size: int | None = None):
   """The step on device-resident data: (trainable, opt_state, frozen, images, labels,
   permutation, step, train_rng, flip_rng) -> (trainable, opt_state, metrics).
 
   The whole uint8 train set and the epoch's permutation are device arrays: the step gathers its
   own batch, normalises it and splits it over the data axis. Random keys are arguments, so runs
-  with other seeds reuse the compiled step.
+  with other seeds reuse the compiled step. `crop_size`: the set is stored larger and each
+  example is randomly cropped (and flipped, with `flip`) by a key of `flip_rng`, the epoch and
+  its index (device.take_batch).
   """
   batch = sharding.batch_sharded(mesh)
   train_step = make_train_step(model, tx)
@@ -63,7 +65,8 @@ def make_device_step(model, tx, mesh, steps_per_epoch: int, batch_size: int,
               flip_rng):
     batch_images, batch_labels, mask = device.take_batch(
         images, labels, permutation, step % steps_per_epoch, batch_size,
-        jax.random.fold_in(flip_rng, step) if flip else None)
+        jax.random.fold_in(flip_rng, step) if flip and crop_size is None else None,
+        crop_size=crop_size, crop_rng=flip_rng, epoch=step // steps_per_epoch, crop_flip=flip)
     batch_images = jax.lax.with_sharding_constraint(
         device.normalize(batch_images, normalization), batch)
     batch_labels = jax.lax.with_sharding_constraint(batch_labels, batch)
@@ -107,7 +110,7 @@ def jit_pack_step(step_fn, mesh, state_shardings, members: int):
 
 
 def build_train_step(model, tx, mesh, state_shardings, steps_per_epoch: int, batch_size: int,
-                     normalization: str, flip: bool = False):
+                     normalization: str, flip: bool = False, crop_size: int | None = None):
   """The jit-compiled step of `make_device_step` (see there)."""
   return jit_step(make_device_step(model, tx, mesh, steps_per_epoch, batch_size, normalization,
-                                   flip), mesh, state_shardings)
+                                   flip, crop_size), mesh, state_shardings)
