@@ -4,6 +4,7 @@ images, --check, custom folders, KMnP/vpt's JSON splits, bad input, the on-devic
 a whole FGVC run through launch/main.py."""
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -308,3 +309,30 @@ def test_fgvc_trains_and_evaluates_through_main(tmp_path, tiny_backbone):
   assert result["eval_examples"] == 200 and 0 <= result["test_accuracy"] <= 1
   cached = sorted(os.listdir(tmp_path / "cache" / "cub"))
   assert cached == [f"{lists.json_version(tasks_lib.get('cub'), str(folder))}_train_40px_short_side.npz"]
+
+
+def test_fgvc_sweep_selects_and_reports_with_the_published_rows(tmp_path, tiny_backbone):
+  folder = tmp_path / "CUB_200_2011"
+  write_vpt_fgvc(folder, np.random.default_rng(7))
+  common = [f"--config.data.data_dir={folder}", f"--config.backbone={tiny_backbone}",
+            "--config.model.variant=Ti/16", "--config.model.depth=2",
+            "--config.data.resolution=32", "--config.data.crop_from=40", "--config.optim.epochs=2",
+            "--config.optim.warmup_epochs=1", "--config.optim.batch_size=64",
+            "--config.eval_batch_size=64", f"--config.data.cache_dir={tmp_path / 'cache'}",
+            "--config.sweep.base_lrs=(0.5, 0.1)", "--config.sweep.weight_decays=(0.0,)",
+            "--config.sweep.seeds=1"]
+  done = subprocess.run([sys.executable, "launch/sweep.py", "--config=configs/fgvc.py:task=cub",
+                         f"--sweep_dir={tmp_path / 'sweep'}", *common], cwd=REPO, text=True,
+                        capture_output=True, timeout=900)
+  assert done.returncode == 0, done.stderr[-3000:]
+  searched = sorted(os.listdir(tmp_path / "sweep" / "fgvc" / "cub" / "vpt_deep" / "search"))
+  assert searched == ["lr0.1_wd0", "lr0.5_wd0"]
+  final = json.loads((tmp_path / "sweep/fgvc/cub/vpt_deep/final").glob("seed*/result.json")
+                     .__next__().read_text())
+  assert (final["train_subset"], final["eval_subset"], final["eval_examples"]) == (
+      "train", "test", 200)
+  report = subprocess.run([sys.executable, "launch/report.py", f"--sweep_dir={tmp_path / 'sweep'}",
+                           "--published"], cwd=REPO, text=True, capture_output=True, timeout=600)
+  assert report.returncode == 0, report.stderr[-3000:]
+  assert "## fgvc: test top-1" in report.stdout
+  assert re.search(r"\| vpt_deep \(.*\) \| 88\.5 \|", report.stdout)  # The VPT paper's CUB row.

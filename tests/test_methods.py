@@ -1,5 +1,6 @@
 """Tuning methods: what trains and what stays frozen, identity starts, prompts, counts, artifacts."""
 
+import re
 import chex
 import flax.traverse_util
 import jax
@@ -13,8 +14,8 @@ from vpt_jax.training import artifacts, optim, steps
 from vpt_jax.utils import paths
 from vpt_jax.models import vit
 
-HPARAMS = dict(prompt_tokens=3, prompt_dropout=0.1, lora_rank=2, adapter_dim=4, partial_k=1,
-               query_tokens=2, query_dropout=0.1)
+HPARAMS = dict(prompt_tokens=3, prompt_dropout=0.1, lora_rank=2, adapter_dim=4, adapter_reduction=48,
+               partial_k=1, query_tokens=2, query_dropout=0.1)
 BASE = dict(num_classes=5, variant="Ti/16", depth=2)
 IMAGE_SIZE = 32
 
@@ -80,15 +81,17 @@ def test_frozen_unchanged_trainable_changed(stage, backbone):
   before, after = flat(params), flat(paths.merge(new_trainable, frozen))
   assert before.keys() == after.keys()
   group_of = flat(groups)
+  # The VPT code's adapter starts all-zero, so only its up bias gets gradients (as in that code).
+  stuck = re.compile(r".*/adapter_mlp/(down/.*|up/kernel)" if stage.name == "adapter" else "$^")
   for path in before:
-    if group_of[path] == methods.FROZEN:
+    if group_of[path] == methods.FROZEN or stuck.fullmatch(path):
       np.testing.assert_array_equal(after[path], before[path], err_msg=path)
     else:
       assert not np.array_equal(after[path], before[path]), f"{path} did not train"
   assert any(g != methods.FROZEN for g in group_of.values())
 
 
-@pytest.mark.parametrize("name", ["lora", "adapter", "ssf"])
+@pytest.mark.parametrize("name", ["lora", "adapter", "adapter_houlsby", "ssf"])
 def test_identity_initialised_modules_keep_pretrained_logits(name, backbone, forward):
   backbone_params, images, _ = backbone
   stage = methods.get(name, depth=2, **HPARAMS)
@@ -181,12 +184,31 @@ W, MLP, D = 768, 3072, 12
     ("bitfit", {}, W + D * (7 * W + MLP) + W),  # embedding, per block (2 LN, qkv, out, 2 MLP), norm
     ("layernorm", {}, D * 4 * W + 2 * W),
     ("lora", dict(lora_rank=8), D * 2 * (W * 8 + 8 * W)),
-    ("adapter", dict(adapter_dim=64), D * 2 * (W * 64 + 64 + 64 * W + W)),
+    ("adapter", dict(adapter_reduction=8), D * (W * 96 + 96 + 96 * W + W)),  # VPT's r=8: 1,779,840.
+    ("adapter_houlsby", dict(adapter_dim=64), D * 2 * (W * 64 + 64 + 64 * W + W)),
     ("ssf", {}, 2 * (W + D * (7 * W + MLP) + W)),
     ("partial_k", dict(partial_k=2), 2 * 7_087_872 + 2 * W),
 ])
 def test_b16_parameter_counts(name, hparams, expected):
   assert b16_trainable(name, **hparams)[0] == expected
+
+
+def test_the_vpt_codes_adapter_learns_only_its_output_bias(backbone):
+  """KMnP/vpt's Pfeiffer adapter starts with every weight and bias at zero: GELU(0) = 0 leaves the
+  down-projection and the up-projection's kernel without gradient, so only the up bias moves."""
+  backbone_params, images, labels = backbone
+  stage = methods.get("adapter", depth=2, width=192, **{**HPARAMS, "adapter_reduction": 4})
+  model, params, *_ = stage_setup(stage, backbone_params)
+  adapter = params["Transformer"]["encoderblock_0"]["adapter_mlp"]
+  assert adapter["down"]["kernel"].shape == (192, 48)
+  assert "adapter_attention" not in params["Transformer"]["encoderblock_0"]
+
+  def loss(p):
+    logits, _ = model.apply({"params": p}, images)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  grads = jax.grad(loss)(params)["Transformer"]["encoderblock_1"]["adapter_mlp"]
+  assert not np.any(grads["down"]["kernel"]) and not np.any(grads["down"]["bias"])
+  assert not np.any(grads["up"]["kernel"]) and np.any(grads["up"]["bias"])
 
 
 def test_summary_line_for_vpt_deep_b16():

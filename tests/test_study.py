@@ -67,6 +67,12 @@ def test_subsets_per_protocol():
   # One-shot as ChengHan111/VPT-or-FT: 1 per class of train800 / val200 to search, 2 per class of
   # train800val200 for every final seed alike (or per seed, on request), the whole test split.
   assert sweep.subsets("1shot", "search", 0) == ("1shot_train800_seed0", "1shot_val200_seed0")
+  # FGVC's tasks have their own splits and setting (KMnP/vpt trains its final runs on train).
+  assert sweep.setting_of("vtab1k", "cub") == "fgvc" and sweep.setting_of("vtab1k", "dtd") == "vtab1k"
+  assert sweep.subsets("fgvc", "search", 0, task="cub") == ("train", "val")
+  assert sweep.subsets("fgvc", "final", 4, task="cub") == ("train", "test")
+  with pytest.raises(ValueError, match="use sweep.protocol=vtab1k"):
+    sweep.setting_of("scale400", "cub")
   assert sweep.subsets("1shot", "final", 2) == ("2shot_train800val200_seed0", "test")
   assert sweep.subsets("1shot", "final", 2, kshot_per_seed=True) == (
       "2shot_train800val200_seed2", "test")

@@ -86,12 +86,13 @@ def stage_names(name: str) -> tuple[str, ...]:
   return _entry(name).stages or (name,)
 
 
-def get(name: str, depth: int, **hparams) -> Method:
-  """The method `name` for a ViT of `depth` blocks; `hparams` come from the config (extra ignored,
-  None counts as not given)."""
+def get(name: str, depth: int, width: int = 768, **hparams) -> Method:
+  """The method `name` for a ViT of `depth` blocks of `width` features; `hparams` come from the
+  config (extra ignored, None counts as not given)."""
   entry = _entry(name)
   try:
-    return entry.build(depth=depth, **{k: v for k, v in hparams.items() if v is not None})
+    return entry.build(depth=depth, width=width,
+                       **{k: v for k, v in hparams.items() if v is not None})
   except TypeError as e:
     raise ValueError(f"Method {name!r} needs more hyper-parameters ({e}); set them in "
                      "config.method_kwargs.") from None
@@ -159,9 +160,19 @@ def lora(*, lora_rank, lora_alpha=0.0, **_):
                 dict(peft=vit.PeftModules(lora_rank=lora_rank, lora_alpha=lora_alpha)))
 
 
-@register("Houlsby adapters after attention and MLP and the head")
-def adapter(*, adapter_dim, **_):
-  return Method("adapter", (_HEAD, (r".*/adapter_(attention|mlp)/.*", "peft"), _REST_FROZEN),
+@register("the VPT code's (Pfeiffer) adapter after each MLP, width / adapter_reduction, and the head")
+def adapter(*, width, adapter_reduction, **_):
+  # KMnP/vpt src/models/vit_adapter/vit.py: Linear(width, width // r) -> GELU -> Linear, added to
+  # the MLP's output before the residual sum; REDUCATION_FACTOR r (its config.py default 8).
+  return Method("adapter", (_HEAD, (r".*/adapter_mlp/.*", "peft"), _REST_FROZEN),
+                dict(peft=vit.PeftModules(adapter_dim=width // adapter_reduction,
+                                          adapter_style="pfeiffer")))
+
+
+@register("Houlsby adapters after attention and MLP (adapter_dim) and the head")
+def adapter_houlsby(*, adapter_dim, **_):
+  return Method("adapter_houlsby", (_HEAD, (r".*/adapter_(attention|mlp)/.*", "peft"),
+                                    _REST_FROZEN),
                 dict(peft=vit.PeftModules(adapter_dim=adapter_dim)))
 
 

@@ -147,15 +147,21 @@ class MlpBlock(nn.Module):
 
 
 class Adapter(nn.Module):
-  """Houlsby bottleneck adapter; the up-projection starts at zero so the block starts unchanged."""
+  """Bottleneck adapter x + up(GELU(down(x))); the up-projection starts at zero so the block
+  starts unchanged. `pfeiffer`: as KMnP/vpt's (src/models/vit_adapter/vit.py): the exact GELU and
+  every weight and bias at zero, which leaves the down-projection without gradient (GELU(0) = 0)
+  for good, so only the up-projection's bias learns, as in that code."""
   dim: int
   dtype: Any = None
+  pfeiffer: bool = False
 
   @nn.compact
   def __call__(self, x):
-    y = nn.Dense(self.dim, dtype=self.dtype, name="down")(x)
-    y = nn.Dense(x.shape[-1], dtype=self.dtype, kernel_init=nn.initializers.zeros, name="up")(
-        nn.gelu(y))
+    zeros = nn.initializers.zeros
+    down_init = dict(kernel_init=zeros) if self.pfeiffer else {}
+    y = nn.Dense(self.dim, dtype=self.dtype, name="down", **down_init)(x)
+    y = nn.Dense(x.shape[-1], dtype=self.dtype, kernel_init=zeros, name="up")(
+        nn.gelu(y, approximate=not self.pfeiffer))
     return x + y
 
 
@@ -227,11 +233,13 @@ class Attention(nn.Module):
 @dataclasses.dataclass(frozen=True)
 class PeftModules:
   """Parameter-efficient modules inside every block (LoRA, adapters, SSF); all start as the
-  identity, so the pre-trained model's outputs are unchanged at step 0."""
+  identity, so the pre-trained model's outputs are unchanged at step 0. Adapters: "houlsby" after
+  attention and after the MLP; "pfeiffer" (the VPT code's) after the MLP only."""
   lora_rank: int = 0
   lora_alpha: float = 0.0
   adapter_dim: int = 0
   ssf: bool = False
+  adapter_style: str = "houlsby"
 
 
 class Encoder1DBlock(nn.Module):
@@ -259,8 +267,9 @@ class Encoder1DBlock(nn.Module):
                           lora_alpha=self.peft.lora_alpha, ssf=ssf,
                           attention_impl=self.attention_impl,
                           name="MultiHeadDotProductAttention_0")
+    pfeiffer = self.peft.adapter_style == "pfeiffer"
     adapter_attention = (Adapter(self.peft.adapter_dim, dtype=self.dtype, name="adapter_attention")
-                         if self.peft.adapter_dim else (lambda y: y))
+                         if self.peft.adapter_dim and not pfeiffer else (lambda y: y))
     attn_out_dropout = self.dropout if self.attn_out_dropout is None else self.attn_out_dropout
     dropout_attention = nn.Dropout(rate=attn_out_dropout)
     norm_1 = nn.LayerNorm(epsilon=self.norm_epsilon, dtype=self.dtype, name="LayerNorm_1")
@@ -272,8 +281,8 @@ class Encoder1DBlock(nn.Module):
     # pre-trained block adds to the residual stream (and starts as the identity on it).
     scale_0, scale_1 = ((LayerScale(name="LayerScale_0"), LayerScale(name="LayerScale_1"))
                         if self.layer_scale else (lambda y: y, lambda y: y))
-    adapter_mlp = (Adapter(self.peft.adapter_dim, dtype=self.dtype, name="adapter_mlp")
-                   if self.peft.adapter_dim else (lambda y: y))
+    adapter_mlp = (Adapter(self.peft.adapter_dim, dtype=self.dtype, pfeiffer=pfeiffer,
+                           name="adapter_mlp") if self.peft.adapter_dim else (lambda y: y))
     dropout_mlp = nn.Dropout(rate=self.dropout)
 
     y, weights, query_y = attention(

@@ -14,7 +14,8 @@ Every run has its own workdir under the sweep directory:
   <sweep_dir>/<setting>/<task>/<method>/final/seed<s>/            final runs
   <sweep_dir>/<setting>/<task>/<method>/superseded/...             finals of an earlier selection
 
-where <setting> is "vtab1k", "scale<N>" (data-scale, N training examples) or "<k>shot".
+where <setting> is "vtab1k", "scale<N>" (data-scale, N training examples) or "<k>shot"; FGVC's
+tasks and custom folders go under "fgvc" and "custom" (their own train/val/test splits).
 A run with result.json is done and skipped; one with failed.json (non-finite loss) is reported
 and skipped; anything else is (re)started and resumes from its own checkpoints.
 """
@@ -98,7 +99,20 @@ def settings(sweep_config) -> list[str]:
   raise ValueError(f"sweep.protocol={protocol!r} must be 'vtab1k', 'data_scale' or 'kshot'.")
 
 
-def subsets(setting: str, phase: str, seed: int, kshot_per_seed: bool = False) -> tuple[str, str]:
+def setting_of(setting: str, task: str) -> str:
+  """The setting a task's runs go under: the protocol's, except that the benchmark protocol of
+  FGVC's tasks and of custom folders is their own ("fgvc", "custom": their own splits)."""
+  group = tasks_lib.get(task).group
+  if setting == "vtab1k" and group in (tasks_lib.FGVC, tasks_lib.CUSTOM):
+    return group
+  if group in (tasks_lib.FGVC, tasks_lib.CUSTOM):
+    raise ValueError(f"sweep.protocol={setting!r} is for VTAB-1k's tasks; {task} has its own "
+                     "splits: use sweep.protocol=vtab1k.")
+  return setting
+
+
+def subsets(setting: str, phase: str, seed: int, kshot_per_seed: bool = False,
+            task: str | None = None) -> tuple[str, str]:
   """(train subset, eval subset) of a run.
 
   k-shot (ChengHan111/VPT-or-FT DATA.EVEN_SEPARETE, src/data/datasets/tf_dataset.py): the search
@@ -108,6 +122,8 @@ def subsets(setting: str, phase: str, seed: int, kshot_per_seed: bool = False) -
   shuffle; here they are drawn from train800 in order with seed 0, so reruns agree.
   """
   final = phase == "final"
+  if setting in (tasks_lib.FGVC, tasks_lib.CUSTOM):  # FGVC: train -> val, train -> test.
+    return tasks_lib.phase_subsets(tasks_lib.get(task), phase)
   if setting == "vtab1k":
     return ("train800val200", "test") if final else ("train800", "val200")
   if setting.startswith("scale"):
@@ -268,7 +284,7 @@ class Planner:
     return recipes.resolve(self.base(task, method)).sweep
 
   def groups(self) -> list[tuple[str, str, str]]:
-    return [(setting, task, method) for setting in settings(self.config.sweep)
+    return [(setting_of(setting, task), task, method) for setting in settings(self.config.sweep)
             for task in self.tasks for method in self.methods]
 
   def run_config(self, run: Run) -> ml_collections.ConfigDict:
@@ -278,7 +294,7 @@ class Planner:
     config.optim.selected_in = "search" if run.phase == "search" else os.path.join(
         run.group_dir, "best.json")
     config.data.train_subset, config.data.eval_subset = subsets(
-        run.setting, run.phase, run.seed, self.config.sweep.kshot_per_seed)
+        run.setting, run.phase, run.seed, self.config.sweep.kshot_per_seed, run.task)
     for field, value in run.extra:
       config_lib.set_path(config, field, value)
     # A two-stage method's first stage trains with the setting this sweep selected for that
