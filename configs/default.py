@@ -54,7 +54,10 @@ def get_config():
   config.pretrained_cache_dir = unset(str)  # None: $VPT_JAX_CACHE/checkpoints.
   config.model = ml_collections.ConfigDict(dict(
       variant="B/16", depth=unset(int), pool_type="tok", representation_size=unset(int),
-      remat=False, attention_impl=unset(str), **_model_fields()))
+      remat=False, attention_impl=unset(str),
+      # Outputs of the head (None: the task's classes); 196 for kitti_dist reproduces Han et al.'s
+      # KITTI cells, whose code trains a 196-way head on its 4 classes (docs/protocol.md).
+      head_classes=unset(int), **_model_fields()))
   config.dtype = "float32"  # Compute dtype: float32 or bfloat16 (parameters stay float32).
   config.method_kwargs = ml_collections.ConfigDict(dict(
       prompt_tokens=unset(int), prompt_dropout=unset(float), prompt_project=unset(int),

@@ -67,8 +67,7 @@ def load_trained(workdir: str):
   if not os.path.exists(os.path.join(stages[-1], FILENAME)):
     raise FileNotFoundError(f"{workdir} has no {FILENAME}: the run has not finished.")
   trained, meta = load(os.path.join(stages[-1], FILENAME))
-  model_config = {k.removeprefix("model."): v for k, v in config.items() if k.startswith("model.")}
-  num_classes = tasks_lib.get(config["task"]).num_classes
+  num_classes, model_config = model_of_record(config)
   model = vit.Model(num_classes=num_classes, **model_config,
                     **model_fields_from_json(meta["model_fields"]))
   backbone = pretrained_backbone(config, num_classes)
@@ -79,10 +78,17 @@ def load_trained(workdir: str):
 
 
 
+def model_of_record(config: dict) -> tuple[int, dict]:
+  """(head classes, vit.Model fields) of a run's flat config record."""
+  model_config = {k.removeprefix("model."): v for k, v in config.items() if k.startswith("model.")}
+  head_classes = model_config.pop("head_classes", None)
+  return head_classes or tasks_lib.get(config["task"]).num_classes, model_config
+
+
 def pretrained_backbone(config: dict, num_classes: int) -> dict:
   """The run's pre-trained parameters without a head (each method's model makes its own); read
   once per process for all the runs that share them."""
-  model_config = {k.removeprefix("model."): v for k, v in config.items() if k.startswith("model.")}
+  _, model_config = model_of_record(config)
   return _pretrained_backbone(config["backbone"], json.dumps(model_config, sort_keys=True),
                               num_classes, config["data.resolution"],
                               config.get("pretrained_cache_dir"))

@@ -167,8 +167,13 @@ def _dtype(name: str):
   return dtype
 
 
+def _model_fields(model_config) -> dict:
+  """vit.Model fields of config.model (its head size is the run's, not the module's)."""
+  return {k: v for k, v in model_config.to_dict().items() if k != "head_classes"}
+
+
 def _stages(config, dtype, num_classes: int, workdir: str) -> tuple[StageSpec, ...]:
-  base = vit.Model(num_classes=num_classes, dtype=dtype, **config.model.to_dict())
+  base = vit.Model(num_classes=num_classes, dtype=dtype, **_model_fields(config.model))
   method = methods.get(config.method, depth=base.architecture.depth,
                        width=base.architecture.width, **config.method_kwargs.to_dict())
   singles = method.single_stages
@@ -177,7 +182,7 @@ def _stages(config, dtype, num_classes: int, workdir: str) -> tuple[StageSpec, .
     last = index == len(singles) - 1
     model_config = config.model if last else config.stage_model[single.name]
     stages.append(StageSpec(
-        single, vit.Model(num_classes=num_classes, dtype=dtype, **model_config.to_dict(),
+        single, vit.Model(num_classes=num_classes, dtype=dtype, **_model_fields(model_config),
                           **single.model_fields),
         _optim(config.optim if last else config.stage_optim[single.name]),
         workdir if len(singles) == 1 else os.path.join(workdir, f"stage{index + 1}_{single.name}"),
@@ -189,13 +194,15 @@ def from_resolved(config, workdir: str) -> RunSpec:
   """The spec of a config that `recipes.resolve` already filled."""
   task = tasks_lib.get(config.task)
   dtype = _dtype(config.dtype)
+  # VPT-or-FT's KITTI configs train a 196-way head on 4 classes (docs/protocol.md).
+  head_classes = config.model.get("head_classes") or task.num_classes
   d = config.data
   return RunSpec(
       method=config.method, recipe=config.recipe, seed=config.seed,
       backbone=BackboneSpec(config.backbone, config.pretrained_cache_dir,
-                            vit.Model(num_classes=task.num_classes, dtype=dtype,
-                                      **config.model.to_dict())),
-      stages=_stages(config, dtype, task.num_classes, workdir),
+                            vit.Model(num_classes=head_classes, dtype=dtype,
+                                      **_model_fields(config.model))),
+      stages=_stages(config, dtype, head_classes, workdir),
       data=DataSpec(task, d.source, d.train_subset, d.eval_subset, d.resolution, d.normalization, d.resize,
                     d.flip, d.data_dir, d.cache_dir, d.crop_from or 0),
       eval=EvalSpec(config.eval_batch_size, config.eval_every_epochs, tuple(config.eval_shifts)),
