@@ -242,6 +242,20 @@ class PeftModules:
   adapter_style: str = "houlsby"
 
 
+class DropPath(nn.Module):
+  """Stochastic depth as timm's DropPath: in training, each example's branch output is zeroed
+  with probability `rate` and the kept ones are scaled by 1 / (1 - rate)."""
+  rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, y, train: bool):
+    if not train or self.rate == 0.0:  # Rate 0 leaves the block's arithmetic untouched.
+      return y
+    keep = 1.0 - self.rate
+    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (y.shape[0],) + (1,) * (y.ndim - 1))
+    return y * (mask.astype(y.dtype) / keep)
+
+
 class Encoder1DBlock(nn.Module):
   """Pre-norm transformer block; adapters sit on both branches before the residual sum."""
   mlp_dim: int
@@ -255,6 +269,7 @@ class Encoder1DBlock(nn.Module):
   layer_scale: bool = False
   norm_epsilon: float = 1e-6
   quick_gelu: bool = False
+  drop_path: float = 0.0  # This block's stochastic-depth rate on both residual branches.
 
   @nn.compact
   def __call__(self, x, train=False, return_attention=False, queries=None):
@@ -284,15 +299,17 @@ class Encoder1DBlock(nn.Module):
     adapter_mlp = (Adapter(self.peft.adapter_dim, dtype=self.dtype, pfeiffer=pfeiffer,
                            name="adapter_mlp") if self.peft.adapter_dim else (lambda y: y))
     dropout_mlp = nn.Dropout(rate=self.dropout)
+    drop_path_0, drop_path_1 = DropPath(self.drop_path), DropPath(self.drop_path)
 
     y, weights, query_y = attention(
         ssf_0(norm_0(x)), return_attention,
         None if queries is None else ssf_0(norm_0(queries)))
 
     def rest(x, y):
-      x = x + dropout_attention(adapter_attention(scale_0(y)), deterministic=not train)
+      x = x + drop_path_0(dropout_attention(adapter_attention(scale_0(y)), deterministic=not train),
+                          train)
       y = adapter_mlp(scale_1(mlp(ssf_1(norm_1(x)), train)))
-      return x + dropout_mlp(y, deterministic=not train)
+      return x + drop_path_1(dropout_mlp(y, deterministic=not train), train)
     return rest(x, y), weights, None if queries is None else rest(queries, query_y)
 
 
@@ -343,6 +360,9 @@ class Encoder(nn.Module):
   norm_epsilon: float = 1e-6
   quick_gelu: bool = False
   pre_norm: bool = False  # A LayerNorm before the blocks (CLIP's ln_pre); prompts enter after it.
+  # Stochastic depth: block i drops its branches at drop_path x i / (depth - 1), timm's
+  # linear-in-depth rule (VisionTransformer: torch.linspace(0, drop_path_rate, depth)).
+  drop_path: float = 0.0
 
   @nn.compact
   def __call__(self, x, prompts=None, prompt_start=0, train=False, return_attention=False,
@@ -365,7 +385,8 @@ class Encoder(nn.Module):
           self.mlp_dim, self.num_heads, self.dropout, dtype=self.dtype, peft=self.peft,
           attention_impl=self.attention_impl, attn_out_dropout=self.attn_out_dropout,
           gelu_approximate=self.gelu_approximate, layer_scale=self.layer_scale,
-          norm_epsilon=self.norm_epsilon, quick_gelu=self.quick_gelu, name=f"encoderblock_{i}")(
+          norm_epsilon=self.norm_epsilon, quick_gelu=self.quick_gelu,
+          drop_path=self.drop_path * i / max(self.depth - 1, 1), name=f"encoderblock_{i}")(
               x, train, return_attention, None if queries is None else queries[i])
       attentions.append(attention)
       query_outputs.append(query_output)
@@ -474,6 +495,8 @@ class Model(nn.Module):
     embedding_bias: the patch embedding has a bias (CLIP's `conv1` has none).
     projection_dim: a bias-free linear map of the pooled features to this width (CLIP's `proj`,
       which gives the image embedding) before pre_logits and the head; None: none.
+    drop_path: stochastic depth in training (timm's DropPath on each block's attention and MLP
+      branches), linear in depth from 0 at the first block to this rate at the last; 0: none.
   """
   num_classes: int
   variant: str = "B/16"
@@ -502,6 +525,7 @@ class Model(nn.Module):
   norm_epsilon: float = 1e-6
   embedding_bias: bool = True
   projection_dim: int | None = None
+  drop_path: float = 0.0
 
   def __post_init__(self):
     check_attention(self.attention_impl, self.dtype)  # A config error, not a crash at compile.
@@ -558,7 +582,7 @@ class Model(nn.Module):
         gelu_approximate=self.gelu_approximate, embedding_dropout=self.embedding_dropout,
         final_norm=self.pool_type != "gap_fc_norm", layer_scale=self.layer_scale,
         norm_epsilon=self.norm_epsilon, quick_gelu=self.quick_gelu, pre_norm=self.pre_norm,
-        name="Transformer")(
+        drop_path=self.drop_path, name="Transformer")(
             x, prompts, prefix_tokens, train, return_attention, queries, registers)
     x = _maybe_ssf(self.peft.ssf, "encoder_norm")(x)
     aux = {"encoded": x}
