@@ -58,8 +58,9 @@ def get_config():
       # Outputs of the head (None: the task's classes); 196 for kitti_dist reproduces Han et al.'s
       # KITTI cells, whose code trains a 196-way head on its 4 classes (docs/protocol.md).
       head_classes=unset(int),
-      # Stochastic depth at the last block (linear in depth, timm's rule); 0: none.
-      drop_path=0.0, **_model_fields()))
+      # Stochastic depth at the last block (linear in depth, timm's rule); None: the recipe's
+      # (0, none, unless it says).
+      drop_path=unset(float), **_model_fields()))
   config.dtype = "float32"  # Compute dtype: float32 or bfloat16 (parameters stay float32).
   config.method_kwargs = ml_collections.ConfigDict(dict(
       prompt_tokens=unset(int), prompt_dropout=unset(float), prompt_project=unset(int),

@@ -13,13 +13,14 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 # CLIP's pre-training statistics (openai/CLIP clip.py _transform; open_clip's OPENAI_DATASET_MEAN).
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-NORMALIZATIONS = ("imagenet", "inception", "clip")
+NORMALIZATIONS = ("imagenet", "inception", "clip", "unit")
 
 
 def normalize(images, mode: str):
   """uint8 images -> float32. "imagenet": (x/255 - mean) / std, as the VPT code did;
   "inception": x/127.5 - 1, in [-1, 1], as Google's ViT fine-tuning did; "clip": as "imagenet"
-  with CLIP's mean and std."""
+  with CLIP's mean and std; "unit": x/255, in [0, 1] (PETL_Vision's VTAB-1k inputs, normalized:
+  False)."""
   x = images.astype(jnp.float32)
   if mode == "imagenet":
     return (x / 255.0 - jnp.asarray(_IMAGENET_MEAN)) / jnp.asarray(_IMAGENET_STD)
@@ -27,6 +28,8 @@ def normalize(images, mode: str):
     return (x / 255.0 - jnp.asarray(_CLIP_MEAN)) / jnp.asarray(_CLIP_STD)
   if mode == "inception":
     return x / 127.5 - 1.0
+  if mode == "unit":
+    return x / 255.0
   raise ValueError(f"Unknown normalization {mode!r}; use one of {NORMALIZATIONS}.")
 
 

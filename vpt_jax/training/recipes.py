@@ -236,7 +236,44 @@ def google(method: str, task: str, requested: dict) -> dict:
       stage_optim={}, stage_model={})
 
 
-RECIPES: dict[str, Callable[[str, str, dict], dict]] = {"paper": paper, "google": google}
+# OSU-MLB/PETL_Vision (Mai et al.) on VTAB-1k: experiment/config/lr_wd_vtab_processed.yml's grid,
+# experiment/run.py's one final run at the config's random_seed (42).
+MAI_LRS = (0.001, 0.01)
+MAI_WEIGHT_DECAYS = (0.0001, 0.001)
+MAI_SEEDS = (42,)
+
+
+def mai(method: str, task: str, requested: dict) -> dict:
+  """Mai et al.'s VTAB-1k recipe as OSU-MLB/PETL_Vision runs it (experiment/config/
+  default_vtab_processed.yml, engine/optimizer.py, engine/trainer.py, data/dataset/vtab_processed.py,
+  experiment/run.py): torch's AdamW over every tuned parameter (one group, decay on all, lr as
+  given), batch 64, 100 epochs with 10 warm-up epochs and a cosine stepped once per epoch, timm's
+  ViT with exact GELU, no dropout and drop-path 0.1, images resized to 224 and fed in [0, 1]
+  (normalized: False), selection on the last epoch's validation accuracy, one final seed (42).
+  Not reproduced: timm's schedule floor and start (lr_min 1e-5, warmup_lr_init 1e-6, and its
+  first two epochs both at warmup_lr_init), PIL's bicubic resize (bilinear here) and timm's
+  truncated-normal head (zeros here); docs/protocol.md lists each with its file."""
+  del task, requested
+  optim_settings = dict(name="adamw", base_lr=0.001, weight_decay=0.0001, momentum=None,
+                        batch_size=64, epochs=100, warmup_epochs=10, schedule="epoch",
+                        scale_lr=False, grad_clip_norm=None, decay_rules=((".*", True),),
+                        on_non_finite="score_last_epoch")
+  model = dict(dropout=0.0, attn_out_dropout=None, gelu_approximate=False, head_init="zeros",
+               drop_path=0.1)
+  earlier = methods.stage_names(method)[:-1]
+  return dict(
+      # vpt_num and vpt_dropout of default_vtab_processed.yml.
+      model=model, method_kwargs=dict(prompt_tokens=10, prompt_dropout=0.1),
+      data=dict(normalization="unit", resize="bilinear", flip=False),
+      optim=optim_settings,
+      sweep=dict(base_lrs=MAI_LRS, weight_decays=MAI_WEIGHT_DECAYS, seeds=len(MAI_SEEDS),
+                 seed_values=MAI_SEEDS),
+      stage_optim={name: dict(optim_settings) for name in earlier},
+      stage_model={name: dict(model) for name in earlier})
+
+
+RECIPES: dict[str, Callable[[str, str, dict], dict]] = {"paper": paper, "google": google,
+                                                       "mai": mai}
 
 
 def _merge(base: dict, top: dict) -> dict:
@@ -367,7 +404,7 @@ def validate(config: dict, stages=()) -> None:
       for name in config["stage_optim"]]
   for prefix, optim_config, model in optims:
     _validate_optim(prefix, optim_config)
-    for field in ("dropout", "attn_out_dropout", "embedding_dropout"):
+    for field in ("dropout", "attn_out_dropout", "embedding_dropout", "drop_path"):
       value = model.get(field)
       _check(value is None or 0 <= value < 1, f"model.{field}", value, "in [0, 1)")
     _check(model["head_init"] in ("zeros", "vpt"), "model.head_init", model["head_init"],

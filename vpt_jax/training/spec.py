@@ -168,8 +168,10 @@ def _dtype(name: str):
 
 
 def _model_fields(model_config) -> dict:
-  """vit.Model fields of config.model (its head size is the run's, not the module's)."""
-  return {k: v for k, v in model_config.to_dict().items() if k != "head_classes"}
+  """vit.Model fields of config.model (its head size is the run's, not the module's; no
+  drop_path from the recipe: none)."""
+  fields = {k: v for k, v in model_config.to_dict().items() if k != "head_classes"}
+  return {**fields, "drop_path": fields.get("drop_path") or 0.0}
 
 
 def _stages(config, dtype, num_classes: int, workdir: str) -> tuple[StageSpec, ...]:
