@@ -108,16 +108,20 @@ def _load_torch(path: str):
         f"({_first_line(e)}). Delete it and download it again.") from None
 
 
-def read(path: str) -> dict[str, np.ndarray]:
-  """The ViT state dict of a PyTorch or safetensors checkpoint file, unwrapped and with the
-  prefixes of its publisher removed (see the module's docstring), as float32 arrays under timm's
-  names (CLIP's image tower renamed, its text tower dropped)."""
+def read_state(path: str) -> dict[str, np.ndarray]:
+  """Every tensor of a PyTorch or safetensors checkpoint file, unwrapped and with the prefixes of
+  its publisher removed (see the module's docstring), as float32 arrays under the file's names
+  (CLIP's text tower included: vpt_jax/checkpoints/clip_text.py reads it)."""
   if not os.path.exists(path):
     raise pretrained.CheckpointError(f"Checkpoint file {path} does not exist.")
   if path.endswith(".safetensors"):
-    state = {k: np.asarray(v, np.float32) for k, v in _read_safetensors(path).items()}
-  else:
-    state = {k: v.detach().float().numpy() for k, v in _state_dict(_load_torch(path), path).items()}
+    return {k: np.asarray(v, np.float32) for k, v in _read_safetensors(path).items()}
+  return {k: v.detach().float().numpy() for k, v in _state_dict(_load_torch(path), path).items()}
+
+
+def read(path: str) -> dict[str, np.ndarray]:
+  """`read_state` under timm's names: CLIP's image tower renamed, its text tower dropped."""
+  state = read_state(path)
   return clip.to_timm_names(state) if clip.is_clip(state) else state
 
 

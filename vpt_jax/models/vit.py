@@ -495,6 +495,9 @@ class Model(nn.Module):
     embedding_bias: the patch embedding has a bias (CLIP's `conv1` has none).
     projection_dim: a bias-free linear map of the pooled features to this width (CLIP's `proj`,
       which gives the image embedding) before pre_logits and the head; None: none.
+    normalize_features: the head sees the features L2-normalised (and so does aux["pre_logits"]):
+      CLIP's zero-shot classifier, cosine similarity times the logit scale (models/clip_text.py),
+      as PETL_Vision's ClassificationHead(normalize=True) applies it after `proj`.
     drop_path: stochastic depth in training (timm's DropPath on each block's attention and MLP
       branches), linear in depth from 0 at the first block to this rate at the last; 0: none.
   """
@@ -525,6 +528,7 @@ class Model(nn.Module):
   norm_epsilon: float = 1e-6
   embedding_bias: bool = True
   projection_dim: int | None = None
+  normalize_features: bool = False
   drop_path: float = 0.0
 
   def __post_init__(self):
@@ -601,6 +605,8 @@ class Model(nn.Module):
     if self.representation_size:
       pooled = jnp.tanh(nn.Dense(self.representation_size, dtype=self.dtype,
                                  name="pre_logits")(pooled))
+    if self.normalize_features:
+      pooled = _l2_normalize(pooled)
     aux["pre_logits"] = pooled
     if attentions is not None:
       aux["attention"] = attentions
