@@ -65,7 +65,13 @@ def get_config():
   config.method_kwargs = ml_collections.ConfigDict(dict(
       prompt_tokens=unset(int), prompt_dropout=unset(float), prompt_project=unset(int),
       query_tokens=unset(int), query_dropout=unset(float),
-      lora_rank=8, lora_alpha=8.0, adapter_dim=8, adapter_reduction=8, partial_k=1))
+      lora_rank=8, lora_alpha=8.0, adapter_dim=8, adapter_reduction=8, partial_k=1,
+      # Mai et al.'s methods at OSU-MLB/PETL_Vision main.py's defaults; tuned_blocks -1 is its
+      # configs' block 11 of ViT-B.
+      adapter_bottleneck=64, adapter_scaler=0.1, convpass_bottleneck=8, convpass_scaler=10.0,
+      convpass_xavier_init=False, repadapter_bottleneck=8, repadapter_scaler=1.0,
+      repadapter_group=2, fact_dim=8, fact_scaler=1.0, tuned_blocks=(-1,),
+      mlp_k=3))  # The VPT paper's MLP-3 (MODEL.MLP_NUM 2 hidden layers + the head).
 
   config.data = ml_collections.ConfigDict(dict(
       source="tfds",  # Where images come from (vpt_jax/data/sources.py).

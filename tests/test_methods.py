@@ -15,7 +15,10 @@ from vpt_jax.utils import paths
 from vpt_jax.models import vit
 
 HPARAMS = dict(prompt_tokens=3, prompt_dropout=0.1, lora_rank=2, adapter_dim=4, adapter_reduction=48,
-               partial_k=1, query_tokens=2, query_dropout=0.1)
+               partial_k=1, query_tokens=2, query_dropout=0.1, adapter_bottleneck=4,
+               adapter_scaler=0.1, convpass_bottleneck=4, convpass_scaler=10.0,
+               repadapter_bottleneck=4, repadapter_scaler=1.0, fact_dim=4, fact_scaler=1.0,
+               tuned_blocks=(-1,), mlp_k=3)
 BASE = dict(num_classes=5, variant="Ti/16", depth=2)
 IMAGE_SIZE = 32
 
@@ -91,7 +94,9 @@ def test_frozen_unchanged_trainable_changed(stage, backbone):
   assert any(g != methods.FROZEN for g in group_of.values())
 
 
-@pytest.mark.parametrize("name", ["lora", "adapter", "adapter_houlsby", "ssf"])
+@pytest.mark.parametrize("name", ["lora", "adapter", "adapter_houlsby", "ssf", "adaptformer",
+                                  "convpass", "repadapter", "lora_p_adapter", "difffit",
+                                  "fact_tk", "fact_tt"])
 def test_identity_initialised_modules_keep_pretrained_logits(name, backbone, forward):
   backbone_params, images, _ = backbone
   stage = methods.get(name, depth=2, **HPARAMS)

@@ -62,12 +62,38 @@ def test_vpt_linear_and_mixed_are_the_vpt_code():
     assert config.method_kwargs.prompt_dropout == prompt_dropout
     assert config.sweep.base_lrs == prompt_grid, method
   # Methods neither paper trained take the VPT recipe.
-  for method in ("bitfit", "layernorm", "lora", "adapter", "ssf", "partial_k", "lp_ft"):
+  for method in ("layernorm", "lora", "ssf", "lp_ft", "adaptformer", "fact_tk"):
     config = resolved(f"task=dtd,method={method}")
     assert (config.optim.name, config.optim.batch_size, config.optim.warmup_epochs) == (
         "sgd", 64, 10), method
     assert config.model.dropout == 0.0
   assert resolved("task=dtd,method=lp_ft").stage_optim.linear.batch_size == 1024
+
+
+def test_vpt_papers_other_rows_take_the_configs_its_demo_runs_them_with():
+  # KMnP/vpt demo.ipynb cell 2: Partial-1, Bias, Adapter with configs/base-finetune.yaml (adamw
+  # L14, warm-up 5 L12, batch 384 L25; tune_vtab.py "finetune" grid), the backbone in eval mode
+  # (vit_models.py L173-174); MLP-3 with configs/base-linear.yaml (sgd, 10 warm-up, batch 1024).
+  for method in ("partial_k", "bitfit", "adapter"):
+    config = resolved(f"task=dtd,method={method}")
+    assert (config.optim.name, config.optim.applied_weight_decay, config.optim.batch_size,
+            config.optim.warmup_epochs, config.optim.epochs) == ("hf_adamw", 0.01, 384, 5, 100), method
+    assert config.optim.decay_rules == ((r".*/bias", False), (".*", True))
+    assert (config.model.dropout, config.model.attn_out_dropout) == (0.0, 0.0), method
+    assert config.sweep.base_lrs == (0.005, 0.001, 0.0005, 0.0001), method
+    sgd = resolved(f"task=dtd,method={method}", optim__weight_decay=0.0)
+    assert (sgd.optim.name, sgd.optim.applied_weight_decay) == ("sgd", 0.0)
+  for method in ("mlp_k", "linear"):
+    config = resolved(f"task=dtd,method={method}")
+    assert (config.optim.name, config.optim.batch_size, config.optim.warmup_epochs,
+            config.optim.momentum) == ("sgd", 1024, 10, 0.9), method
+    assert config.optim.decay_rules[0] == ("head/bias", False) and config.model.dropout == 0.0
+    assert config.sweep.base_lrs == (50.0, 25.0, 10.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1, 0.05)
+  # FGVC: the same split, from the FGVC configs (configs/finetune/cub.yaml: 0.00375 at 384).
+  cub = resolved("task=cub,method=bitfit")
+  assert (cub.optim.batch_size, cub.optim.warmup_epochs) == (384, 5)
+  assert cub.optim.base_lr == pytest.approx(0.00375 * 256 / 384)
+  assert resolved("task=cub,method=mlp_k").optim.batch_size == 1024
 
 
 def test_common_settings_of_the_paper_recipe():

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from vpt_jax.utils import paths
-from vpt_jax.models import vit
+from vpt_jax.models import peft, vit
 
 FROZEN = "frozen"
 BACKBONE = "backbone"
@@ -206,6 +206,128 @@ def partial_k(*, depth, partial_k, **_):
   # The final norm is the encoder's, or fc_norm after MAE's pooling (the VPT code trains it too).
   return Method("partial_k", (_HEAD, (rf"(Transformer/(encoderblock_({blocks})|encoder_norm)|fc_norm)/.*",
                                       BACKBONE), _REST_FROZEN))
+
+
+@register("an MLP head of mlp_k layers on the frozen backbone (the VPT code's MLP-k)")
+def mlp_k(*, mlp_k, **_):
+  # KMnP/vpt src/models/mlp.py with MODEL.MLP_NUM = k - 1 hidden layers (demo.ipynb's MLP-3: 2).
+  if mlp_k < 2:
+    raise ValueError(f"mlp_k={mlp_k} must be ≥ 2 (1 would be `linear`).")
+  return Method("mlp_k", (_HEAD, (r"mlp_head_\d+/.*", "mlp_head"), _REST_FROZEN),
+                dict(peft=vit.PeftModules(head_hidden=mlp_k - 1)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Mai et al.'s methods as OSU-MLB/PETL_Vision defines them (experiment/config/method/*.yml over
+# main.py's defaults; modules in vpt_jax/models/peft.py). Its trainable set is every parameter
+# whose name holds one of TUNE_MODULES (experiment/build_model.py): the module's and the head's.
+
+_PETL = (r".*/petl_(attention|mlp)/.*", "peft")
+
+
+def _petl(name, attention=None, mlp=None):
+  return Method(name, (_HEAD, _PETL, _REST_FROZEN),
+                dict(peft=vit.PeftModules(petl_attention=attention, petl_mlp=mlp)))
+
+
+@register("AdaptFormer: a scaled ReLU bottleneck beside each MLP, fed the block input, and the head")
+def adaptformer(*, adapter_bottleneck, adapter_scaler, **_):
+  # adaptformer.yml: ft_mlp_module adapter, parallel, ft_mlp_ln before, adapter_init lora_kaiming.
+  return _petl("adaptformer", mlp=peft.Insert("adapter", "parallel", adapter_bottleneck,
+                                               adapter_scaler, "lora_kaiming"))
+
+
+@register("ConvPass: a 3x3-convolution bottleneck beside attention and MLP, and the head")
+def convpass(*, convpass_bottleneck, convpass_scaler, convpass_xavier_init=False, **_):
+  # convpass.yml: both branches, parallel, ln after (reads the normed input); main.py's
+  # convpass_init lora_xavier.
+  spec = peft.Insert("convpass", "parallel", convpass_bottleneck, convpass_scaler, "lora_xavier",
+                     normed_input=True, conv_xavier=convpass_xavier_init)
+  return _petl("convpass", spec, spec)
+
+
+@register("RepAdapter: a linear grouped bottleneck before attention and MLP, and the head")
+def repadapter(*, repadapter_bottleneck, repadapter_scaler, repadapter_group=2, **_):
+  # repadapter.yml: both branches, sequential_before; main.py's repadapter_init lora_xavier.
+  spec = peft.Insert("repadapter", "sequential_before", repadapter_bottleneck, repadapter_scaler,
+                     "lora_xavier", groups=repadapter_group)
+  return _petl("repadapter", spec, spec)
+
+
+def _sequential_adapter(init, adapter_bottleneck, adapter_scaler):
+  return peft.Insert("adapter", "sequential_after", adapter_bottleneck, adapter_scaler, init)
+
+
+@register("Pfeiffer adapter after each MLP, LoRA-initialised (up from zero), and the head")
+def lora_p_adapter(*, adapter_bottleneck, adapter_scaler, **_):
+  return _petl("lora_p_adapter", mlp=_sequential_adapter("lora_xavier", adapter_bottleneck,
+                                                         adapter_scaler))
+
+
+@register("Pfeiffer adapter after each MLP, random (xavier) initialised, and the head")
+def rand_p_adapter(*, adapter_bottleneck, adapter_scaler, **_):
+  return _petl("rand_p_adapter", mlp=_sequential_adapter("xavier", adapter_bottleneck,
+                                                         adapter_scaler))
+
+
+@register("Houlsby adapters after attention and MLP, random (xavier) initialised, and the head")
+def rand_h_adapter(*, adapter_bottleneck, adapter_scaler, **_):
+  spec = _sequential_adapter("xavier", adapter_bottleneck, adapter_scaler)
+  return _petl("rand_h_adapter", spec, spec)
+
+
+@register("DiffFit: biases, LayerNorms, a per-channel gamma on each residual branch, and the head")
+def difffit(**_):
+  # build_model.py: difffit adds 'bias' and 'norm' to TUNE_MODULES, besides 'difffit' (gammas).
+  return Method("difffit", (_HEAD, (r".*/difffit_\d/gamma|.*/bias|.*(LayerNorm_\d+|encoder_norm|fc_norm)/.*",
+                                    "peft"), _REST_FROZEN), dict(peft=vit.PeftModules(difffit=True)))
+
+
+def _fact(name, fact_type, fact_dim, fact_scaler):
+  return Method(name, (_HEAD, (r"Transformer/fact/.*", "peft"), _REST_FROZEN),
+                dict(peft=vit.PeftModules(fact_type=fact_type, fact_dim=fact_dim,
+                                          fact_scale=fact_scaler)))
+
+
+@register("FacT-TK: shared factors, a Tucker core for every weight update, and the head")
+def fact_tk(*, fact_dim, fact_scaler, **_):
+  return _fact("fact_tk", "tk", fact_dim, fact_scaler)
+
+
+@register("FacT-TT: shared factors, a core per weight group and block, and the head")
+def fact_tt(*, fact_dim, fact_scaler, **_):
+  return _fact("fact_tt", "tt", fact_dim, fact_scaler)
+
+
+def _blocks(depth, tuned_blocks) -> str:
+  """PETL_Vision's block indices (attention_index, mlp_index, block_index) as a regex
+  alternation; negative ones count from the end as Python's do (-1: its configs' 11 on B/16)."""
+  if not tuned_blocks or any(not -depth <= i < depth for i in tuned_blocks):
+    raise ValueError(f"tuned_blocks={tuple(tuned_blocks)} must name blocks of the {depth}-block model.")
+  return "|".join(sorted({str(i % depth) for i in tuned_blocks}))
+
+
+@register("the attention (q, k, v, out) of blocks `tuned_blocks`, and the head", moves_backbone=True)
+def selective_attention(*, depth, tuned_blocks, **_):
+  # attn_full_*.yml: attention_type full = attn.qkv and attn.proj, weights and biases.
+  return Method("selective_attention", (_HEAD, (
+      rf"Transformer/encoderblock_({_blocks(depth, tuned_blocks)})/MultiHeadDotProductAttention_0/.*",
+      BACKBONE), _REST_FROZEN))
+
+
+@register("the MLPs of blocks `tuned_blocks`, and the head", moves_backbone=True)
+def selective_mlp(*, depth, tuned_blocks, **_):
+  # mlp_full_*.yml: mlp_type full = mlp.fc1 and mlp.fc2.
+  return Method("selective_mlp", (_HEAD, (
+      rf"Transformer/encoderblock_({_blocks(depth, tuned_blocks)})/MlpBlock_0/.*", BACKBONE),
+      _REST_FROZEN))
+
+
+@register("whole blocks `tuned_blocks` (without the final norm), and the head", moves_backbone=True)
+def selective_blocks(*, depth, tuned_blocks, **_):
+  # block_*.yml: block_index -> 'blocks.<i>'.
+  return Method("selective_blocks", (_HEAD, (
+      rf"Transformer/encoderblock_({_blocks(depth, tuned_blocks)})/.*", BACKBONE), _REST_FROZEN))
 
 
 # ---------------------------------------------------------------------------------------------

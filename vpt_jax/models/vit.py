@@ -28,6 +28,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vpt_jax.models import peft as peft_lib
+
 # Architecture by size name, as big_vision names them.
 _WIDTH = {"mu": 32, "Ti": 192, "S": 384, "M": 512, "B": 768, "L": 1024, "So400m": 1152,
           "H": 1280, "g": 1408, "G": 1664, "e": 1792}
@@ -134,16 +136,19 @@ class MlpBlock(nn.Module):
   quick_gelu: bool = False  # x * sigmoid(1.702 x), OpenAI CLIP's activation; wins over gelu_approximate.
 
   @nn.compact
-  def __call__(self, x, train=False):
+  def __call__(self, x, train=False, fact=None):
+    """`fact(name, inputs)`: FacT's update of Dense_0 ("fc1") and Dense_1 ("fc2"), or None."""
     width = x.shape[-1]
     dense = lambda features, name: nn.Dense(
         features, dtype=self.dtype, name=name,
         kernel_init=nn.initializers.xavier_uniform(),
         bias_init=nn.initializers.normal(stddev=1e-6))
-    x = _maybe_ssf(self.ssf, "Dense_0")(dense(self.mlp_dim, "Dense_0")(x))
+    h = _maybe_ssf(self.ssf, "Dense_0")(dense(self.mlp_dim, "Dense_0")(x))
+    x = h if fact is None else h + fact("fc1", x)
     x = x * nn.sigmoid(1.702 * x) if self.quick_gelu else nn.gelu(x, approximate=self.gelu_approximate)
     x = nn.Dropout(rate=self.dropout)(x, deterministic=not train)
-    return _maybe_ssf(self.ssf, "Dense_1")(dense(width, "Dense_1")(x))
+    y = _maybe_ssf(self.ssf, "Dense_1")(dense(width, "Dense_1")(x))
+    return y if fact is None else y + fact("fc2", x)
 
 
 class Adapter(nn.Module):
@@ -182,7 +187,9 @@ class Attention(nn.Module):
   attention_impl: str | None = None
 
   @nn.compact
-  def __call__(self, x, return_weights=False, queries=None):
+  def __call__(self, x, return_weights=False, queries=None, fact=None):
+    """`fact(name, inputs)`: FacT's update of the query, key, value ("q", "k", "v") and output
+    ("out") projections, added to their outputs (PETL_Vision model/attention.py), or None."""
     width = x.shape[-1]
     if width % self.num_heads:
       raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
@@ -207,6 +214,8 @@ class Attention(nn.Module):
                                    b.astype(inputs.dtype))
       if name in ssf:
         y = ssf[name](y.reshape(y.shape[:2] + (width,))).reshape(y.shape)
+      if fact is not None:
+        y = y + fact(name[0], inputs).reshape(y.shape)
       return y
 
     def explicit(q, k, v):
@@ -224,22 +233,37 @@ class Attention(nn.Module):
     out = nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name="out",
                           kernel_init=nn.initializers.xavier_uniform())
     out_ssf = _maybe_ssf(self.ssf, "out")
+
+    def output(y):
+      z = out_ssf(out(y))
+      return z if fact is None else z + fact("out", y.reshape(y.shape[:2] + (width,)))
     query_outputs = None
     if queries is not None:
-      query_outputs = out_ssf(out(explicit(project("query", queries), k, v)[0]))
-    return out_ssf(out(y)), weights, query_outputs
+      query_outputs = output(explicit(project("query", queries), k, v)[0])
+    return output(y), weights, query_outputs
 
 
 @dataclasses.dataclass(frozen=True)
 class PeftModules:
   """Parameter-efficient modules inside every block (LoRA, adapters, SSF); all start as the
   identity, so the pre-trained model's outputs are unchanged at step 0. Adapters: "houlsby" after
-  attention and after the MLP; "pfeiffer" (the VPT code's) after the MLP only."""
+  attention and after the MLP; "pfeiffer" (the VPT code's) after the MLP only.
+  Mai et al.'s (OSU-MLB/PETL_Vision, vpt_jax/models/peft.py): a module on the attention and/or
+  MLP branch (`petl_attention`, `petl_mlp`), DiffFit's per-channel gammas on both branches, FacT
+  ("tk" or "tt", rank `fact_dim`, update scale `fact_scale`); not all of these start as the
+  identity (random-initialised adapters do not)."""
   lora_rank: int = 0
   lora_alpha: float = 0.0
   adapter_dim: int = 0
   ssf: bool = False
   adapter_style: str = "houlsby"
+  petl_attention: peft_lib.Insert | None = None
+  petl_mlp: peft_lib.Insert | None = None
+  difffit: bool = False
+  fact_type: str = ""
+  fact_dim: int = 0
+  fact_scale: float = 1.0
+  head_hidden: int = 0  # Hidden layers of the VPT code's MLP head before the head (mlp_k: k - 1).
 
 
 class DropPath(nn.Module):
@@ -270,11 +294,12 @@ class Encoder1DBlock(nn.Module):
   norm_epsilon: float = 1e-6
   quick_gelu: bool = False
   drop_path: float = 0.0  # This block's stochastic-depth rate on both residual branches.
+  block_index: int = 0  # Which of FacT's per-block cores this block uses.
 
   @nn.compact
-  def __call__(self, x, train=False, return_attention=False, queries=None):
+  def __call__(self, x, train=False, return_attention=False, queries=None, fact_params=None):
     """(x, attention weights or None, query outputs or None); `queries` (VQT) pass through the
-    block reading `x` but are never read by it."""
+    block reading `x` but are never read by it. `fact_params`: FacT's, shared by all blocks."""
     ssf = self.peft.ssf
     norm_0 = nn.LayerNorm(epsilon=self.norm_epsilon, dtype=self.dtype, name="LayerNorm_0")
     ssf_0 = _maybe_ssf(ssf, "LayerNorm_0")
@@ -300,17 +325,42 @@ class Encoder1DBlock(nn.Module):
                            name="adapter_mlp") if self.peft.adapter_dim else (lambda y: y))
     dropout_mlp = nn.Dropout(rate=self.dropout)
     drop_path_0, drop_path_1 = DropPath(self.drop_path), DropPath(self.drop_path)
+    petl_0, petl_1 = self.peft.petl_attention, self.peft.petl_mlp
+    petl_module_0 = peft_lib.petl_module(petl_0, self.dtype, "petl_attention")
+    petl_module_1 = peft_lib.petl_module(petl_1, self.dtype, "petl_mlp")
+    difffit_0, difffit_1 = ((peft_lib.DiffFitScale(name="difffit_0"),
+                             peft_lib.DiffFitScale(name="difffit_1"))
+                            if self.peft.difffit else (lambda y: y, lambda y: y))
+    fact_0 = fact_1 = None
+    if self.peft.fact_type:
+      cores = peft_lib.fact_cores(fact_params, self.peft.fact_type, self.block_index)
+      # FacT's per-block dropouts, one per branch (model/fact.py per_block_para).
+      drops = nn.Dropout(peft_lib.DROPOUT), nn.Dropout(peft_lib.DROPOUT)
+      fact_0, fact_1 = (
+          lambda name, h, drop=drop: peft_lib.fact_delta(
+              fact_params, cores, name, h, lambda z: drop(z, deterministic=not train),
+              self.peft.fact_scale) for drop in drops)
 
-    y, weights, query_y = attention(
-        ssf_0(norm_0(x)), return_attention,
-        None if queries is None else ssf_0(norm_0(queries)))
+    outputs = {}
 
-    def rest(x, y):
-      x = x + drop_path_0(dropout_attention(adapter_attention(scale_0(y)), deterministic=not train),
-                          train)
-      y = adapter_mlp(scale_1(mlp(ssf_1(norm_1(x)), train)))
+    def attend(normed):
+      y, outputs["weights"], outputs["query_y"] = attention(
+          normed, return_attention, None if queries is None else ssf_0(norm_0(queries)), fact_0)
+      return y
+
+    y = peft_lib.petl_branch(petl_0, petl_module_0, attend, x, ssf_0(norm_0(x)), train)
+
+    def rest(x, y, petl=True):
+      x = x + drop_path_0(dropout_attention(difffit_0(adapter_attention(scale_0(y))),
+                                            deterministic=not train), train)
+      normed = ssf_1(norm_1(x))
+      y = (peft_lib.petl_branch(petl_1, petl_module_1, lambda n: mlp(n, train, fact_1), x, normed, train)
+           if petl else mlp(normed, train, fact_1))
+      y = difffit_1(adapter_mlp(scale_1(y)))
       return x + drop_path_1(dropout_mlp(y, deterministic=not train), train)
-    return rest(x, y), weights, None if queries is None else rest(queries, query_y)
+    # VQT's queries take the plain branches (PETL_Vision's modules are not combined with them).
+    return (rest(x, y), outputs["weights"],
+            None if queries is None else rest(queries, outputs["query_y"], petl=False))
 
 
 class AddPositionEmbs(nn.Module):
@@ -377,6 +427,8 @@ class Encoder(nn.Module):
     # Rematerialisation recomputes each block's activations in the backward pass: less memory
     # for large batches, same parameter tree.
     block = nn.remat(Encoder1DBlock, static_argnums=(2, 3)) if self.remat else Encoder1DBlock
+    fact_params = (peft_lib.FacTParams(self.peft.fact_type, self.peft.fact_dim, self.depth,
+                                       name="fact")(x.shape[-1]) if self.peft.fact_type else None)
     attentions, query_outputs = [], []
     for i in range(self.depth):
       if prompts is not None and i < len(prompts):
@@ -386,8 +438,9 @@ class Encoder(nn.Module):
           attention_impl=self.attention_impl, attn_out_dropout=self.attn_out_dropout,
           gelu_approximate=self.gelu_approximate, layer_scale=self.layer_scale,
           norm_epsilon=self.norm_epsilon, quick_gelu=self.quick_gelu,
-          drop_path=self.drop_path * i / max(self.depth - 1, 1), name=f"encoderblock_{i}")(
-              x, train, return_attention, None if queries is None else queries[i])
+          drop_path=self.drop_path * i / max(self.depth - 1, 1), block_index=i,
+          name=f"encoderblock_{i}")(
+              x, train, return_attention, None if queries is None else queries[i], fact_params)
       attentions.append(attention)
       query_outputs.append(query_output)
     if self.final_norm:
@@ -545,7 +598,9 @@ class Model(nn.Module):
     return self.pool_type in ("tok", "gap_fc_norm")
 
   @nn.compact
-  def __call__(self, images, *, train=False, return_attention=False):
+  def __call__(self, images, *, train=False, return_attention=False, example_mask=None):
+    """`example_mask` (N,) bool, False on a padded batch's padding: the MLP head's BatchNorm
+    (peft.head_hidden) takes its statistics over the real examples only."""
     if self.pool_type not in POOL_TYPES:
       raise ValueError(f"pool_type must be 'tok' or 'gap' or 'gap_fc_norm', got {self.pool_type!r}.")
     if self.register_tokens and not self.has_class_token:
@@ -607,6 +662,9 @@ class Model(nn.Module):
                                  name="pre_logits")(pooled))
     if self.normalize_features:
       pooled = _l2_normalize(pooled)
+    for i in range(self.peft.head_hidden):
+      pooled = peft_lib.MlpHeadLayer(pooled.shape[-1], dtype=self.dtype, name=f"mlp_head_{i}")(
+          pooled, example_mask, train)
     aux["pre_logits"] = pooled
     if attentions is not None:
       aux["attention"] = attentions

@@ -9,9 +9,11 @@ leaves unset from its recipe; what the config sets (in a config file, in
 
   paper   The papers' own code. VPT-shallow, VPT-deep and linear as KMnP/vpt trains them; full
           fine-tuning, Mixed and FT-then-PT as ChengHan111/VPT-or-FT does (FT: its AdamW, batch
-          128, 5 warm-up epochs, dropout 0.1). Methods neither paper trained (bitfit, layernorm,
-          lora, adapter, ssf, partial_k, lp_ft) take the VPT recipe: SGD, batch 64, 10 warm-up
-          epochs, no dropout. FGVC tasks as KMnP/vpt's FGVC configs (configs/{prompt,finetune,
+          128, 5 warm-up epochs, dropout 0.1). partial_k, bitfit and adapter as KMnP/vpt's
+          finetune configs (its AdamW, batch 384, 5 warm-up epochs, the finetune grid, backbone in
+          eval mode), mlp_k as its linear configs (SGD, batch 1024). Methods neither paper
+          trained (layernorm, lora, ssf, lp_ft, Mai et al.'s) take the VPT recipe: SGD, batch 64,
+          10 warm-up epochs, no dropout. FGVC tasks as KMnP/vpt's FGVC configs (configs/{prompt,finetune,
           linear}/<task>.yaml, tune_fgvc.py): batch 128 / 384 / 1024, their grids, its
           transforms (resize 256; random crop 224 and flip in training, centre crop otherwise).
   google  How Google fine-tunes these checkpoints for VTAB-1k (ViT paper, appendix B.1.1 and
@@ -69,7 +71,7 @@ def _vpt_code(method: str) -> dict:
   task, as VPT-or-FT runs VPT (its base-prompt.yaml L25, command.txt L543-549) for Han et al.'s
   rows; the VPT code's own runs take 128 below 100 prompts (demo.ipynb), which
   `--config.optim.batch_size=128` reproduces for the VPT paper's rows."""
-  linear = methods.stage_names(method)[-1] == "linear"
+  linear = methods.stage_names(method)[-1] in VPT_LINEAR_CONFIG
   return dict(
       model=dict(dropout=0.0, attn_out_dropout=0.0, gelu_approximate=False, head_init="vpt"),
       method_kwargs=dict(prompt_dropout=0.0 if method == "vpt_shallow" else 0.1),
@@ -100,6 +102,26 @@ def _vpt_or_ft_full(weight_decay: float | None) -> dict:
                              decay_rules=((r".*/bias", False), (".*", True)))
   else:
     settings["optim"].update(name="sgd", applied_weight_decay=0.0)
+  return settings
+
+
+# The VPT paper's other rows, as KMnP/vpt's demo.ipynb (cell 2, L44-88) launches them: Partial-1,
+# Bias and Adapter with configs/finetune (L65-66, L80-81, L86-88), Linear and MLP-3 with
+# configs/linear (L54, L57-60).
+VPT_FINETUNE_CONFIG = ("partial_k", "bitfit", "adapter")
+VPT_LINEAR_CONFIG = ("linear", "mlp_k")
+
+
+def _vpt_finetune(weight_decay: float | None) -> dict:
+  """KMnP/vpt's configs/base-finetune.yaml for the methods it trains with it: its AdamW quirk as
+  VPT-or-FT's (optimizer.py L36-50, L100-137; OPTIMIZER "adamw" L14), 5 warm-up epochs of 100
+  (L12, L18), batch 384 (L25), the finetune grid (tune_vtab.py L217-219), and the backbone in eval
+  mode whatever trains in it (vit_models.py L33-38 froze_enc, L173-174 `self.enc.eval()`): no
+  dropout, unlike VPT-or-FT's full fine-tuning."""
+  settings = _vpt_or_ft_full(weight_decay)
+  settings["model"].update(dropout=0.0)
+  settings["optim"].update(batch_size=384)
+  settings["sweep"]["base_lrs"] = BACKBONE_LRS
   return settings
 
 
@@ -167,8 +189,9 @@ FGVC_CROP_FROM = 256
 def _fgvc(settings: dict, method: str, task: str) -> dict:
   """The FGVC parts of KMnP/vpt's configs over a method's settings: its batch, warm-up, lr and
   wd per task, grids, transforms and prompt length."""
-  kind = ("linear" if methods.stage_names(method)[-1] == "linear" else
-          "finetune" if methods.moves_backbone(method) and method not in ("mixed", "ft_then_pt")
+  kind = ("linear" if methods.stage_names(method)[-1] in VPT_LINEAR_CONFIG else
+          "finetune" if (methods.moves_backbone(method) and method not in ("mixed", "ft_then_pt")
+                         or method in VPT_FINETUNE_CONFIG)
           else "prompt")
   batch, warmup = FGVC_BATCH[kind]
   lr, wd = FGVC_CONFIGS[task][kind]
@@ -185,7 +208,9 @@ def _fgvc(settings: dict, method: str, task: str) -> dict:
 def paper(method: str, task: str, requested: dict) -> dict:
   """Each method as the papers' code trained it (KMnP/vpt, ChengHan111/VPT-or-FT, andytu28/VQT)."""
   requested_optim = requested.get("optim", {})
-  if method in ("full", "galore"):
+  if method in VPT_FINETUNE_CONFIG:
+    settings = _vpt_finetune(requested_optim.get("weight_decay"))
+  elif method in ("full", "galore"):
     settings = _vpt_or_ft_full(requested_optim.get("weight_decay"))
     if method == "galore":  # VPT-or-FT's full fine-tuning, its AdamW made GaLore's.
       applied = FT_ADAMW_DECAY if settings["optim"]["weight_decay"] > 0 else 0.0

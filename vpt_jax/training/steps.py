@@ -21,7 +21,8 @@ def make_train_step(model, tx):
 
     def loss_fn(trainable):
       params = paths.merge(trainable, frozen)
-      logits, _ = model.apply({"params": params}, images, train=True, rngs={"dropout": rng})
+      logits, _ = model.apply({"params": params}, images, train=True, rngs={"dropout": rng},
+                              example_mask=mask)
       losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
       return jnp.sum(losses * weights) / jnp.sum(weights), logits
 
@@ -38,7 +39,7 @@ def make_eval_step(model):
   """(sums of loss and correct predictions over the examples where `mask` is True (padding is
   not), the batch's logits)."""
   def eval_step(params, images, labels, mask):
-    logits, _ = model.apply({"params": params}, images)
+    logits, _ = model.apply({"params": params}, images, example_mask=mask)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     correct = jnp.argmax(logits, -1) == labels
     return {"loss_sum": jnp.sum(losses * mask), "correct": jnp.sum(correct * mask),
