@@ -113,8 +113,9 @@ def get_config():
       seed_values=unset(tuple), protocol="vtab1k", sizes=(400, 800, 2000, 5000, 10000, 20000),
       shots=1, kshot_per_seed=False,
       # More axes of the grid: ((field, values), ...), e.g. (("method_kwargs.lora_rank",
-      # (1, 8, 32)),); naming optim.base_lr or optim.weight_decay replaces that axis.
-      grid=(),
+      # (1, 8, 32)),); naming optim.base_lr or optim.weight_decay replaces that axis. Unset: the
+      # recipe's (none for paper and google).
+      grid=unset(tuple),
       pack=1))  # Grid points or seeds trained at once in one compiled program (in-process).
   # JAX's persistent compilation cache: "auto" ($VPT_JAX_CACHE/xla), "off", or a directory.
   config.compilation_cache = "auto"

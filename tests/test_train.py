@@ -261,7 +261,7 @@ def test_config_arguments():
   assert config.optim.epochs == 100 and config.optim.warmup_epochs == 5
   assert config.optim.batch_size == 128 and config.optim.momentum == 0.9
   assert config.backbone == "ViT-B_16" and config.model.variant == "B/16"
-  with pytest.raises(ValueError, match="valid keys: task, method, recipe, phase, seed, fsdp, bf16"):
+  with pytest.raises(ValueError, match="valid keys: task, method, recipe, phase, backbone, seed, fsdp, bf16"):
     vtab_config.get_config("task=svhn,lr=0.1")
   with pytest.raises(ValueError, match="seed='x' must be an int"):
     vtab_config.get_config("seed=x")

@@ -351,8 +351,6 @@ def write(sweep_dir: str, out_dir: str, with_published: bool = False,
     files.write_text(os.path.join(out_dir, f"{setting}.csv"), buffer.getvalue())
   if not cells:
     parts.append("\nNo finished final runs yet.")
-  if selected := selections_markdown(sweep_dir):
-    parts.append(selected)
   current, _ = final_dirs(sweep_dir)
   for setting in sorted({os.path.relpath(d, sweep_dir).split(os.sep)[0] for d in current}):
     runs = predictions.load([d for d in current
@@ -362,6 +360,8 @@ def write(sweep_dir: str, out_dir: str, with_published: bool = False,
                    + predictions.markdown(predictions.analyse(runs, list(ensembles))))
   if robustness := _robustness_markdown(shift_rows(sweep_dir), wise_curves(sweep_dir)):
     parts.append(robustness)
+  if selected := selections_markdown(sweep_dir):
+    parts.append(selected)
   if failed:
     parts.append("\n## Failed runs (non-finite loss, or a data-scale size the task cannot "
                  "hold; failed.json says which)\n\n" + "\n".join(
