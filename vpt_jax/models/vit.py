@@ -552,7 +552,8 @@ class Model(nn.Module):
       CLIP's zero-shot classifier, cosine similarity times the logit scale (models/clip_text.py),
       as PETL_Vision's ClassificationHead(normalize=True) applies it after `proj`.
     drop_path: stochastic depth in training (timm's DropPath on each block's attention and MLP
-      branches), linear in depth from 0 at the first block to this rate at the last; 0: none.
+      branches), linear in depth from 0 at the first block to this rate at the last; 0 or None
+      (a config that leaves it to a recipe that sets none): none.
   """
   num_classes: int
   variant: str = "B/16"
@@ -582,7 +583,7 @@ class Model(nn.Module):
   embedding_bias: bool = True
   projection_dim: int | None = None
   normalize_features: bool = False
-  drop_path: float = 0.0
+  drop_path: float | None = 0.0
 
   def __post_init__(self):
     check_attention(self.attention_impl, self.dtype)  # A config error, not a crash at compile.
@@ -641,7 +642,7 @@ class Model(nn.Module):
         gelu_approximate=self.gelu_approximate, embedding_dropout=self.embedding_dropout,
         final_norm=self.pool_type != "gap_fc_norm", layer_scale=self.layer_scale,
         norm_epsilon=self.norm_epsilon, quick_gelu=self.quick_gelu, pre_norm=self.pre_norm,
-        drop_path=self.drop_path, name="Transformer")(
+        drop_path=self.drop_path or 0.0, name="Transformer")(
             x, prompts, prefix_tokens, train, return_attention, queries, registers)
     x = _maybe_ssf(self.peft.ssf, "encoder_norm")(x)
     aux = {"encoded": x}

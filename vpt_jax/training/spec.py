@@ -168,10 +168,8 @@ def _dtype(name: str):
 
 
 def _model_fields(model_config) -> dict:
-  """vit.Model fields of config.model (its head size is the run's, not the module's; no
-  drop_path from the recipe: none)."""
-  fields = {k: v for k, v in model_config.to_dict().items() if k != "head_classes"}
-  return {**fields, "drop_path": fields.get("drop_path") or 0.0}
+  """vit.Model fields of config.model (its head size is the run's, not the module's)."""
+  return {k: v for k, v in model_config.to_dict().items() if k != "head_classes"}
 
 
 def _stages(config, dtype, num_classes: int, workdir: str) -> tuple[StageSpec, ...]:
