@@ -5,7 +5,6 @@ registry (Google's IN-21k -> IN-1k and AugReg files included) and a tiny DINOv2 
 
 import sys
 
-import flax.traverse_util
 import jax
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ import safetensors.torch
 import torch
 
 import torch_dinov2_clip_reference as reference
+from test_torch_checkpoints import flat, max_difference, ours, reference_outputs
 from configs import vtab as vtab_config
 from test_train import tiny_config
 from vpt_jax import catalog, checkpoints
@@ -24,28 +24,16 @@ from vpt_jax.training import train
 TOLERANCE = 1e-4
 
 
+def assert_parity(ref, model, params, x, *args):
+  """Features and logits of our model and the torch reference agree within TOLERANCE."""
+  (expected_features, expected_logits), (features, logits) = (
+      reference_outputs(ref, x, *args), ours(model, params, x))
+  assert max_difference(features, expected_features) <= TOLERANCE
+  assert max_difference(logits, expected_logits) <= TOLERANCE
+
+
 def images(n=2, size=224, seed=0):
   return np.random.default_rng(seed).normal(size=(n, size, size, 3)).astype(np.float32)
-
-
-def reference_outputs(model, x, *args):
-  with torch.no_grad():
-    features, logits = model(torch.from_numpy(x).double().permute(0, 3, 1, 2), *args)
-  return features.numpy(), logits.numpy()
-
-
-def ours(model, params, x):
-  logits, aux = jax.jit(lambda p, x: model.apply({"params": p}, x))(params, x)
-  return np.asarray(aux["pre_logits"], np.float64), np.asarray(logits, np.float64)
-
-
-def max_difference(a, b):
-  assert a.shape == b.shape
-  return float(np.max(np.abs(a - b)))
-
-
-def flat(params):
-  return flax.traverse_util.flatten_dict(jax.device_get(params), sep="/")
 
 
 def dinov2_reference(variant, depth, registers, num_classes, grid=37, seed=0):
@@ -84,10 +72,7 @@ def test_dinov2_hub_file_matches_reference_at_224(variant, depth, registers, tmp
   np.testing.assert_allclose(loaded["Transformer/encoderblock_1/LayerScale_1/scale"],
                              ref.blocks[1].ls2.gamma.detach().numpy(), rtol=1e-6)
   x = images()
-  (expected_features, expected_logits), (features, logits) = (
-      reference_outputs(ref, x), ours(model, params, x))
-  assert max_difference(features, expected_features) <= TOLERANCE
-  assert max_difference(logits, expected_logits) <= TOLERANCE
+  assert_parity(ref, model, params, x)
 
 
 def test_dinov2_at_its_own_grid_needs_no_resampling(tmp_path):
@@ -99,10 +84,7 @@ def test_dinov2_at_its_own_grid_needs_no_resampling(tmp_path):
   np.testing.assert_array_equal(flat(params)["Transformer/posembed_input/pos_embedding"],
                                 ref.pos_embed.detach().float().numpy())
   x = images(size=56, seed=1)
-  (expected_features, expected_logits), (features, logits) = (
-      reference_outputs(ref, x), ours(model, params, x))
-  assert max_difference(features, expected_features) <= TOLERANCE
-  assert max_difference(logits, expected_logits) <= TOLERANCE
+  assert_parity(ref, model, params, x)
 
 
 def test_vpt_deep_on_dinov2_with_registers_matches_petl_vision_prompts(tmp_path):
@@ -116,11 +98,8 @@ def test_vpt_deep_on_dinov2_with_registers_matches_petl_vision_prompts(tmp_path)
   x = images(size=56, seed=2)
   # PETL_Vision puts the prompts before the class token, vpt_jax after the registers: attention
   # does not see order, so both compute the same.
-  (expected_features, expected_logits), (features, logits) = (
-      reference_outputs(ref, x, torch.from_numpy(prompts).double()), ours(model, params, x))
-  assert max_difference(features, expected_features) <= TOLERANCE
-  assert max_difference(logits, expected_logits) <= TOLERANCE
-  assert max_difference(features, reference_outputs(ref, x)[0]) > 1e-2
+  assert_parity(ref, model, params, x, torch.from_numpy(prompts).double())
+  assert max_difference(ours(model, params, x)[0], reference_outputs(ref, x)[0]) > 1e-2
 
 
 def clip_reference(patch, depth, quick_gelu, image_size=224, width=768, heads=12, seed=0):
@@ -148,10 +127,7 @@ def test_openai_torchscript_file_matches_reference(tmp_path):
   params = load_clip(path, model, ref)
   assert "embedding/bias" not in flat(params)  # conv1 has no bias.
   x = images(seed=3)
-  (expected_features, expected_logits), (features, logits) = (
-      reference_outputs(ref, x), ours(model, params, x))
-  assert max_difference(features, expected_features) <= TOLERANCE
-  assert max_difference(logits, expected_logits) <= TOLERANCE
+  assert_parity(ref, model, params, x)
 
 
 @pytest.mark.parametrize("suffix", [".bin", ".safetensors"])
@@ -166,10 +142,7 @@ def test_open_clip_files_match_reference(suffix, tmp_path):
   model = clip_model("B/32", 2, quick_gelu=False)
   params = load_clip(path, model, ref)
   x = images(seed=4)
-  (expected_features, expected_logits), (features, logits) = (
-      reference_outputs(ref, x), ours(model, params, x))
-  assert max_difference(features, expected_features) <= TOLERANCE
-  assert max_difference(logits, expected_logits) <= TOLERANCE
+  assert_parity(ref, model, params, x)
 
 
 def test_quick_gelu_and_epsilon_matter_and_the_text_tower_is_dropped(tmp_path, caplog):

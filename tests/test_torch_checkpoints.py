@@ -35,10 +35,12 @@ def images(n=2, size=224, seed=0):
   return np.random.default_rng(seed).normal(size=(n, size, size, 3)).astype(np.float32)
 
 
-def reference_outputs(model, x, prompts=None):
+def reference_outputs(model, x, *args):
+  """(features, logits) of a torch reference model on NHWC images `x`; NumPy `args` (prompts)
+  follow as float64 tensors."""
+  args = [torch.from_numpy(a).double() if isinstance(a, np.ndarray) else a for a in args]
   with torch.no_grad():
-    features, logits = model(torch.from_numpy(x).double().permute(0, 3, 1, 2),
-                             None if prompts is None else torch.from_numpy(prompts).double())
+    features, logits = model(torch.from_numpy(x).double().permute(0, 3, 1, 2), *args)
   return features.numpy(), logits.numpy()
 
 

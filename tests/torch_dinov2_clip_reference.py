@@ -25,6 +25,8 @@ import copy
 import torch
 from torch import nn
 
+from torch_vit_reference import Block, PatchEmbed
+
 
 class LayerScale(nn.Module):
   def __init__(self, width):
@@ -35,47 +37,16 @@ class LayerScale(nn.Module):
     return x * self.gamma
 
 
-class DinoAttention(nn.Module):
-  def __init__(self, width, heads):
-    super().__init__()
-    self.heads = heads
-    self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+class DinoBlock(Block):
+  """timm's pre-norm block (the MAE/MoCo reference's) with LayerScale on both branches."""
 
-  def forward(self, x):
-    n, t, c = x.shape
-    q, k, v = self.qkv(x).reshape(n, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-    weights = torch.softmax(q @ k.transpose(-2, -1) * (c // self.heads) ** -0.5, dim=-1)
-    return self.proj((weights @ v).transpose(1, 2).reshape(n, t, c))
-
-
-class DinoMlp(nn.Module):
-  def __init__(self, width, mlp_dim):
-    super().__init__()
-    self.fc1, self.fc2 = nn.Linear(width, mlp_dim), nn.Linear(mlp_dim, width)
-
-  def forward(self, x):
-    return self.fc2(nn.functional.gelu(self.fc1(x)))
-
-
-class DinoBlock(nn.Module):
   def __init__(self, width, heads, mlp_dim):
-    super().__init__()
-    self.norm1, self.norm2 = nn.LayerNorm(width, eps=1e-6), nn.LayerNorm(width, eps=1e-6)
-    self.attn, self.mlp = DinoAttention(width, heads), DinoMlp(width, mlp_dim)
+    super().__init__(width, heads, mlp_dim)
     self.ls1, self.ls2 = LayerScale(width), LayerScale(width)
 
   def forward(self, x):
     x = x + self.ls1(self.attn(self.norm1(x)))
     return x + self.ls2(self.mlp(self.norm2(x)))
-
-
-class PatchEmbed(nn.Module):
-  def __init__(self, width, patch):
-    super().__init__()
-    self.proj = nn.Conv2d(3, width, patch, stride=patch)
-
-  def forward(self, images):
-    return self.proj(images).flatten(2).transpose(1, 2)
 
 
 class DinoVisionTransformer(nn.Module):
