@@ -19,7 +19,7 @@ import numpy as np
 
 from vpt_jax import methods
 from vpt_jax.bench import rows
-from vpt_jax.training import optim, sharding
+from vpt_jax.training import optim, recipes, sharding
 from vpt_jax.utils import paths
 from vpt_jax.training import steps as train_steps
 from vpt_jax.models import vit
@@ -63,34 +63,29 @@ def measure_matmul_peak(dtype: str = "bfloat16", size: int = 8192, repeats: int 
   return 2 * size ** 3 * repeats / (time.perf_counter() - started)
 
 
-# What the `paper` recipe trains each method with (vpt_jax/training/recipes.py, `_vpt_or_ft_full`
-# and `_vpt_code`; tests/test_benchmark.py checks these against the recipe), as plain data so
-# that the benchmark imports neither ml_collections nor the data pipeline.
-_FT_STEP = dict(model=dict(dropout=0.1, attn_out_dropout=0.0, gelu_approximate=False,
-                           head_init="vpt"),
-                optim=dict(name="hf_adamw", base_lr=0.001, weight_decay=0.01, momentum=0.9,
-                           decay_rules=((r".*/bias", False), (".*", True))),
-                prompt_dropout=0.1, normalization="imagenet")
-_VPT_STEP = dict(model=dict(dropout=0.0, attn_out_dropout=0.0, gelu_approximate=False,
-                            head_init="vpt"),
-                 optim=dict(name="sgd", base_lr=0.5, weight_decay=1e-4, momentum=0.9,
-                            decay_rules=((r"head/bias", False), (".*", True))),
-                 prompt_dropout=0.1, normalization="imagenet")
-# Methods whose recipe is neither of those two steps (other optimizers, several stages).
+# Methods whose recipe is not one single-stage step with SGD or an AdamW (other optimizers, several
+# stages).
 _OTHER_RECIPES = ("galore", "vqt", "mixed", "ft_then_pt", "lp_ft")
 
 
 def recipe_step(method: str) -> dict:
-  """The `paper` recipe's step settings of `method`: model fields, optimizer (its applied weight
-  decay), prompt dropout, input normalisation."""
+  """The `paper` recipe's step settings of `method` on a VTAB-1k task (svhn): model fields,
+  optimizer (its applied weight decay), prompt dropout, input normalisation. Read from the recipe
+  itself, which needs neither ml_collections nor TensorFlow."""
   if method in _OTHER_RECIPES:
     raise ValueError(f"The benchmark times single-stage methods trained with SGD or VPT-or-FT's "
                      f"AdamW, not {method!r}.")
   methods.stage_names(method)  # An unknown name fails here, in one line.
-  step = _FT_STEP if method == "full" else _VPT_STEP
-  base_lr = 0.001 if methods.moves_backbone(method) and method != "full" else step["optim"]["base_lr"]
-  dropout = 0.0 if method == "vpt_shallow" else step["prompt_dropout"]
-  return {**step, "optim": {**step["optim"], "base_lr": base_lr}, "prompt_dropout": dropout}
+  recipe = recipes.paper(method, "svhn", {})
+  o = recipe["optim"]
+  return dict(
+      model={k: recipe["model"][k] for k in ("dropout", "attn_out_dropout", "gelu_approximate",
+                                             "head_init")},
+      optim=dict(name=o["name"], base_lr=o["base_lr"],
+                 weight_decay=o.get("applied_weight_decay", o["weight_decay"]),
+                 momentum=o["momentum"], decay_rules=o["decay_rules"]),
+      prompt_dropout=recipe["method_kwargs"].get("prompt_dropout", 0.0),
+      normalization=recipe["data"]["normalization"])
 
 
 def _tuned_stage(method: str, depth: int, prompt_tokens: int) -> methods.Method:
