@@ -449,11 +449,7 @@ def validate(config: dict, stages=()) -> None:
            "method_kwargs.query_tokens", kwargs.get("query_tokens"), "an integer ≥ 1")
     _check(0 <= kwargs["query_dropout"] < 1, "method_kwargs.query_dropout",
            kwargs["query_dropout"], "in [0, 1)")
-  for field, method in (("lora_rank", "lora"), ("adapter_dim", "adapter_houlsby"),
-                        ("adapter_reduction", "adapter"),
-                        ("partial_k", "partial_k")):
-    if method in stages:
-      _check(kwargs[field] >= 1, f"method_kwargs.{field}", kwargs[field], "≥ 1")
+  _validate_method_kwargs(config, kwargs, set(stages))
   _check(sweep["seeds"] >= 1, "sweep.seeds", sweep["seeds"], "≥ 1")
   _check(len(sweep["base_lrs"]) >= 1 and all(lr > 0 for lr in sweep["base_lrs"]),
          "sweep.base_lrs", sweep["base_lrs"], "one or more learning rates > 0")
@@ -468,6 +464,63 @@ def validate(config: dict, stages=()) -> None:
     _check(field is not None and _has_field(config, str(field)) and len(values) >= 1,
            "sweep.grid", axis, "(field, values) pairs naming config fields, each with one or "
            "more values, e.g. ((\"method_kwargs.lora_rank\", (1, 8, 32)),)")
+
+
+_PETL_ADAPTERS = {"adaptformer", "lora_p_adapter", "rand_p_adapter", "rand_h_adapter"}
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def _validate_method_kwargs(config: dict, kwargs: dict, stages: set) -> None:
+  """The capacity and scale settings of the methods a run trains, each in its valid range."""
+  arch = vit.decode_variant(config["model"]["variant"])
+  depth, width = config["model"].get("depth") or arch.depth, arch.width
+  integers = (  # (field, methods that read it, lowest, highest, what the range means)
+      ("lora_rank", {"lora"}, 1, width, f"an integer in [1, {width}] (the model width)"),
+      ("adapter_dim", {"adapter_houlsby"}, 1, None, "an integer ≥ 1"),
+      ("adapter_reduction", {"adapter"}, 1, width,
+       f"an integer in [1, {width}] (the adapter is width // adapter_reduction wide)"),
+      ("partial_k", {"partial_k"}, 1, depth, f"an integer in [1, {depth}] (the model depth)"),
+      ("mlp_k", {"mlp_k"}, 2, None, "an integer ≥ 2 (1 would be method=linear)"),
+      ("adapter_bottleneck", _PETL_ADAPTERS, 1, None, "an integer ≥ 1"),
+      ("convpass_bottleneck", {"convpass"}, 1, None, "an integer ≥ 1"),
+      ("repadapter_bottleneck", {"repadapter"}, 1, None, "an integer ≥ 1"),
+      ("repadapter_group", {"repadapter"}, 1, None, "an integer ≥ 1"),
+      ("fact_dim", {"fact_tk", "fact_tt"}, 1, width, f"an integer in [1, {width}]"))
+  for field, users, low, high, valid in integers:
+    if users & stages:
+      value = kwargs.get(field)
+      _check(_is_int(value) and value >= low and (high is None or value <= high),
+             f"method_kwargs.{field}", value, valid)
+  scales = (("lora_alpha", {"lora"}, True), ("adapter_scaler", _PETL_ADAPTERS, False),
+            ("convpass_scaler", {"convpass"}, False), ("repadapter_scaler", {"repadapter"}, False),
+            ("fact_scaler", {"fact_tk", "fact_tt"}, False))
+  for field, users, zero_ok in scales:
+    if users & stages:
+      value = kwargs.get(field)
+      _check(_is_number(value) and (value >= 0 if zero_ok else value > 0),
+             f"method_kwargs.{field}", value,
+             "a number ≥ 0 (0: scale 1)" if zero_ok else "a number > 0")
+  if "repadapter" in stages:
+    groups, bottleneck = kwargs["repadapter_group"], kwargs["repadapter_bottleneck"]
+    _check(bottleneck % groups == 0 and width % groups == 0, "method_kwargs.repadapter_group",
+           groups, f"a divisor of repadapter_bottleneck={bottleneck} and of the width {width}")
+  if "convpass" in stages:
+    _check(isinstance(kwargs.get("convpass_xavier_init"), bool),
+           "method_kwargs.convpass_xavier_init", kwargs.get("convpass_xavier_init"),
+           "True or False")
+  if stages & {"selective_attention", "selective_mlp", "selective_blocks"}:
+    blocks = kwargs.get("tuned_blocks")
+    _check(isinstance(blocks, (tuple, list)) and len(blocks) >= 1
+           and all(_is_int(i) and -depth <= i < depth for i in blocks),
+           "method_kwargs.tuned_blocks", blocks,
+           f"one or more block indices in [-{depth}, {depth - 1}] (negative count from the end)")
 
 
 def _has_field(config: dict, dotted: str) -> bool:
