@@ -10,6 +10,8 @@ Resizing, by data.resize, the same numbers as the TFDS source gives for the same
   short_side              torchvision's Resize(R) on a PIL image (PIL's bilinear filter, the
                           shorter side to R, aspect kept), then the centre R x R square
                           (CenterCrop's rounding): KMnP/vpt src/data/transforms.py before its crop.
+  squash_bicubic          torchvision's Resize((R, R), bicubic) on a PIL image, aspect not kept
+                          (PETL_Vision data/dataset/few_shot.py's ImageNet evaluation transform).
 No TensorFlow is imported here.
 """
 
@@ -69,6 +71,9 @@ def resize(image: Image.Image, resolution: int, method: str) -> np.ndarray:
   """A decoded RGB image -> (R, R, 3) uint8."""
   if method == "short_side":
     return short_side(image, resolution)
+  if method == "squash_bicubic":  # torchvision Resize((R, R), interpolation=3) on a PIL image.
+    return np.asarray(image if image.size == (resolution, resolution)
+                      else image.resize((resolution, resolution), Image.BICUBIC))
   if method in ("tf1_bilinear", "bilinear"):
     resized = tf_bilinear(np.asarray(image), resolution, method == "bilinear")
     return np.clip(np.round(resized), 0, 255).astype(np.uint8)

@@ -37,6 +37,16 @@ TXT_VTAB = {"train800": ("train800.txt",), "val200": ("val200.txt",),
             "train800val200": ("train800val200.txt",), "test": ("test.txt",)}
 TXT_CUSTOM = {"train": ("train.txt",), "val": ("val.txt",), "test": ("test.txt",),
               "trainval": ("train.txt", "val.txt")}
+# Few-shot ImageNet and its shifted test sets: OSU-MLB/PETL_Vision's list files
+# (data/dataset/few_shot.py, data/annotations/<folder>/), "relative/path label" lines whose paths
+# start at its --data_path; -A's and -R's labels are positions in their 200 classes.
+TXT_IMAGENET = {"train": ("train_shot_100_seed_1992",), "val": ("val_size_10_seed_1992",),
+                "test": ("val_meta.list",)}
+TXT_IMAGENET_SHIFT = {"test": ("val_meta.list",)}
+IMAGENET_ANNOTATIONS = "annotations"  # <data_dir>/annotations/<folder>/<list>.
+# Many-shot: the parent training set the split files index, and the test set (vpt_jax/data/
+# many_shot.py); RESISC45's are PETL_Vision's lists, CIFAR-100's a folder in torchvision's order.
+TXT_MANY_SHOT = {"train_all": ("train.txt",), "test": ("test.txt",)}
 JSON_FGVC = {"train": ("train.json",), "val": ("val.json",), "test": ("test.json",),
              "trainval": ("train.json", "val.json")}
 
@@ -201,3 +211,28 @@ def json_version(task: tasks_lib.Task, data_dir: str | None) -> str | None:
   except BadDataError:
     return None
   return _version("json", folder, json_names(folder), ("train.json", "val.json", "test.json"))
+
+
+def imagenet_formats(task: tasks_lib.Task) -> dict:
+  return TXT_IMAGENET if task.name == "imagenet" else TXT_IMAGENET_SHIFT
+
+
+def imagenet_dirs(task: tasks_lib.Task, data_dir: str | None) -> tuple[str, str]:
+  """(the folder of the task's list files, the folder their image paths start at): PETL_Vision's
+  data/annotations/<folder>/ placed at <data_dir>/annotations/<folder>/, images under <data_dir>
+  (its --data_path)."""
+  if data_dir is None:
+    raise BadDataError(f"Task {task.name} is read from PETL_Vision's list files: set "
+                       "--config.data.data_dir to the folder that holds annotations/ and the "
+                       "images (its --data_path).")
+  return os.path.join(data_dir, IMAGENET_ANNOTATIONS, task.folder), data_dir
+
+
+def imagenet_version(task: tasks_lib.Task, data_dir: str | None) -> str | None:
+  """"imagenet_<hash of the list files>", or None when one is missing."""
+  try:
+    folder, _ = imagenet_dirs(task, data_dir)
+  except BadDataError:
+    return None
+  names = {name for names in imagenet_formats(task).values() for name in names}
+  return _version("imagenet", folder, names, names)

@@ -33,8 +33,9 @@ def default_data_dir() -> str:
 
 # tf1_bilinear, bilinear: TensorFlow's kernels (tfds_source; folder_source restates them in
 # NumPy); short_side: torchvision's Resize to the shorter side and the centre square, with PIL
-# (the image-folder sources only; KMnP/vpt's FGVC transform).
-RESIZE_METHODS = ("tf1_bilinear", "bilinear", "short_side")
+# (the image-folder sources only; KMnP/vpt's FGVC transform); squash_bicubic: torchvision's
+# Resize((R, R), bicubic), PETL_Vision's few-shot ImageNet (image-folder sources only).
+RESIZE_METHODS = ("tf1_bilinear", "bilinear", "short_side", "squash_bicubic")
 
 
 def even_separate_indices(labels: np.ndarray, k: int, seed: int) -> np.ndarray:

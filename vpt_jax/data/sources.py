@@ -78,6 +78,10 @@ register(Source("folder", "image folders with split lists: VTAB-1k as NOAH's get
 register(Source("json", "FGVC as KMnP/vpt reads it: a dataset folder with train.json, val.json, "
                 "test.json (image path -> class id)", "vpt_jax.data.json_source",
                 lists.json_version, reports_missing=True))
+register(Source("imagenet", "few-shot ImageNet and ImageNet-V2/-Sketch/-A/-R as OSU-MLB/PETL_Vision "
+                "reads them: its list files in <data_dir>/annotations/<set>/, images under "
+                "data_dir", "vpt_jax.data.imagenet_source", lists.imagenet_version,
+                reports_missing=True))
 
 
 def get(name: str) -> Source:

@@ -16,6 +16,7 @@ from typing import Any, Callable
 NATURAL, SPECIALIZED, STRUCTURED = "natural", "specialized", "structured"
 GROUPS = (NATURAL, SPECIALIZED, STRUCTURED)  # VTAB-1k's.
 FGVC, CUSTOM = "fgvc", "custom"
+IMAGENET = "imagenet"  # Few-shot ImageNet-1k and its natural-shift test sets (Mai et al.).
 FOLDER_PREFIX = "folder:"
 
 
@@ -56,6 +57,12 @@ class Task:
   # or absolute (a custom folder).
   folder: str | None = None
   image_dir: str = ""  # FGVC: where the JSON lists' paths start, inside its folder.
+  # Readable class names in label order (CLIP zero-shot heads), where known.
+  class_names: tuple[str, ...] | None = None
+  # A test set on a subset of another task's classes (ImageNet-A, -R: 200 of ImageNet's 1000):
+  # the model's outputs at these indices, in this order, are the logits of labels 0, 1, ...;
+  # the others are excluded before the argmax (evaluation only).
+  class_subset: tuple[int, ...] | None = None
 
 
 def _bin_of(value, thresholds):
@@ -178,6 +185,48 @@ for _name, _classes, _images in [("cub", 200, "images"), ("nabirds", 555, "image
 FGVC_TASKS = ("cub", "nabirds", "oxford_flowers", "stanford_dogs", "stanford_cars")
 
 
+# Few-shot ImageNet as OSU-MLB/PETL_Vision reads it (data/dataset/few_shot.py, "fs-imagenet"):
+# PETL_Vision's list files (data/annotations/<folder>/) and its images under data.data_dir (its
+# --data_path), read by data.source=imagenet (vpt_jax/data/imagenet_source.py). Train and
+# validate on its 100-shot and 10-per-class lists, test on ImageNet's validation set; the shifted
+# sets are test sets only, evaluated with a model trained on `imagenet` (launch/robustness.py).
+_CLASS_SUBSETS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets",
+                              "imagenet_a_r_classes.json")
+
+
+def imagenet_class_subsets() -> dict[str, tuple[int, ...]]:
+  """{"imagenet_a": the 200 ImageNet-1k label indices of ImageNet-A, "imagenet_r": ...}, kept
+  with their WordNet ids in vpt_jax/assets/imagenet_a_r_classes.json (PETL_Vision's
+  A_CLASS_SUBLIST and R_CLASS_SUBLIST)."""
+  import json
+  with open(_CLASS_SUBSETS) as f:
+    data = json.load(f)
+  return {name: tuple(data[name]["indices"]) for name in ("imagenet_a", "imagenet_r")}
+
+
+def _imagenet_tasks():
+  from vpt_jax.data import imagenet_classes  # Names only; no heavy import.
+  names = tuple(imagenet_classes.CLASS_NAMES)
+  subsets = imagenet_class_subsets()
+  out = [Task("imagenet", "imagenet/{train_shot_100_seed_1992,val_size_10_seed_1992,val_meta.list}",
+              1000, IMAGENET, Region("train"), Region("val"), "test", sources=("imagenet",),
+              folder="imagenet", class_names=names)]
+  for name, folder in (("imagenet_v2", "imagenet-v2"), ("imagenet_sketch", "imagenet-s"),
+                       ("imagenet_a", "imagenet-a"), ("imagenet_r", "imagenet-r")):
+    subset = subsets.get(name)
+    out.append(Task(name, f"{folder}/val_meta.list", len(subset) if subset else 1000, IMAGENET,
+                    Region("test"), Region("test"), "test", sources=("imagenet",), folder=folder,
+                    class_names=tuple(names[i] for i in subset) if subset else names,
+                    class_subset=subset))
+  return out
+
+
+for _task in _imagenet_tasks():
+  register(_task)
+IMAGENET_SHIFTS = ("imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r")
+IMAGENET_TASKS = ("imagenet",) + IMAGENET_SHIFTS
+
+
 def folder_task(path: str) -> Task:
   """A custom dataset: a folder with train.txt, val.txt and test.txt ("relative/path label"
   lines) and its class count in classes.txt (one number, or one class name a line), else the
@@ -218,8 +267,9 @@ def by_group(group: str) -> tuple[str, ...]:
 
 def expand(spec: str) -> list[str]:
   """Task names from "dtd", "all" (VTAB-1k's 19), a group ("natural", ...), "demo" (the demo's
-  five), "fgvc" (FGVC's five), "folder:<path>" (a custom folder) or several of these joined by
-  "+" or "," (a folder's path holds neither)."""
+  five), "fgvc" (FGVC's five), "imagenet_shifts" (ImageNet's four shifted test sets),
+  "folder:<path>" (a custom folder) or several of these joined by "+" or "," (a folder's path
+  holds neither)."""
   names = []
   for item in filter(None, (s.strip() for s in spec.replace(",", "+").split("+"))):
     if item.startswith(FOLDER_PREFIX):
@@ -230,13 +280,15 @@ def expand(spec: str) -> list[str]:
       names += DEMO_TASKS
     elif item == FGVC:
       names += FGVC_TASKS
+    elif item == "imagenet_shifts":
+      names += IMAGENET_SHIFTS
     elif item in GROUPS:
       names += by_group(item)
     elif item in TASKS:
       names.append(item)
     else:
-      raise ValueError(f"task={item!r} is not a VTAB-1k, FGVC or demo task; choose one of: "
-                       f"{', '.join(TASKS)} (or all, demo, fgvc, a group: {', '.join(GROUPS)}, "
+      raise ValueError(f"task={item!r} is not a VTAB-1k, FGVC, ImageNet or demo task; choose one "
+                       f"of: {', '.join(TASKS)} (or all, demo, fgvc, imagenet_shifts, a group: {', '.join(GROUPS)}, "
                        f"{FOLDER_PREFIX}<path>; several joined by +).")
   if not names:
     raise ValueError("No task given: set task=NAME (e.g. task=dtd or task=all).")
@@ -250,6 +302,8 @@ def suite(name: str) -> tuple[str, ...]:
     return VTAB_TASKS
   if name in FGVC_TASKS:
     return FGVC_TASKS
+  if name in IMAGENET_TASKS:
+    return IMAGENET_TASKS
   return DEMO_TASKS if name in DEMO_TASKS else (name,)
 
 
@@ -263,10 +317,11 @@ def default_source(spec: str) -> str:
 def phase_subsets(task: Task, phase: str) -> tuple[str, str]:
   """(train, eval) subsets of a phase: VTAB-1k's train800 -> val200 and train800val200 -> test;
   FGVC's train -> val and train -> test (KMnP/vpt train.py get_loaders trains FGVC on train.json
-  alone); a custom folder's train -> val and train + val -> test."""
+  alone), few-shot ImageNet's likewise (PETL_Vision experiment/run.py final_run); a custom
+  folder's train -> val and train + val -> test."""
   if phase not in ("final", "search"):
     raise ValueError(f"phase={phase!r} must be 'final' or 'search'.")
-  if task.group == FGVC:
+  if task.group in (FGVC, IMAGENET):  # PETL_Vision's final run also trains on train alone.
     return ("train", "test") if phase == "final" else ("train", "val")
   if task.group == CUSTOM:
     return ("trainval", "test") if phase == "final" else ("train", "val")

@@ -15,10 +15,11 @@ class Evaluator:
   """Compiled once per model; evaluates a streamed split or the device-resident train set."""
 
   def __init__(self, mesh: jax.sharding.Mesh, model, normalization: str,
-               crop_size: int | None = None):
-    """`crop_size`: images arrive larger and are centre-cropped to it (data.crop_from)."""
+               crop_size: int | None = None, class_subset: tuple[int, ...] | None = None):
+    """`crop_size`: images arrive larger and are centre-cropped to it (data.crop_from).
+    `class_subset`: a test set on some of the model's classes (Task.class_subset)."""
     self._mesh = mesh
-    eval_step = steps.make_eval_step(model)
+    eval_step = steps.make_eval_step(model, class_subset)
     prepare = lambda images: device.normalize(device.center_crop(images, crop_size), normalization)
     self._step = jax.jit(lambda params, images, labels, mask: eval_step(
         params, prepare(images), labels, mask)[0])

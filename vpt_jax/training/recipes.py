@@ -405,8 +405,9 @@ def validate(config: dict, stages=()) -> None:
   task = tasks_lib.get(config["task"])
   _check(data["source"] in task.sources, "data.source", data["source"],
          f"a source that reads task {task.name}: {', '.join(task.sources)}")
-  _check(data["resize"] != "short_side" or data["source"] != "tfds", "data.resize",
-         data["resize"], "tf1_bilinear or bilinear with data.source=tfds (short_side is PIL's, "
+  _check(data["resize"] not in ("short_side", "squash_bicubic") or data["source"] != "tfds",
+         "data.resize", data["resize"], "tf1_bilinear or bilinear with data.source=tfds "
+         "(short_side and squash_bicubic are PIL's, "
          "made by the image-folder sources)")
   _check(not data.get("crop_from") or data["crop_from"] > data["resolution"], "data.crop_from",
          data.get("crop_from"), f"0 (no crop) or larger than data.resolution={data['resolution']}")

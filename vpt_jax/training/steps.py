@@ -35,11 +35,15 @@ def make_train_step(model, tx):
   return train_step
 
 
-def make_eval_step(model):
+def make_eval_step(model, class_subset: tuple[int, ...] | None = None):
   """(sums of loss and correct predictions over the examples where `mask` is True (padding is
-  not), the batch's logits)."""
+  not), the batch's logits). `class_subset`: only the outputs at these indices are the logits
+  (label i is output class_subset[i]), the others excluded before loss and argmax, as
+  PETL_Vision engine/trainer.py scores ImageNet-A and -R (outputs[:, A_CLASS_SUBLIST_MASK])."""
   def eval_step(params, images, labels, mask):
     logits, _ = model.apply({"params": params}, images, example_mask=mask)
+    if class_subset is not None:
+      logits = logits[:, jnp.asarray(class_subset)]
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     correct = jnp.argmax(logits, -1) == labels
     return {"loss_sum": jnp.sum(losses * mask), "correct": jnp.sum(correct * mask),
