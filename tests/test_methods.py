@@ -73,8 +73,10 @@ def test_frozen_unchanged_trainable_changed(stage, backbone):
   backbone_params, images, labels = backbone
   model, params, groups, trainable, frozen, tx = stage_setup(stage, backbone_params)
   opt_state = tx.init(trainable)
-  # Optimizer state exists for trainable leaves only (momentum: one buffer each).
-  assert sum(x.size for x in jax.tree.leaves(opt_state) if x.ndim) == paths.count(trainable)
+  # Optimizer state exists for trainable leaves only (momentum: one buffer each), not for
+  # BatchNorm's running averages (mlp_k), which the step writes.
+  assert sum(x.size for x in jax.tree.leaves(opt_state) if x.ndim) == methods.count_trained(
+      trainable, groups)
   step = jax.jit(steps.make_train_step(model, tx))
   new_trainable = trainable
   for i in range(3):
@@ -173,7 +175,7 @@ def b16_trainable(name, **hparams):
                           jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))["params"]
   groups = methods.labels(params, method.rules)
   trainable, _ = methods.split(params, groups)
-  return paths.count({k: v for k, v in trainable.items() if k != "head"}), params, groups
+  return methods.count_trained({k: v for k, v in trainable.items() if k != "head"}, groups), params, groups
 
 
 B16 = 85_798_656
@@ -193,6 +195,8 @@ W, MLP, D = 768, 3072, 12
     ("adapter_houlsby", dict(adapter_dim=64), D * 2 * (W * 64 + 64 + 64 * W + W)),
     ("ssf", {}, 2 * (W + D * (7 * W + MLP) + W)),
     ("partial_k", dict(partial_k=2), 2 * 7_087_872 + 2 * W),
+    # Two Linear + BatchNorm1d affine layers; their running averages are not counted.
+    ("mlp_k", dict(mlp_k=3), 2 * (W * W + W + 2 * W)),
 ])
 def test_b16_parameter_counts(name, hparams, expected):
   assert b16_trainable(name, **hparams)[0] == expected

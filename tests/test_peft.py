@@ -138,11 +138,11 @@ def test_fact_init_is_petl_visions():
 
 
 def test_mlp_head_layer_is_the_vpt_codes_in_training_mode():
-  layer = peft.MlpHeadLayer(WIDTH)
+  layer = peft.MlpHeadLayer(WIDTH, dropout=0.0)
   x = _x((6, WIDTH))
   params = _random_params(layer, x, None, False)
   mask = np.array([True, True, True, True, False, False])
-  ours = layer.apply({"params": params}, x, mask, False)
+  ours = layer.apply({"params": params}, x, mask, True)
   # mlp.py L38-49: Linear -> ReLU -> BatchNorm1d -> Dropout, here with BatchNorm in training mode
   # (batch statistics) on the real examples only and dropout off.
   bn = torch.nn.BatchNorm1d(WIDTH)
@@ -158,3 +158,35 @@ def test_mlp_head_layer_is_the_vpt_codes_in_training_mode():
   assert abs(np.std(init["dense"]["kernel"]) - np.sqrt(2 / 768)) < 2e-3
   assert np.abs(init["dense"]["bias"]).max() <= 1 / np.sqrt(768)
   assert np.all(init["bn_scale"] == 1) and not np.any(init["bn_bias"])
+  assert not np.any(init["running_mean"]) and np.all(init["running_var"] == 1)
+
+
+def test_mlp_head_running_averages_are_batchnorm1ds():
+  """Three training batches (the last padded) update the running averages as BatchNorm1d's
+  (momentum 0.1, unbiased variance of the real examples); evaluation normalises by them."""
+  layer = peft.MlpHeadLayer(WIDTH, dropout=0.0)
+  batches = [_x((6, WIDTH), seed) for seed in (2, 3, 4)]
+  masks = [np.ones(6, bool), np.ones(6, bool), np.array([True] * 4 + [False] * 2)]
+  params = _random_params(layer, batches[0], None, False)
+  params = {**params, "running_mean": np.zeros(WIDTH, np.float32),
+            "running_var": np.ones(WIDTH, np.float32)}
+  dense = _linear(params["dense"]["kernel"], params["dense"]["bias"])
+  bn = torch.nn.BatchNorm1d(WIDTH)
+  bn.weight.data = torch.tensor(np.asarray(params["bn_scale"]))
+  bn.bias.data = torch.tensor(np.asarray(params["bn_bias"]))
+  bn.train()
+  for x, mask in zip(batches, masks):
+    _, updated = layer.apply({"params": params}, x, mask, True,
+                             mutable=[peft.STATISTICS_UPDATES])
+    params = {**params, **updated[peft.STATISTICS_UPDATES]}
+    bn(torch.relu(dense(torch.tensor(x[mask]))))
+  np.testing.assert_allclose(params["running_mean"], bn.running_mean.numpy(), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(params["running_var"], bn.running_var.numpy(), rtol=1e-5, atol=1e-6)
+  assert np.abs(params["running_mean"]).max() > 0.1  # Moved from the init.
+  x = _x((5, WIDTH), 5)
+  bn.eval()
+  reference = bn(torch.relu(dense(torch.tensor(x)))).detach().numpy()
+  np.testing.assert_allclose(layer.apply({"params": params}, x, None, False), reference,
+                             rtol=1e-5, atol=1e-5)
+  # Without the updates collection (another caller's training forward) nothing is written.
+  assert layer.apply({"params": params}, x, None, True).shape == (5, WIDTH)

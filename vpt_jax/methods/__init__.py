@@ -213,7 +213,9 @@ def mlp_k(*, mlp_k, **_):
   # KMnP/vpt src/models/mlp.py with MODEL.MLP_NUM = k - 1 hidden layers (demo.ipynb's MLP-3: 2).
   if mlp_k < 2:
     raise ValueError(f"mlp_k={mlp_k} must be ≥ 2 (1 would be `linear`).")
-  return Method("mlp_k", (_HEAD, (r"mlp_head_\d+/.*", "mlp_head"), _REST_FROZEN),
+  # BatchNorm1d's running averages: updated by each train step, not by the optimizer.
+  return Method("mlp_k", (_HEAD, (r"mlp_head_\d+/running_(mean|var)", peft.STATISTICS_GROUP),
+                          (r"mlp_head_\d+/.*", "mlp_head"), _REST_FROZEN),
                 dict(peft=vit.PeftModules(head_hidden=mlp_k - 1)))
 
 
@@ -351,6 +353,14 @@ def split(params, groups) -> tuple[dict, dict]:
   return paths.unflatten(trainable), paths.unflatten(frozen)
 
 
+def count_trained(params, groups) -> int:
+  """Scalars of `params` (any subtree of the model's) that training learns: not the frozen ones
+  nor BatchNorm's running averages (updated by the step, not learned)."""
+  group_of = paths.flatten(groups)
+  return sum(paths.count(value) for path, value in paths.flatten(params).items()
+             if group_of[path] not in (FROZEN, peft.STATISTICS_GROUP))
+
+
 def summary(method_name: str, params, groups, backbone_count: int) -> str:
   """One line: what trains, and its share of the pre-trained backbone."""
   per_group = {}
@@ -358,6 +368,7 @@ def summary(method_name: str, params, groups, backbone_count: int) -> str:
   for path, value in paths.flatten(params).items():
     per_group[group_of[path]] = per_group.get(group_of[path], 0) + paths.count(value)
   per_group.pop(FROZEN, None)
+  per_group.pop(peft.STATISTICS_GROUP, None)
   total = sum(per_group.values())
   without_head = total - per_group.get("head", 0)
   parts = ", ".join(f"{group} {n:,}" for group, n in per_group.items())

@@ -232,19 +232,29 @@ def fact_delta(params: dict, cores: dict, name: str, x, dropout, scale: float):
 # ---------------------------------------------------------------------------------------------
 # The VPT code's MLP head (KMnP/vpt src/models/mlp.py, MODEL.MLP_NUM hidden layers).
 
-BATCH_NORM_EPSILON = 1e-5  # nn.BatchNorm1d's default.
+BATCH_NORM_EPSILON = 1e-5  # nn.BatchNorm1d's defaults.
+BATCH_NORM_MOMENTUM = 0.1
+# BatchNorm's running averages are parameters of this group, which no optimizer moves
+# (optim._per_group) and no count of trained parameters includes (methods.count_trained): each
+# train step overwrites them with the values the forward puts in the STATISTICS_UPDATES
+# collection (steps.make_train_step). So they travel with a run's trainable state through packing,
+# checkpoints and artifacts, as torch's buffers travel with its state_dict.
+STATISTICS_GROUP = "batch_stats"
+STATISTICS_UPDATES = "batch_stats_updates"
+RUNNING_STATISTICS = ("running_mean", "running_var")
 
 
 class MlpHeadLayer(nn.Module):
   """One hidden layer of mlp.py (L38-49): Linear(width, width) (kaiming_normal_ fan_out weight,
   PyTorch's default bias) -> ReLU -> BatchNorm1d -> Dropout(0.1).
 
-  BatchNorm normalises by the statistics of the batch's real examples (`mask`), with the biased
-  variance, as BatchNorm1d does in training. It keeps no running averages: evaluation also uses
-  the statistics of each evaluation batch (its real examples), where the VPT code's model.eval()
-  uses running averages (momentum 0.1, unbiased variance) of the training batches."""
+  In training, BatchNorm normalises by the statistics of the batch's real examples (`mask`), with
+  the biased variance, and, when STATISTICS_UPDATES is mutable, puts the running averages updated
+  as BatchNorm1d updates them there: momentum 0.1, the unbiased variance of the real examples. In
+  evaluation it normalises by the running averages (model.eval())."""
   width: int
   dtype: jnp.dtype | None = None
+  dropout: float = DROPOUT
 
   @nn.compact
   def __call__(self, x, mask, train: bool):
@@ -253,11 +263,23 @@ class MlpHeadLayer(nn.Module):
                  kernel_init=nn.initializers.normal(stddev=math.sqrt(2 / self.width)),
                  bias_init=_symmetric_uniform(1 / math.sqrt(fan_in)))(x)
     x = nn.relu(x).astype(jnp.float32)
-    weights = jnp.ones(x.shape[:1], jnp.float32) if mask is None else mask.astype(jnp.float32)
-    count = jnp.maximum(jnp.sum(weights), 1.0)
-    mean = jnp.einsum("n,nc->c", weights, x) / count
-    var = jnp.einsum("n,nc->c", weights, jnp.square(x - mean)) / count
     scale = self.param("bn_scale", nn.initializers.ones, (self.width,), jnp.float32)
     bias = self.param("bn_bias", nn.initializers.zeros, (self.width,), jnp.float32)
+    running_mean = self.param("running_mean", nn.initializers.zeros, (self.width,), jnp.float32)
+    running_var = self.param("running_var", nn.initializers.ones, (self.width,), jnp.float32)
+    if train:
+      weights = jnp.ones(x.shape[:1], jnp.float32) if mask is None else mask.astype(jnp.float32)
+      count = jnp.maximum(jnp.sum(weights), 1.0)
+      mean = jnp.einsum("n,nc->c", weights, x) / count
+      var = jnp.einsum("n,nc->c", weights, jnp.square(x - mean)) / count
+      if self.is_mutable_collection(STATISTICS_UPDATES):
+        m = BATCH_NORM_MOMENTUM
+        unbiased = var * count / jnp.maximum(count - 1.0, 1.0)
+        self.put_variable(STATISTICS_UPDATES, "running_mean", jax.lax.stop_gradient(
+            (1 - m) * running_mean + m * mean))
+        self.put_variable(STATISTICS_UPDATES, "running_var", jax.lax.stop_gradient(
+            (1 - m) * running_var + m * unbiased))
+    else:
+      mean, var = running_mean, running_var
     x = (x - mean) * jax.lax.rsqrt(var + BATCH_NORM_EPSILON) * scale + bias
-    return nn.Dropout(DROPOUT)(x, deterministic=not train)
+    return nn.Dropout(self.dropout)(x, deterministic=not train)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vpt_jax.models import peft
 from vpt_jax.utils import paths
 
 # (step, peak learning rate) -> learning rate of that step (step = updates taken before it).
@@ -248,8 +249,11 @@ def galore_transform(learning_rate_fn, weight_decay, mask, projected, *, rank: i
 
 def _per_group(trainable_groups, lr_mults, make_tx):
   lr_mults = dict(lr_mults or {})
+  # BatchNorm's running averages: the step writes them, the optimizer never moves them (no
+  # update, no decay, no state).
   return optax.multi_transform(
-      {g: make_tx(lr_mults.get(g, 1.0)) for g in set(jax.tree.leaves(trainable_groups))},
+      {g: optax.set_to_zero() if g == peft.STATISTICS_GROUP else make_tx(lr_mults.get(g, 1.0))
+       for g in set(jax.tree.leaves(trainable_groups))},
       trainable_groups)
 
 

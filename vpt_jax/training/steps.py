@@ -12,23 +12,39 @@ import optax
 from vpt_jax.training import optim, sharding
 from vpt_jax.utils import paths
 from vpt_jax.data import device
+from vpt_jax.models import peft
+
+
+def _has_running_statistics(trainable) -> bool:
+  return any(path.rsplit("/", 1)[-1] in peft.RUNNING_STATISTICS for path in paths.flatten(trainable))
 
 
 def make_train_step(model, tx):
-  """`mask` (False on padding) makes the loss the mean over the real examples of a short batch."""
+  """`mask` (False on padding) makes the loss the mean over the real examples of a short batch.
+  BatchNorm's running averages in `trainable` (mlp_k) are replaced by the values the forward
+  computes; a model without them runs the plain step."""
   def train_step(trainable, opt_state, frozen, images, labels, rng, mask=None):
     weights = jnp.ones(labels.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
+    statistics = _has_running_statistics(trainable)  # Static: the tree's structure.
 
     def loss_fn(trainable):
       params = paths.merge(trainable, frozen)
-      logits, _ = model.apply({"params": params}, images, train=True, rngs={"dropout": rng},
-                              example_mask=mask)
+      if statistics:
+        (logits, _), updated = model.apply(
+            {"params": params}, images, train=True, rngs={"dropout": rng}, example_mask=mask,
+            mutable=[peft.STATISTICS_UPDATES])
+        updated = updated[peft.STATISTICS_UPDATES]
+      else:
+        (logits, _), updated = model.apply({"params": params}, images, train=True,
+                                           rngs={"dropout": rng}, example_mask=mask), None
       losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-      return jnp.sum(losses * weights) / jnp.sum(weights), logits
+      return jnp.sum(losses * weights) / jnp.sum(weights), (logits, updated)
 
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+    (loss, (logits, updated)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
     updates, opt_state = tx.update(grads, opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)
+    if statistics:
+      trainable = paths.merge(trainable, updated)
     accuracy = jnp.sum((jnp.argmax(logits, -1) == labels) * weights) / jnp.sum(weights)
     return trainable, opt_state, {"loss": loss, "accuracy": accuracy}
 

@@ -149,7 +149,7 @@ def finish(program: programs.Program, member: loop.Member, state: dict) -> tuple
       files.write_npz(os.path.join(stage.workdir, PREDICTIONS), {
           "logits": evaluation["logits"], "labels": evaluation["labels"].astype(np.int32)})
   eval_name = "test" if run.final_run else "val"
-  trained = paths.count(trainable)
+  trained = methods.count_trained(trainable, program.groups)
   o = stage.optim
   result = {
       "task": run.task.name, "method": stage.method.name, "recipe": run.recipe, "seed": run.seed,
