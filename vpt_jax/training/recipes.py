@@ -266,6 +266,38 @@ def google(method: str, task: str, requested: dict) -> dict:
 MAI_LRS = (0.001, 0.01)
 MAI_WEIGHT_DECAYS = (0.0001, 0.001)
 MAI_SEEDS = (42,)
+# default_vtab_processed.yml L21-40: the modules' capacities and scales a run outside a search
+# takes (vpt_num 10 and vpt_dropout 0.1 too); tuned_blocks -1 is ViT-B's block 11.
+MAI_METHOD_KWARGS = dict(
+    prompt_tokens=10, prompt_dropout=0.1, adapter_bottleneck=64, adapter_scaler=0.1,
+    convpass_bottleneck=8, convpass_scaler=10.0, convpass_xavier_init=False,
+    repadapter_bottleneck=8, repadapter_scaler=1.0, repadapter_group=2, fact_dim=8,
+    fact_scaler=1.0, tuned_blocks=(-1,))
+# experiment/config/method/<name>.yml: its list-valued fields, searched with lr and wd as one
+# product grid (main_tune.py L18-27 splits lists from scalars; experiment/tune.py L24
+# ParameterGrid). Its other fields (modes, inits) are the methods themselves.
+_SCALERS = (0.01, 0.1, 1.0, 10.0)
+MAI_METHOD_GRIDS = {
+    "vpt_shallow": (("method_kwargs.prompt_tokens", (5, 10, 50, 100, 200)),),
+    "vpt_deep": (("method_kwargs.prompt_tokens", (5, 10, 50, 100)),),
+    "adaptformer": (("method_kwargs.adapter_bottleneck", (4, 16, 32)),
+                    ("method_kwargs.adapter_scaler", (0.05, 0.1, 0.2))),
+    "convpass": (("method_kwargs.convpass_scaler", _SCALERS + (100.0,)),
+                 ("method_kwargs.convpass_bottleneck", (8, 16)),
+                 ("method_kwargs.convpass_xavier_init", (True, False))),
+    "fact_tk": (("method_kwargs.fact_dim", (16, 32, 64)),
+                ("method_kwargs.fact_scaler", _SCALERS + (100.0,))),
+    "fact_tt": (("method_kwargs.fact_dim", (8, 16, 32)),
+                ("method_kwargs.fact_scaler", _SCALERS + (100.0,))),
+    "repadapter": (("method_kwargs.repadapter_bottleneck", (8, 16, 32)),
+                   ("method_kwargs.repadapter_scaler", (0.1, 0.5, 1.0, 5.0, 10.0))),
+    "lora_p_adapter": (("method_kwargs.adapter_scaler", _SCALERS),
+                       ("method_kwargs.adapter_bottleneck", (4, 8, 16, 32, 64))),
+    "rand_p_adapter": (("method_kwargs.adapter_scaler", _SCALERS),
+                       ("method_kwargs.adapter_bottleneck", (4, 8, 16, 32))),
+    "rand_h_adapter": (("method_kwargs.adapter_scaler", _SCALERS),
+                       ("method_kwargs.adapter_bottleneck", (4, 8, 16, 32))),
+}
 
 
 def mai(method: str, task: str, requested: dict) -> dict:
@@ -275,6 +307,8 @@ def mai(method: str, task: str, requested: dict) -> dict:
   given), batch 64, 100 epochs with 10 warm-up epochs and a cosine stepped once per epoch, timm's
   ViT with exact GELU, no dropout and drop-path 0.1, images resized to 224 and fed in [0, 1]
   (normalized: False), selection on the last epoch's validation accuracy, one final seed (42).
+  Each method's capacity and scale as default_vtab_processed.yml sets them (MAI_METHOD_KWARGS),
+  searched over its method/<name>.yml lists with lr and wd (MAI_METHOD_GRIDS).
   Not reproduced: timm's schedule floor and start (lr_min 1e-5, warmup_lr_init 1e-6, and its
   first two epochs both at warmup_lr_init), PIL's bicubic resize (bilinear here) and timm's
   truncated-normal head (zeros here); docs/protocol.md lists each with its file."""
@@ -287,12 +321,11 @@ def mai(method: str, task: str, requested: dict) -> dict:
                drop_path=0.1)
   earlier = methods.stage_names(method)[:-1]
   return dict(
-      # vpt_num and vpt_dropout of default_vtab_processed.yml.
-      model=model, method_kwargs=dict(prompt_tokens=10, prompt_dropout=0.1),
+      model=model, method_kwargs=dict(MAI_METHOD_KWARGS),
       data=dict(normalization="unit", resize="bilinear", flip=False),
       optim=optim_settings,
       sweep=dict(base_lrs=MAI_LRS, weight_decays=MAI_WEIGHT_DECAYS, seeds=len(MAI_SEEDS),
-                 seed_values=MAI_SEEDS),
+                 seed_values=MAI_SEEDS, grid=MAI_METHOD_GRIDS.get(methods.stage_names(method)[-1])),
       stage_optim={name: dict(optim_settings) for name in earlier},
       stage_model={name: dict(model) for name in earlier})
 
