@@ -17,7 +17,9 @@ import tensorflow as tf
 
 from configs import vtab as vtab_config
 from test_train import REPO, tiny_config
-from vpt_jax.study import published, report, sweep
+from vpt_jax import methods
+from vpt_jax.bench import costs
+from vpt_jax.study import attention, published, report, sweep
 from vpt_jax.training import artifacts, loop, optim, programs, recipes, sharding, spec, steps, train
 from vpt_jax.utils import config_lib, paths
 from vpt_jax.data import device, tfds_source
@@ -483,3 +485,140 @@ def test_steps_match_the_pytorch_reference(name, fake_data_dir, tiny_backbone, t
   assert any(not np.allclose(final[p], initial[p]) for p in trained)  # Something trained.
   print(f"{name}: max |loss diff| {np.abs(np.subtract(ours, theirs)).max():.2e}, "
         f"max relative parameter diff {worst:.2e}")
+
+
+# --- The paper recipe on the VPT paper's other backbones (issue 22 item 4) -------------------------
+
+def test_paper_recipe_follows_each_backbone_familys_code():
+  # MAE's ViT: drop_path_rate 0.1 and timm's drop_rate 0 (KMnP/vpt vit_mae.py L59-62), active
+  # only where the backbone trains in train mode (full fine-tuning; FT-then-PT's first stage).
+  mae = resolved("task=dtd,method=full,backbone=mae_vitb16")
+  assert (mae.model.dropout, mae.model.drop_path, mae.optim.batch_size) == (0.0, 0.1, 128)
+  assert mae.optim.name == "hf_adamw" and mae.model.pool_type == "gap_fc_norm"
+  assert resolved("task=dtd,method=ft_then_pt,backbone=mae_vitb16").stage_model.full.drop_path == 0.1
+  moco = resolved("task=dtd,method=full,backbone=mocov3_vitb16")  # timm's defaults: neither.
+  assert (moco.model.dropout, moco.model.drop_path) == (0.0, 0.0)
+  supervised = resolved("task=dtd,method=full")  # Google's ViT: dropout 0.1, as before.
+  assert (supervised.model.dropout, supervised.model.drop_path) == (0.1, None)
+  # Prompts: the backbone in eval mode, the supervised lengths (Han et al.'s MAE/MoCo Tuned/Total
+  # rows equal the supervised ones) and batch.
+  for backbone in ("mae_vitb16", "mocov3_vitb16"):
+    vpt = resolved(f"task=dsprites_ori,method=vpt_deep,backbone={backbone}")
+    assert (vpt.method_kwargs.prompt_tokens, vpt.optim.batch_size, vpt.model.dropout,
+            vpt.model.drop_path) == (50, 64, 0.0, None), backbone
+    assert vpt.sweep.base_lrs == recipes.PROMPT_LRS
+  # MAE's linear probe: tune_vtab.py's "linear_mae" grid, three rates below the linear grid.
+  assert resolved("task=dtd,method=linear,backbone=mae_vitb16").sweep.base_lrs == (
+      50.0, 25.0, 10.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1, 0.05, 0.025, 0.005, 0.0025)
+  assert len(resolved("task=dtd,method=linear,backbone=mocov3_vitb16").sweep.base_lrs) == 10
+  # Swin-B/L (keyed by name; the recipe function itself, whatever the backbone registry holds):
+  # VF's Swin prompt batch 80, drop_path_rate 0.5 in full fine-tuning, the derived lengths.
+  swin = {"backbone": "swinb_imagenet22k_224"}
+  vpt = recipes.paper("vpt_deep", "svhn", swin)
+  assert (vpt["optim"]["batch_size"], vpt["method_kwargs"]["prompt_tokens"]) == (80, 50)
+  assert recipes.paper("vpt_deep", "dtd", swin)["method_kwargs"]["prompt_tokens"] == 1
+  assert recipes.paper("ft_then_pt", "dtd", swin)["optim"]["batch_size"] == 80
+  full = recipes.paper("full", "dtd", {"backbone": "swinl_imagenet22k_224"})
+  assert (full["model"]["drop_path"], full["model"]["dropout"], full["optim"]["batch_size"]) == (
+      0.5, 0.0, 128)
+  assert recipes.paper("linear", "dtd", swin)["optim"]["batch_size"] == 1024
+  # The Swin lengths reproduce Han et al.'s Tuned/Total row (Tables 7-9) but for eurosat.
+  printed = dict(zip(published.TASK_ORDER, (0.13, 0.13, 0.07, 0.13, 0.06, 0.70, 0.48, 0.07, 0.13,
+                                            0.19, 0.02, 0.70, 0.70, 0.14, 0.69, 0.15, 0.09, 0.16,
+                                            0.02)))
+  for task, tokens in recipes.SWIN_PROMPT_TOKENS.items():
+    tuned = (2 * 128 + 2 * 256 + 18 * 512 + 2 * 1024) * tokens + 1025 * tasks_lib.get(
+        task).num_classes
+    assert abs(100 * tuned / (86.7e6 + tuned) - printed[task]) < (0.025 if task != "eurosat"
+                                                                  else 0.021), task
+  # DINOv2 and CLIP: no paper trained them; one line pointing at the mai recipe.
+  for backbone in ("dinov2_vitb14", "clip_vitb16"):
+    with pytest.raises(ValueError, match=f"recipe=paper has no settings for backbone='{backbone}'"
+                                         ".*use recipe=mai"):
+      resolved(f"task=dtd,method=vpt_deep,backbone={backbone}")
+  assert resolved("task=dtd,method=vpt_deep,backbone=dinov2_vitb14,recipe=mai").optim.name == "adamw"
+
+
+def test_published_rows_of_the_other_backbones_fit_their_printed_means():
+  rows = {(r.method, r.source): r for r in published.ROWS}
+  for source, method, printed in (
+      (published.SOURCE_HAN_SWIN, "full", (79.10, 86.21, 59.65)),
+      (published.SOURCE_HAN_SWIN, "vpt_deep", (82.49, 83.33, 51.85)),  # Printed 78.78: marked.
+      (published.SOURCE_HAN_MAE, "full", (59.31, 79.68, 53.82)),
+      (published.SOURCE_HAN_MAE, "vpt_deep", (35.31, 72.95, 27.91)),
+      (published.SOURCE_HAN_MOCO, "full", (71.95, 84.72, 51.98)),
+      (published.SOURCE_HAN_MOCO, "vpt_deep", (70.26, 82.33, 42.39))):
+    stats = report.summary({(t, method): report.Cell([v], 0.0)
+                            for t, v in rows[(method, source)].accuracies.items()})[method]
+    assert [stats["groups"][g].value for g in tasks_lib.GROUPS] == pytest.approx(
+        printed, abs=0.02), (source, method)
+  assert set(rows[("vpt_deep", published.SOURCE_HAN_SWIN)].uncertain) == set(
+      published.TASK_ORDER[:7])
+  assert rows[("vpt_deep", published.SOURCE_VPT_SWIN)].group_means == {
+      "natural": 76.78, "specialized": 84.53, "structured": 53.35}
+  mae_rows = published.rows_for("paper", "vtab1k", {"full", "vpt_deep", "partial_k"}, "mae_vitb16")
+  assert {(r.method, r.source) for r in mae_rows} == {
+      ("full", published.SOURCE_HAN_MAE), ("vpt_deep", published.SOURCE_HAN_MAE),
+      ("partial_k", published.SOURCE_VPT_SSL), ("vpt_deep", published.SOURCE_VPT_SSL)}
+  # A file or no backbone: the papers' ViT-B/16 rows, as before; DINOv2: none.
+  assert {r.source for r in published.rows_for("paper", "vtab1k", {"vpt_deep"}, "/x/ViT.npz")} == {
+      published.SOURCE_VPT, published.SOURCE_HAN}
+  assert published.rows_for("paper", "vtab1k", {"vpt_deep", "full"}, "dinov2_vitb14") == []
+
+
+def test_a_report_on_mae_runs_shows_the_mae_rows(tmp_path):
+  for method, accuracy in (("full", 0.5), ("vpt_deep", 0.6), ("linear", 0.3)):
+    workdir = tmp_path / f"vtab1k/dtd/{method}/final/seed42"
+    workdir.mkdir(parents=True)
+    (workdir / "result.json").write_text(json.dumps({
+        "task": "dtd", "method": method, "recipe": "paper", "test_accuracy": accuracy,
+        "tuned_percent": 0.5, "wall_seconds": 1.0}))
+    (workdir / "config.json").write_text(json.dumps({"backbone": "mae_vitb16", "task": "dtd"}))
+  text = report.write(str(tmp_path), str(tmp_path / "report"), with_published=True)
+  # Han et al. Tables 10-12 (MAE): FT dtd 56.9, VPT dtd 58.0; the VPT paper's Table 4 means.
+  assert "| full (Han et al. 2024) | 56.9 | 59.3 | 79.7 | 53.8 |" in text
+  assert "| vpt_deep (Han et al. 2024) | 58.0 | 35.3 | 73.0 | 27.9 |" in text
+  assert "| linear (VPT paper) | — | 18.9 | 53.7 | 23.7 |" in text
+  # Not the supervised rows (VPT paper dtd 65.8 / 63.2, Han et al. 68.8 / 65.0).
+  assert "65.8" not in text and "68.8" not in text and "63.2" not in text and "| 65.0 |" not in text
+
+
+# --- CLIP's projection and the tooling on other backbones (issue 22 items 4, 5) -------------------
+
+def test_clips_projection_trains_with_the_head_under_every_method():
+  # OSU-MLB/PETL_Vision experiment/build_model.py: model.head = Sequential(proj, fc), and every
+  # name holding "head" trains.
+  model = vit.Model(num_classes=3, variant="Ti/16", depth=1, pre_norm=True, projection_dim=16,
+                    prompt_tokens=2, prompt_deep=True)
+  params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"]
+  for name in ("linear", "vpt_deep", "bitfit", "full"):
+    groups = paths.flatten(methods.labels(params, methods.get(
+        name, depth=1, width=192, prompt_tokens=2, prompt_dropout=0.0).tuned_stage.rules))
+    assert groups["projection/kernel"] == "head", name
+    assert groups["head/kernel"] == "head", name
+  lp_ft = methods.get("lp_ft", depth=1)
+  assert all(s.rules[0] == methods.PROJECTION for s in lp_ft.stages)
+  # A model without a projection: the rule stays unused, no error.
+  plain = vit.Model(num_classes=3, variant="Ti/16", depth=1)
+  plain_params = jax.eval_shape(plain.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+  groups = paths.flatten(methods.labels(plain_params["params"], methods.get(
+      "linear", depth=1).rules))
+  assert "projection/kernel" not in groups and groups["head/kernel"] == "head"
+
+
+def test_attention_maps_skip_register_and_prompt_tokens():
+  model = vit.Model(num_classes=3, variant="Ti/14", depth=1, register_tokens=4, prompt_tokens=5)
+  assert attention.patch_slice(model) == slice(10, None)  # [CLS, 4 registers, 5 prompts, ...].
+
+
+def test_a_backbones_run_step_costs_come_from_its_resolved_spec():
+  # launch/method_costs.py --backbones: the run's own model (MAE's pooling), the recipe's prompt
+  # length and optimizer; one Ti-wide block at 32 px keeps the compile small.
+  config = resolved("task=dtd,method=vpt_deep,backbone=mae_vitb16", model__depth=1,
+                    model__variant="Ti/16", data__resolution=32)
+  row = costs.run_costs(spec.from_resolved(config, "unused"), batch=1)
+  assert (row["backbone"], row["recipe"], row["prompt_tokens"], row["optimizer"]) == (
+      "mae_vitb16", "paper", 10, "sgd")
+  assert row["trainable_without_head"] == 1 * 10 * 192  # One block's deep prompts.
+  assert row["trainable_parameters"] == 10 * 192 + 192 * 47 + 47
+  assert row["all_parameters"] > 400_000 and row["gflops_per_image"] > 0.003

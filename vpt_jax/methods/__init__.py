@@ -21,6 +21,12 @@ FROZEN = "frozen"
 BACKBONE = "backbone"
 _HEAD = ("head/.*", "head")
 _REST_FROZEN = (".*", FROZEN)
+# CLIP's `proj` (vit.Model's top-level `projection`) trains with the head under every method, as
+# in OSU-MLB/PETL_Vision: it makes the projection the head's first layer (experiment/
+# build_model.py L121-124, `model.head = torch.nn.Sequential(*[proj, fc])`) and trains every
+# parameter whose name holds "head" (TUNE_MODULES, L13-14, L76-78). Put before each method's own
+# rules; a model without a projection leaves it unused.
+PROJECTION = ("projection/.*", "head")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,11 +97,18 @@ def get(name: str, depth: int, width: int = 768, **hparams) -> Method:
   config (extra ignored, None counts as not given)."""
   entry = _entry(name)
   try:
-    return entry.build(depth=depth, width=width,
-                       **{k: v for k, v in hparams.items() if v is not None})
+    method = entry.build(depth=depth, width=width,
+                         **{k: v for k, v in hparams.items() if v is not None})
   except TypeError as e:
     raise ValueError(f"Method {name!r} needs more hyper-parameters ({e}); set them in "
                      "config.method_kwargs.") from None
+  return _with_projection(method)
+
+
+def _with_projection(method: Method) -> Method:
+  if method.stages:
+    return dataclasses.replace(method, stages=tuple(map(_with_projection, method.stages)))
+  return dataclasses.replace(method, rules=(PROJECTION,) + tuple(method.rules))
 
 
 @register("the head only (a linear probe)")
@@ -339,7 +352,8 @@ def labels(params, rules) -> dict:
   """The group of every parameter (same tree as `params`); the first matching rule decides."""
   groups = paths.first_match(params, rules)
   used = set(paths.rule_indices(paths.flatten(params), [pattern for pattern, _ in rules]).values())
-  idle = [pattern for i, (pattern, group) in enumerate(rules) if group != FROZEN and i not in used]
+  idle = [pattern for i, (pattern, group) in enumerate(rules)
+          if group != FROZEN and i not in used and (pattern, group) != PROJECTION]
   if idle:
     raise ValueError(f"Rules {idle} match no parameter: the model lacks the modules they train.")
   return groups

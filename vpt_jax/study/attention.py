@@ -9,8 +9,9 @@ import numpy as np
 
 
 def patch_slice(model) -> slice:
-  """Token positions of the patches: after the class token and any prompt tokens."""
-  start = int(model.has_class_token) + model.prompt_tokens
+  """Token positions of the patches: after the class token, any register tokens (DINOv2's
+  reg4 backbones) and any prompt tokens (vit.Model's order)."""
+  start = int(model.has_class_token) + model.register_tokens + model.prompt_tokens
   return slice(start, None)
 
 

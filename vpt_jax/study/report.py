@@ -23,6 +23,7 @@ class Cell:
   wall_seconds: float = 0.0  # Summed over seeds.
   diverged: int = 0  # Seeds whose loss turned non-finite, scored at their last finished epoch.
   recipes: set = dataclasses.field(default_factory=set)
+  backbones: set = dataclasses.field(default_factory=set)  # config.backbone of its runs.
 
   def add(self, result: dict, accuracy_key: str = "test_accuracy") -> None:
     self.accuracies.append(100 * result[accuracy_key])
@@ -73,7 +74,9 @@ def collect(sweep_dir: str):
       continue
     setting = os.path.relpath(path, sweep_dir).split(os.sep)[0]
     key = (result["task"], result["method"])
-    cells[setting].setdefault(key, Cell([], result["tuned_percent"])).add(result)
+    cell = cells[setting].setdefault(key, Cell([], result["tuned_percent"]))
+    cell.add(result)
+    cell.backbones.add(_backbone(workdir))
   failed = sorted(os.path.relpath(os.path.dirname(p), sweep_dir) for p in glob.glob(
       os.path.join(sweep_dir, "*", "*", "*", "*", "*", "failed.json")))
   unfinished = sorted(
@@ -83,6 +86,14 @@ def collect(sweep_dir: str):
       and not os.path.exists(os.path.join(os.path.dirname(p), "failed.json"))
       and os.sep + "superseded" + os.sep not in p)
   return dict(cells), failed, unfinished
+
+
+def _backbone(workdir: str) -> str | None:
+  """config.backbone of a run (its config.json), which decides the published rows beside it."""
+  try:
+    return files.read_json(os.path.join(workdir, "config.json")).get("backbone")
+  except (FileNotFoundError, files.DamagedFileError):
+    return None
 
 
 def _diverged_and_damaged(sweep_dir: str) -> tuple[list[str], list[str]]:
@@ -219,19 +230,28 @@ def tables(cells: dict, with_published: bool = False, with_chance: bool = False,
   notes = []
   if with_published:
     recipes = set().union(*(cell.recipes for cell in cells.values())) or {"paper"}
-    for row in [r for recipe in sorted(recipes) for r in published.rows_for(recipe, setting,
-                                                                             methods)]:
+    # The rows of the backbone the runs name (Han et al.'s MAE rows beside MAE runs, ...).
+    backbones = set().union(*(cell.backbones for cell in cells.values())) or {None}
+    chosen = [r for recipe in sorted(recipes) for backbone in sorted(backbones, key=str)
+              for r in published.rows_for(recipe, setting, methods, backbone)]
+    for row in {id(r): r for r in chosen}.values():
       numbers = row.accuracies
-      paper = summary({(t, row.method): Cell([v], 0.0) for t, v in numbers.items()})[row.method]
+      if row.group_means:  # Printed as group means only: those, and no per-task numbers.
+        paper = dict(groups={g: Average(row.group_means[g], 1, 1) for g in tasks_lib.GROUPS},
+                     mean=Average(float(np.mean(list(row.group_means.values()))), 3, 3),
+                     task_mean=Average(None, 0, len(published.TASK_ORDER)))
+      else:
+        paper = summary({(t, row.method): Cell([v], 0.0) for t, v in numbers.items()})[row.method]
       label = row.source.split(",")[0]
       line = [f"{row.method} ({label})",
               *(_fmt(numbers.get(t)) + ("?" if t in row.uncertain else "") for t in tasks),
-              *(str(paper["groups"][g]) for g in tasks_lib.GROUPS), str(paper["mean"]),
+              *(str(paper["groups"][g]) + ("?" if g in row.uncertain else "")
+                for g in tasks_lib.GROUPS), str(paper["mean"]),
               str(paper["task_mean"])]
       line += [""] * (len(header) - len(line))
       markdown.append("| " + " | ".join(line) + " |")
       notes += [f"? {row.method} ({label}) {t}: {why}" for t, why in row.uncertain.items()
-                if t in tasks]
+                if t in tasks or t in tasks_lib.GROUPS]
       rows.append({"method": row.method, **{t: numbers.get(t) for t in tasks},
                    **{g: paper["groups"][g].value for g in tasks_lib.GROUPS},
                    "mean": paper["mean"].value, "mean_tasks": paper["task_mean"].value,

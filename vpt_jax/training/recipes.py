@@ -33,9 +33,9 @@ from typing import Callable
 
 from vpt_jax import methods
 from vpt_jax.training import optim
-from vpt_jax.data import augment, device, pipeline, shifts, sources
+from vpt_jax.data import device, pipeline, shifts, sources
 from vpt_jax.data import tasks as tasks_lib
-from vpt_jax.models import vit
+from vpt_jax.models import backbones, vit
 
 # VPT-deep prompt length per task. No published config lists them (KMnP/vpt keeps them in
 # external files, README L138-140; VPT-or-FT follows VPT's). Each is the one length in
@@ -205,8 +205,78 @@ def _fgvc(settings: dict, method: str, task: str) -> dict:
   return settings
 
 
+# The backbones of the VPT paper's Tables 2 and 4 and Han et al.'s Tables 7-15, by family. What
+# the code does differently for them (docs/protocol.md, "The paper recipe on other backbones"):
+# KMnP/vpt builds MAE's ViT with drop_path_rate 0.1 (src/models/vit_backbones/vit_mae.py L59-82),
+# MoCo v3's with timm's defaults (vit_moco.py L121-125: no dropout, no drop-path) and Swin-B/L
+# (22k, 224) with drop_path_rate 0.5 (src/models/build_vit_backbone.py L170-206, L304-337), none
+# with Google's dropout 0.1; they act only where the backbone trains in train mode (full
+# fine-tuning: `froze_enc` False for end2end, vit_models.py L33-38; the prompted models' train()
+# overrides put the blocks in eval mode, vit_prompt/vit_mae.py L81-92, vit_moco.py L83-94,
+# swin_transformer.py L229-240).
+FAMILY_PREFIXES = (("mae_", "mae"), ("mocov3_", "mocov3"), ("swin", "swin"), ("dinov2_", None),
+                   ("clip_", None), ("openclip_", None))
+TRAIN_MODE_REGULARISATION = {"mae": dict(dropout=0.0, drop_path=0.1),
+                             "mocov3": dict(dropout=0.0, drop_path=0.0),
+                             "swin": dict(dropout=0.0, drop_path=0.5)}
+# KMnP/vpt tune_vtab.py L236-243 ("linear_mae"): the linear grid extended downwards for MAE.
+LINEAR_MAE_LRS = PROMPT_LRS + (0.025, 0.005, 0.0025)
+# Swin-B's VPT: VF's Swin prompt config and command (configs/base-prompt_swin.yaml L25
+# BATCH_SIZE 80; command.txt L539 DATA.BATCH_SIZE "80").
+SWIN_PROMPT_BATCH = 80
+# Swin-B VPT-deep prompt length per task, derived like PROMPT_TOKENS: the one length in
+# {1, 5, 10, 50} (the VPT paper's Swin grid) that reproduces Han et al.'s Tuned/Total row of
+# Tables 7-9, (12,032 x p + 1,025 x classes) / (86.7M + those): Swin-B's deep prompts are
+# (2 x 128 + 2 x 256 + 18 x 512 + 2 x 1024) x p (vit_prompt/swin_transformer.py L124-156).
+# eurosat fits worst (10 gives 0.15%, printed 0.13%; 5 would give 0.08%).
+SWIN_PROMPT_TOKENS = {
+    "cifar100": 1, "caltech101": 1, "dtd": 1, "oxford_flowers102": 1, "oxford_iiit_pet": 1,
+    "svhn": 50, "sun397": 1, "patch_camelyon": 5, "eurosat": 10, "resisc45": 10,
+    "diabetic_retinopathy": 1, "clevr_count": 50, "clevr_dist": 50, "dmlab": 10,
+    "kitti_dist": 50, "dsprites_loc": 10, "dsprites_ori": 5, "smallnorb_azi": 10,
+    "smallnorb_ele": 1}
+PROMPT_METHODS = ("vpt_shallow", "vpt_deep", "mixed", "ft_then_pt")
+
+
+def backbone_family(backbone: str | None) -> str | None:
+  """"supervised" (Google's ViTs, a checkpoint file, None), "mae", "mocov3" or "swin"; None for
+  the backbones neither paper trained (DINOv2, CLIP)."""
+  name = backbone or ""
+  record = backbones.find(name)
+  name = record.name if record else name
+  return next((family for prefix, family in FAMILY_PREFIXES if name.startswith(prefix)),
+              "supervised")
+
+
 def paper(method: str, task: str, requested: dict) -> dict:
-  """Each method as the papers' code trained it (KMnP/vpt, ChengHan111/VPT-or-FT, andytu28/VQT)."""
+  """Each method as the papers' code trained it (KMnP/vpt, ChengHan111/VPT-or-FT, andytu28/VQT),
+  on the backbone `requested` names (config.backbone)."""
+  backbone = requested.get("backbone")
+  family = backbone_family(backbone)
+  if family is None:
+    raise ValueError(f"recipe=paper has no settings for backbone={backbone!r}: neither the VPT "
+                     "paper nor Han et al. trained DINOv2 or CLIP; use recipe=mai (Mai et al.'s, "
+                     "as OSU-MLB/PETL_Vision trains them).")
+  settings = _paper(method, task, requested)
+  if family == "supervised":
+    return settings
+  for model, optim_settings, name in (
+      [(settings["model"], settings["optim"], method)] +
+      [(settings["stage_model"][s], settings["stage_optim"][s], s)
+       for s in settings["stage_model"]]):
+    if name in ("full", "galore"):  # The backbone in train mode: its own regularisation.
+      model.update(TRAIN_MODE_REGULARISATION[family])
+    if family == "swin" and name in PROMPT_METHODS + ("vpt_deep",):
+      optim_settings["batch_size"] = SWIN_PROMPT_BATCH
+  if family == "mae" and method == "linear" and task not in tasks_lib.FGVC_TASKS:
+    settings["sweep"]["base_lrs"] = LINEAR_MAE_LRS
+  if (family == "swin" and task in SWIN_PROMPT_TOKENS
+      and "prompt_tokens" in settings["method_kwargs"]):
+    settings["method_kwargs"]["prompt_tokens"] = SWIN_PROMPT_TOKENS[task]
+  return settings
+
+
+def _paper(method: str, task: str, requested: dict) -> dict:
   requested_optim = requested.get("optim", {})
   if method in VPT_FINETUNE_CONFIG:
     settings = _vpt_finetune(requested_optim.get("weight_decay"))
@@ -312,6 +382,7 @@ def mai(method: str, task: str, requested: dict) -> dict:
   Not reproduced: timm's schedule floor and start (lr_min 1e-5, warmup_lr_init 1e-6, and its
   first two epochs both at warmup_lr_init), PIL's bicubic resize (bilinear here) and timm's
   truncated-normal head (zeros here); docs/protocol.md lists each with its file."""
+  del task, requested
   optim_settings = dict(name="adamw", base_lr=0.001, weight_decay=0.0001, momentum=None,
                         batch_size=64, epochs=100, warmup_epochs=10, schedule="epoch",
                         scale_lr=False, grad_clip_norm=None, decay_rules=((".*", True),),
@@ -319,7 +390,7 @@ def mai(method: str, task: str, requested: dict) -> dict:
   model = dict(dropout=0.0, attn_out_dropout=None, gelu_approximate=False, head_init="zeros",
                drop_path=0.1)
   earlier = methods.stage_names(method)[:-1]
-  settings = dict(
+  return dict(
       model=model, method_kwargs=dict(MAI_METHOD_KWARGS),
       data=dict(normalization="unit", resize="bilinear", flip=False),
       optim=optim_settings,
@@ -327,57 +398,6 @@ def mai(method: str, task: str, requested: dict) -> dict:
                  seed_values=MAI_SEEDS, grid=MAI_METHOD_GRIDS.get(methods.stage_names(method)[-1])),
       stage_optim={name: dict(optim_settings) for name in earlier},
       stage_model={name: dict(model) for name in earlier})
-  if task in tasks_lib.IMAGENET_TASKS:
-    _mai_imagenet(settings, method, requested)
-  return settings
-
-# Mai et al.'s few-shot ImageNet with CLIP ViT-B/16 (OSU-MLB/PETL_Vision experiment/config/
-# clip_fs_imagenet.yml, lr_wd_clip_imagenet.yml, method-imagenet/*.yml, data/dataset/few_shot.py):
-# one lr and wd, batch 256, drop_path_rate searched over [0, 0.1]; evaluation Resize((256, 256),
-# bicubic) + CenterCrop(224); training timm's create_transform with RandAugment
-# 'rand-m9-mstd0.5-inc1' and random erasing 0.25 ('pixel').
-MAI_IMAGENET_LR, MAI_IMAGENET_WD = 0.00003, 0.005
-MAI_IMAGENET_BATCH = 256
-MAI_IMAGENET_DROP_PATHS = (0.0, 0.1)
-MAI_IMAGENET_CROP_FROM = 256  # int((256 / 224) * crop_size).
-MAI_IMAGENET_RAND_AUGMENT = "rand-m9-mstd0.5-inc1"
-MAI_IMAGENET_RANDOM_ERASING = 0.25
-# method-imagenet/<name>.yml of the methods with released ImageNet results (published_tables.md
-# A3): vpt_deep_50, lora_32, adaptformer_32, convpass_32, fact_tk_32, rand_h_adapter_32,
-# lora_p_adapter_32, repadapter; their scalars, no grid (the grid is the drop-path's).
-MAI_IMAGENET_METHOD_KWARGS = {
-    "vpt_deep": dict(prompt_tokens=50),
-    "lora": dict(lora_rank=32),
-    "adaptformer": dict(adapter_bottleneck=32, adapter_scaler=0.1),
-    "convpass": dict(convpass_bottleneck=32, convpass_scaler=1.0, convpass_xavier_init=True),
-    "fact_tk": dict(fact_dim=32, fact_scaler=0.01),
-    "rand_h_adapter": dict(adapter_bottleneck=32, adapter_scaler=0.01),
-    "lora_p_adapter": dict(adapter_bottleneck=32, adapter_scaler=0.1),
-    "repadapter": dict(repadapter_bottleneck=32, repadapter_scaler=1.0),
-}
-
-
-def _mai_imagenet(settings: dict, method: str, requested: dict) -> None:
-  """PETL_Vision's clip_fs_imagenet over the VTAB-1k settings of `mai`: lr 3e-5, wd 5e-3, batch
-  256, the drop-path grid, the backbone's normalisation (its MEAN_STD_DICT: CLIP's statistics for
-  CLIP), images resized to 256 x 256 (bicubic, aspect not kept) and held so, the centre 224 crop
-  in evaluation; in training a random 224 crop and flip (not timm's RandomResizedCrop of the
-  full image), RandAugment and random erasing on the device."""
-  from vpt_jax.models import backbones
-  record = backbones.find(str(requested.get("backbone")))
-  for optim_settings in (settings["optim"], *settings["stage_optim"].values()):
-    optim_settings.update(base_lr=MAI_IMAGENET_LR, weight_decay=MAI_IMAGENET_WD,
-                          batch_size=MAI_IMAGENET_BATCH)
-  for model in (settings["model"], *settings["stage_model"].values()):
-    model.update(drop_path=0.0)  # clip_fs_imagenet.yml's drop_path_rate; the grid searches it.
-  settings["data"].update(
-      normalization=record.normalization if record else "clip", resize="squash_bicubic",
-      crop_from=MAI_IMAGENET_CROP_FROM, flip=True, rand_augment=MAI_IMAGENET_RAND_AUGMENT,
-      random_erasing=MAI_IMAGENET_RANDOM_ERASING)
-  settings["sweep"].update(base_lrs=(MAI_IMAGENET_LR,), weight_decays=(MAI_IMAGENET_WD,),
-                           grid=(("model.drop_path", MAI_IMAGENET_DROP_PATHS),))
-  settings["method_kwargs"].update(
-      MAI_IMAGENET_METHOD_KWARGS.get(methods.stage_names(method)[-1], {}))
 
 
 RECIPES: dict[str, Callable[[str, str, dict], dict]] = {"paper": paper, "google": google,
@@ -492,9 +512,6 @@ def validate(config: dict, stages=()) -> None:
          "data.resize", data["resize"], "tf1_bilinear or bilinear with data.source=tfds "
          "(short_side and squash_bicubic are PIL's, "
          "made by the image-folder sources)")
-  augment.parse(data.get("rand_augment"))  # A misspelt string fails here, in one line.
-  _check(0 <= (data.get("random_erasing") or 0) <= 1, "data.random_erasing",
-         data.get("random_erasing"), "a probability in [0, 1]")
   _check(not data.get("crop_from") or data["crop_from"] > data["resolution"], "data.crop_from",
          data.get("crop_from"), f"0 (no crop) or larger than data.resolution={data['resolution']}")
   _check(not _TRAINING_SUBSETS.fullmatch(data["eval_subset"]), "data.eval_subset",
