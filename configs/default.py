@@ -81,6 +81,9 @@ def get_config():
       # Images held at crop_from px and cropped to resolution on the device (random crop in
       # training, centre crop in evaluation; FGVC's recipe: 256); unset or 0: held at resolution.
       crop_from=unset(int),
+      # timm's RandAugment string (e.g. "rand-m9-mstd0.5-inc1"; unset or "": none) and random
+      # erasing probability (unset or 0: none), applied on the device in training.
+      rand_augment=unset(str), random_erasing=unset(float),
       train_subset=unset(str), eval_subset=unset(str)))  # None: as config.phase says.
 
   config.optim = ml_collections.ConfigDict(_optim_fields())

@@ -3,6 +3,7 @@ on-device RandAugment and random erasing, the imagenet_shift recipe and study.""
 
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -122,3 +123,138 @@ def test_class_mask_excludes_outputs_outside_the_subset():
   assert kept.shape == (2, 200) and int(sums["correct"]) == 1  # Example 0: 5; example 1: 7 != 6.
   full, _ = steps.make_eval_step(Fixed())(None, jnp.asarray(logits), labels, jnp.ones(2, bool))
   assert int(full["correct"]) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# RandAugment and random erasing on the device (vpt_jax/data/augment.py).
+
+def _image(seed=0, shape=(12, 14, 3)):
+  return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+ZERO_IS_IDENTITY = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel",
+                    "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing",
+                    "SharpnessIncreasing", "SolarizeIncreasing", "SolarizeAdd")
+
+
+@jax.jit
+def _all_ops(x, board):
+  """Every op the tests look at, in one compiled program (op by op costs seconds on a CPU)."""
+  from vpt_jax.data import augment
+  fill = (123, 117, 104)
+  out = {f"zero_{name}": augment.apply_op(name, x, 0.0, -1.0) for name in ZERO_IS_IDENTITY}
+  out.update(
+      posterize9=augment.apply_op("PosterizeIncreasing", x, 9.0, 1.0),
+      solarize9=augment.apply_op("SolarizeIncreasing", x, 9.0, 1.0),
+      solarize_add9=augment.apply_op("SolarizeAdd", x, 9.0, 1.0),
+      brightness9=augment.apply_op("BrightnessIncreasing", x, 9.0, -1.0),
+      board_rotate90=augment.rotate(board, 90.0, (1, 2, 3)),
+      board_translate=augment.translate_x(board, 0.25, (1, 2, 3)),
+      auto_contrast=augment.auto_contrast(x), equalize=augment.equalize(x),
+      posterize3=augment.posterize(x, 3), invert=augment.invert(x),
+      rotate23=augment.rotate(x, 23.0, fill), shear_x=augment.shear_x(x, 0.2, fill))
+  for factor in (0.3, 1.7):
+    out.update({f"color{factor}": augment.color(x, factor),
+                f"contrast{factor}": augment.contrast(x, factor),
+                f"sharpness{factor}": augment.sharpness(x, factor)})
+  return out
+
+
+def test_augment_ops_on_values_and_against_pillow():
+  """Magnitude 0 leaves an image be; timm's level maps; rotation and translation of a
+  checkerboard; and the ops against Pillow itself (timm calls these Pillow functions): the point
+  ops equal, autocontrast, the enhancements and the affine ops within one level (float32 and
+  fused multiply-adds here, double there)."""
+  from PIL import ImageEnhance, ImageOps
+  image = _image(1, (12, 14, 3))
+  board = np.kron((np.indices((4, 4)).sum(0) % 2) * 255, np.ones((4, 4)))[..., None].repeat(3, -1)
+  out = {k: np.asarray(v) for k, v in _all_ops(jnp.asarray(image, jnp.float32),
+                                               jnp.asarray(board, jnp.float32)).items()}
+  for name in ZERO_IS_IDENTITY:
+    np.testing.assert_array_equal(out[f"zero_{name}"], image, err_msg=name)
+  # Magnitude 9: posterize keeps 4 - int(3.6) = 1 bit, solarize at 256 - int(230.4) = 26,
+  # solarize_add adds int(99) below 128, brightness's factor 1 - 0.81.
+  np.testing.assert_array_equal(out["posterize9"], image & 0x80)
+  np.testing.assert_array_equal(out["solarize9"], np.where(image >= 26, 255 - image, image))
+  np.testing.assert_array_equal(out["solarize_add9"],
+                                np.where(image < 128, np.minimum(255, image.astype(int) + 99), image))
+  np.testing.assert_array_equal(out["brightness9"], np.floor(image * np.float32(0.19)))
+  # 90 degrees is np.rot90 (counter-clockwise, as PIL's); 0.25 x width moves columns left and
+  # fills the rest with the fill colour.
+  np.testing.assert_allclose(out["board_rotate90"], np.rot90(board), atol=1)
+  np.testing.assert_array_equal(out["board_translate"][:, :12], board[:, 4:])
+  np.testing.assert_array_equal(out["board_translate"][:, 12:], np.broadcast_to([1, 2, 3], (16, 4, 3)))
+  pil = Image.fromarray(image)
+  fill = (123, 117, 104)
+  exact = {"equalize": ImageOps.equalize(pil), "posterize3": ImageOps.posterize(pil, 3),
+           "invert": ImageOps.invert(pil)}
+  for name, theirs in exact.items():
+    np.testing.assert_array_equal(out[name], np.asarray(theirs), err_msg=name)
+  near = {"auto_contrast": ImageOps.autocontrast(pil),
+          "rotate23": pil.rotate(23.0, resample=Image.BICUBIC, fillcolor=fill),
+          "shear_x": pil.transform(pil.size, Image.AFFINE, (1, 0.2, 0, 0, 1, 0),
+                                   resample=Image.BICUBIC, fillcolor=fill)}
+  for factor in (0.3, 1.7):  # Compiled: a fused multiply-add (augment.blend).
+    near.update({f"color{factor}": ImageEnhance.Color(pil).enhance(factor),
+                 f"contrast{factor}": ImageEnhance.Contrast(pil).enhance(factor),
+                 f"sharpness{factor}": ImageEnhance.Sharpness(pil).enhance(factor)})
+  for name, theirs in near.items():
+    difference = np.abs(out[name] - np.asarray(theirs, np.float32))
+    assert difference.max() <= 1 and np.mean(difference == 0) > 0.9, name
+
+
+def test_rand_augment_and_erasing_are_keyed_per_example():
+  from vpt_jax.data import augment, device
+  spec = augment.parse("rand-m9-mstd0.5-inc1")
+  assert spec == augment.RandAugment(9.0, 2, 0.5, True) and len(spec.ops) == 15
+  with pytest.raises(ValueError, match="cannot read 'w0'"):
+    augment.parse("rand-m9-w0")
+  images = jnp.asarray(np.stack([_image(i) for i in range(4)]))
+  rng = jax.random.PRNGKey(3)
+  flat = jnp.full((4, 12, 14, 3), 7.0)
+
+  @jax.jit
+  def run(permutation, epoch, batch_size_4_keys):
+    keys = device.batch_keys(rng, epoch, permutation, 0, 4, 1)
+    augmented = device.rand_augment_batch(images[permutation], keys, spec, (1, 2, 3))
+    return keys, augmented, device.erase_batch(flat, batch_size_4_keys, 1.0)
+
+  # An example's augmentation depends on (run key, epoch, index) alone, not on its batch.
+  order = jnp.asarray([2, 0, 3, 1])
+  keys, out, erased = run(order, 5, jax.random.split(rng, 4))
+  keys_again, out_again, _ = run(order[::-1], 5, jax.random.split(rng, 4))
+  np.testing.assert_array_equal(jax.random.key_data(keys[::-1]), jax.random.key_data(keys_again))
+  np.testing.assert_array_equal(out[::-1], out_again)
+  assert out.dtype == jnp.uint8 and (np.asarray(out) != np.asarray(images[order])).any()
+  _, other_epoch, _ = run(order, 6, jax.random.split(rng, 4))
+  assert (np.asarray(other_epoch) != np.asarray(out)).any()
+  # Erasing at probability 1: one rectangle of N(0, 1) values in each image.
+  for one in np.asarray(erased):
+    changed = (one != 7.0).any(-1)
+    rows, cols = np.nonzero(changed)
+    assert changed.any() and changed[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
+    assert 0.01 < changed.sum() / changed.size < 0.4 and abs(one[changed].mean()) < 1.5
+
+
+def test_imagenet_recipe_is_clip_fs_imagenets():
+  """configs/imagenet_shift.py with the mai recipe: PETL_Vision's clip_fs_imagenet.yml,
+  lr_wd_clip_imagenet.yml, vpt_deep_50.yml and few_shot.py's transforms."""
+  from configs import imagenet_shift
+  from vpt_jax.training import recipes
+  resolved = recipes.resolve(imagenet_shift.get_config("method=vpt_deep"))
+  o, d = resolved.optim, resolved.data
+  assert (o.name, o.base_lr, o.weight_decay, o.batch_size, o.epochs, o.warmup_epochs) == (
+      "adamw", 3e-5, 5e-3, 256, 100, 10)
+  assert (d.source, d.train_subset, d.eval_subset, d.normalization, d.resize, d.crop_from,
+          d.resolution, d.flip, d.rand_augment, d.random_erasing) == (
+      "imagenet", "train", "test", "clip", "squash_bicubic", 256, 224, True,
+      "rand-m9-mstd0.5-inc1", 0.25)
+  assert resolved.sweep.grid == (("model.drop_path", (0.0, 0.1)),)
+  assert (resolved.model.drop_path, resolved.method_kwargs.prompt_tokens) == (0.0, 50)
+  assert recipes.resolve(imagenet_shift.get_config("phase=search")).data.eval_subset == "val"
+  with pytest.raises(ValueError, match="data.random_erasing"):
+    config = imagenet_shift.get_config()
+    config.data.random_erasing = 1.5
+    recipes.resolve(config)
+  with pytest.raises(ValueError, match="this study trains on task=imagenet"):
+    imagenet_shift.get_config("task=imagenet_a")

@@ -91,3 +91,23 @@ def center_crop(images, size: int | None):
     return images
   top, left = (int(round((extent - size) / 2.0)) for extent in images.shape[1:3])
   return images[:, top:top + size, left:left + size]
+
+
+def batch_keys(rng, epoch, permutation, step_in_epoch, batch_size: int, purpose: int):
+  """Per-example keys of `take_batch`'s batch for one more augmentation: (the run's key, the
+  epoch, the example's index) folded with `purpose`, so the crop's keys stay as they were."""
+  positions = step_in_epoch * batch_size + jnp.arange(batch_size)
+  keys = example_keys(rng, epoch, permutation[positions % permutation.shape[0]])
+  return jax.vmap(lambda key: jax.random.fold_in(key, purpose))(keys)
+
+
+def rand_augment_batch(images, keys, spec, fill):
+  """timm's RandAugment (vpt_jax/data/augment.py) of each uint8 image by its key."""
+  from vpt_jax.data import augment
+  return jax.vmap(lambda image, key: augment.rand_augment(image, key, spec, fill))(images, keys)
+
+
+def erase_batch(images, keys, prob: float):
+  """timm's RandomErasing ('pixel' mode, one rectangle) of each normalised image by its key."""
+  from vpt_jax.data import augment
+  return jax.vmap(lambda image, key: augment.erase(image, key, prob))(images, keys)

@@ -118,6 +118,7 @@ def program_key(run: spec.RunSpec, stage: spec.StageSpec, num_examples: int, mes
       "optim": stage.optim.compiled_fields(), "examples": num_examples, "dtype": str(run.dtype),
       "data": [run.data.resolution, run.data.normalization, run.data.flip, run.data.crop_from],
       "sharding": run.sharding_strategy, "devices": [d.id for d in mesh.devices.flat],
+      "augmentation": [run.data.rand_augment, run.data.random_erasing],
   }, sort_keys=True, default=str)
 
 
@@ -154,7 +155,9 @@ def _build(key, run: spec.RunSpec, stage: spec.StageSpec, num_examples: int, mes
   shardings = (trainable_sharding, opt_sharding, frozen_sharding)
   replicated = sharding.replicated(mesh)
   step_fn = steps.make_device_step(model, tx, mesh, steps_per_epoch, batch_size,
-                                   run.data.normalization, run.data.flip, run.data.crop_size)
+                                   run.data.normalization, run.data.flip, run.data.crop_size,
+                                   rand_augment=run.data.rand_augment,
+                                   random_erasing=run.data.random_erasing)
   return Program(
       key=key, model=model, mesh=mesh, groups=groups, tx=tx, schedule=schedule,
       shardings=shardings, steps_per_epoch=steps_per_epoch, total_steps=total_steps,

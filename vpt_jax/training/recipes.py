@@ -33,7 +33,7 @@ from typing import Callable
 
 from vpt_jax import methods
 from vpt_jax.training import optim
-from vpt_jax.data import device, pipeline, shifts, sources
+from vpt_jax.data import augment, device, pipeline, shifts, sources
 from vpt_jax.data import tasks as tasks_lib
 from vpt_jax.models import backbones, vit
 
@@ -382,7 +382,6 @@ def mai(method: str, task: str, requested: dict) -> dict:
   Not reproduced: timm's schedule floor and start (lr_min 1e-5, warmup_lr_init 1e-6, and its
   first two epochs both at warmup_lr_init), PIL's bicubic resize (bilinear here) and timm's
   truncated-normal head (zeros here); docs/protocol.md lists each with its file."""
-  del task, requested
   optim_settings = dict(name="adamw", base_lr=0.001, weight_decay=0.0001, momentum=None,
                         batch_size=64, epochs=100, warmup_epochs=10, schedule="epoch",
                         scale_lr=False, grad_clip_norm=None, decay_rules=((".*", True),),
@@ -390,7 +389,7 @@ def mai(method: str, task: str, requested: dict) -> dict:
   model = dict(dropout=0.0, attn_out_dropout=None, gelu_approximate=False, head_init="zeros",
                drop_path=0.1)
   earlier = methods.stage_names(method)[:-1]
-  return dict(
+  settings = dict(
       model=model, method_kwargs=dict(MAI_METHOD_KWARGS),
       data=dict(normalization="unit", resize="bilinear", flip=False),
       optim=optim_settings,
@@ -398,6 +397,57 @@ def mai(method: str, task: str, requested: dict) -> dict:
                  seed_values=MAI_SEEDS, grid=MAI_METHOD_GRIDS.get(methods.stage_names(method)[-1])),
       stage_optim={name: dict(optim_settings) for name in earlier},
       stage_model={name: dict(model) for name in earlier})
+  if task in tasks_lib.IMAGENET_TASKS:
+    _mai_imagenet(settings, method, requested)
+  return settings
+
+# Mai et al.'s few-shot ImageNet with CLIP ViT-B/16 (OSU-MLB/PETL_Vision experiment/config/
+# clip_fs_imagenet.yml, lr_wd_clip_imagenet.yml, method-imagenet/*.yml, data/dataset/few_shot.py):
+# one lr and wd, batch 256, drop_path_rate searched over [0, 0.1]; evaluation Resize((256, 256),
+# bicubic) + CenterCrop(224); training timm's create_transform with RandAugment
+# 'rand-m9-mstd0.5-inc1' and random erasing 0.25 ('pixel').
+MAI_IMAGENET_LR, MAI_IMAGENET_WD = 0.00003, 0.005
+MAI_IMAGENET_BATCH = 256
+MAI_IMAGENET_DROP_PATHS = (0.0, 0.1)
+MAI_IMAGENET_CROP_FROM = 256  # int((256 / 224) * crop_size).
+MAI_IMAGENET_RAND_AUGMENT = "rand-m9-mstd0.5-inc1"
+MAI_IMAGENET_RANDOM_ERASING = 0.25
+# method-imagenet/<name>.yml of the methods with released ImageNet results (published_tables.md
+# A3): vpt_deep_50, lora_32, adaptformer_32, convpass_32, fact_tk_32, rand_h_adapter_32,
+# lora_p_adapter_32, repadapter; their scalars, no grid (the grid is the drop-path's).
+MAI_IMAGENET_METHOD_KWARGS = {
+    "vpt_deep": dict(prompt_tokens=50),
+    "lora": dict(lora_rank=32),
+    "adaptformer": dict(adapter_bottleneck=32, adapter_scaler=0.1),
+    "convpass": dict(convpass_bottleneck=32, convpass_scaler=1.0, convpass_xavier_init=True),
+    "fact_tk": dict(fact_dim=32, fact_scaler=0.01),
+    "rand_h_adapter": dict(adapter_bottleneck=32, adapter_scaler=0.01),
+    "lora_p_adapter": dict(adapter_bottleneck=32, adapter_scaler=0.1),
+    "repadapter": dict(repadapter_bottleneck=32, repadapter_scaler=1.0),
+}
+
+
+def _mai_imagenet(settings: dict, method: str, requested: dict) -> None:
+  """PETL_Vision's clip_fs_imagenet over the VTAB-1k settings of `mai`: lr 3e-5, wd 5e-3, batch
+  256, the drop-path grid, the backbone's normalisation (its MEAN_STD_DICT: CLIP's statistics for
+  CLIP), images resized to 256 x 256 (bicubic, aspect not kept) and held so, the centre 224 crop
+  in evaluation; in training a random 224 crop and flip (not timm's RandomResizedCrop of the
+  full image), RandAugment and random erasing on the device."""
+  from vpt_jax.models import backbones
+  record = backbones.find(str(requested.get("backbone")))
+  for optim_settings in (settings["optim"], *settings["stage_optim"].values()):
+    optim_settings.update(base_lr=MAI_IMAGENET_LR, weight_decay=MAI_IMAGENET_WD,
+                          batch_size=MAI_IMAGENET_BATCH)
+  for model in (settings["model"], *settings["stage_model"].values()):
+    model.update(drop_path=0.0)  # clip_fs_imagenet.yml's drop_path_rate; the grid searches it.
+  settings["data"].update(
+      normalization=record.normalization if record else "clip", resize="squash_bicubic",
+      crop_from=MAI_IMAGENET_CROP_FROM, flip=True, rand_augment=MAI_IMAGENET_RAND_AUGMENT,
+      random_erasing=MAI_IMAGENET_RANDOM_ERASING)
+  settings["sweep"].update(base_lrs=(MAI_IMAGENET_LR,), weight_decays=(MAI_IMAGENET_WD,),
+                           grid=(("model.drop_path", MAI_IMAGENET_DROP_PATHS),))
+  settings["method_kwargs"].update(
+      MAI_IMAGENET_METHOD_KWARGS.get(methods.stage_names(method)[-1], {}))
 
 
 RECIPES: dict[str, Callable[[str, str, dict], dict]] = {"paper": paper, "google": google,
@@ -512,6 +562,9 @@ def validate(config: dict, stages=()) -> None:
          "data.resize", data["resize"], "tf1_bilinear or bilinear with data.source=tfds "
          "(short_side and squash_bicubic are PIL's, "
          "made by the image-folder sources)")
+  augment.parse(data.get("rand_augment"))  # A misspelt string fails here, in one line.
+  _check(0 <= (data.get("random_erasing") or 0) <= 1, "data.random_erasing",
+         data.get("random_erasing"), "a probability in [0, 1]")
   _check(not data.get("crop_from") or data["crop_from"] > data["resolution"], "data.crop_from",
          data.get("crop_from"), f"0 (no crop) or larger than data.resolution={data['resolution']}")
   _check(not _TRAINING_SUBSETS.fullmatch(data["eval_subset"]), "data.eval_subset",

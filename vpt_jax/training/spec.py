@@ -104,6 +104,10 @@ class DataSpec:
   # >0: images are stored at crop_from px and cropped to `resolution` on the device (random in
   # training, the centre in evaluation: KMnP/vpt's FGVC transforms); 0: stored at `resolution`.
   crop_from: int = 0
+  # timm's RandAugment string ("" none) and random erasing probability, on the device
+  # (vpt_jax/data/augment.py; PETL_Vision's few-shot ImageNet: "rand-m9-mstd0.5-inc1", 0.25).
+  rand_augment: str = ""
+  random_erasing: float = 0.0
 
   @property
   def array_resolution(self) -> int:
@@ -204,7 +208,9 @@ def from_resolved(config, workdir: str) -> RunSpec:
                                       **_model_fields(config.model))),
       stages=_stages(config, dtype, head_classes, workdir),
       data=DataSpec(task, d.source, d.train_subset, d.eval_subset, d.resolution, d.normalization, d.resize,
-                    d.flip, d.data_dir, d.cache_dir, d.crop_from or 0),
+                    d.flip, d.data_dir, d.cache_dir, d.crop_from or 0,
+                    rand_augment=d.get("rand_augment") or "",
+                    random_erasing=d.get("random_erasing") or 0.0),
       eval=EvalSpec(config.eval_batch_size, config.eval_every_epochs, tuple(config.eval_shifts)),
       checkpoints=CheckpointSpec(config.checkpoint_every_epochs, config.checkpoints_to_keep),
       dtype=dtype, sharding_strategy=tuple(tuple(rule) for rule in config.sharding_strategy),

@@ -11,6 +11,7 @@ import optax
 
 from vpt_jax.training import optim, sharding
 from vpt_jax.utils import paths
+from vpt_jax.data import augment as augment_lib
 from vpt_jax.data import device
 from vpt_jax.models import peft
 
@@ -69,7 +70,8 @@ def make_eval_step(model, class_subset: tuple[int, ...] | None = None):
 
 
 def make_device_step(model, tx, mesh, steps_per_epoch: int, batch_size: int,
-                     normalization: str, flip: bool = False, crop_size: int | None = None):
+                     normalization: str, flip: bool = False, crop_size: int | None = None,
+                     rand_augment: str = "", random_erasing: float = 0.0):
   """The step on device-resident data: (trainable, opt_state, frozen, images, labels,
   permutation, step, train_rng, flip_rng) -> (trainable, opt_state, metrics).
 
@@ -77,8 +79,13 @@ def make_device_step(model, tx, mesh, steps_per_epoch: int, batch_size: int,
   own batch, normalises it and splits it over the data axis. Random keys are arguments, so runs
   with other seeds reuse the compiled step. `crop_size`: the set is stored larger and each
   example is randomly cropped (and flipped, with `flip`) by a key of `flip_rng`, the epoch and
-  its index (device.take_batch).
+  its index (device.take_batch). `rand_augment` (timm's string, e.g.
+  "rand-m9-mstd0.5-inc1") and `random_erasing` (its probability) then augment each example by
+  keys of the same (`flip_rng`, epoch, index), RandAugment before and erasing after the
+  normalisation, as timm's transform orders them (vpt_jax/data/augment.py).
   """
+  ra_spec = augment_lib.parse(rand_augment)
+  ra_fill = augment_lib.fill_of(normalization)
   batch = sharding.batch_sharded(mesh)
   train_step = make_train_step(model, tx)
 
@@ -88,8 +95,14 @@ def make_device_step(model, tx, mesh, steps_per_epoch: int, batch_size: int,
         images, labels, permutation, step % steps_per_epoch, batch_size,
         jax.random.fold_in(flip_rng, step) if flip and crop_size is None else None,
         crop_size=crop_size, crop_rng=flip_rng, epoch=step // steps_per_epoch, crop_flip=flip)
-    batch_images = jax.lax.with_sharding_constraint(
-        device.normalize(batch_images, normalization), batch)
+    keys = lambda purpose: device.batch_keys(flip_rng, step // steps_per_epoch, permutation,
+                                             step % steps_per_epoch, batch_size, purpose)
+    if ra_spec is not None:
+      batch_images = device.rand_augment_batch(batch_images, keys(1), ra_spec, ra_fill)
+    batch_images = device.normalize(batch_images, normalization)
+    if random_erasing:
+      batch_images = device.erase_batch(batch_images, keys(2), random_erasing)
+    batch_images = jax.lax.with_sharding_constraint(batch_images, batch)
     batch_labels = jax.lax.with_sharding_constraint(batch_labels, batch)
     mask = jax.lax.with_sharding_constraint(mask, batch)
     return train_step(trainable, opt_state, frozen, batch_images, batch_labels,

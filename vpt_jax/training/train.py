@@ -72,7 +72,8 @@ class ConfigMismatchError(ValueError):
 
 # Fields added to configs after runs were recorded without them, with the value those runs used:
 # a record that lacks one matches a config that has that value.
-ADDED_FIELDS: dict[str, object] = {"data.source": "tfds", "model.drop_path": None}
+ADDED_FIELDS: dict[str, object] = {"data.source": "tfds", "model.drop_path": None,
+                                   "data.rand_augment": None, "data.random_erasing": None}
 
 
 def config_differences(stored: dict, current: dict) -> list[str]:
