@@ -4,6 +4,7 @@
   python launch/report.py --sweep_dir=sweeps/a --published     # with the VPT paper's numbers
   python launch/report.py --sweep_dir=sweeps/a --distances=sweeps/a/distances.json
   python launch/report.py --sweep_dir=sweeps/a --ensembles=vpt_deep+lora+ssf,full+vpt_deep
+  python launch/report.py --sweep_dir=sweeps/imagenet --published   # ID / OOD, WiSE-FT curves
 
 Final runs save their test logits: the report always has the error-disagreement matrix and each
 method's seed ensemble per task; --ensembles adds prediction ensembles of method sets. Clean vs
@@ -21,6 +22,7 @@ from absl import flags
 
 from vpt_jax import methods
 from vpt_jax.study import plots, predictions, report
+from vpt_jax.study import imagenet_shift
 from vpt_jax.utils import cli
 
 _SWEEP_DIR = flags.DEFINE_string("sweep_dir", None, "A launch/sweep.py output directory.")
@@ -58,6 +60,9 @@ def main(argv):
   if _DISTANCES.value:
     figures["data_distance.png"] = lambda p: plots.distance_chart(
         plots.read_distances(_DISTANCES.value), cells.get("vtab1k", {}), p)
+  # Few-shot ImageNet: ID against mean OOD top-1 along WiSE-FT's a, per method.
+  figures["imagenet_wise.png"] = lambda p: plots.imagenet_wise(
+      imagenet_shift.curves(_SWEEP_DIR.value, _PUBLISHED.value), p)
   for name, draw in figures.items():
     path = os.path.join(out_dir, name)
     print(f"{'wrote' if draw(path) else 'no data for'} {path}")

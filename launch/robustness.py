@@ -3,6 +3,10 @@
   python launch/robustness.py --sweep_dir=sweeps/main
   python launch/robustness.py --sweep_dir=sweeps/main --shifts=gaussian_noise:5,jpeg:1 --nowise
 
+Runs trained on few-shot ImageNet (configs/imagenet_shift.py) are scored on --eval_sets
+(<run>/eval_sets.json) and, with --wise, along a = 0, 0.1, ..., 1 on ImageNet and every set
+(<method>/wise_sets.json); the other runs as follows.
+
 For every final run of the sweep's current configuration: test accuracy on corrupted copies of
 the test split (<run>/shift.json). For every (task, method) whose method moves the backbone:
 WiSE-FT's a picked on val200 with the selected setting's search run, test accuracy of the final
@@ -16,7 +20,7 @@ import sys
 from absl import flags, logging
 
 from vpt_jax import methods
-from vpt_jax.study import report, robustness
+from vpt_jax.study import imagenet_shift, report, robustness
 from vpt_jax.utils import cli
 from vpt_jax.data import shifts
 
@@ -24,6 +28,9 @@ _SWEEP_DIR = flags.DEFINE_string("sweep_dir", None, "A launch/sweep.py output di
 _SHIFTS = flags.DEFINE_list("shifts", list(shifts.DEFAULT_SHIFTS),
                             "Corruption:severity (1-5) of " + ", ".join(shifts.CORRUPTIONS))
 _WISE = flags.DEFINE_bool("wise", True, "WiSE-FT for the methods that move the backbone.")
+_EVAL_SETS = flags.DEFINE_string(
+    "eval_sets", "imagenet_shifts", "Named evaluation sets of runs trained on few-shot ImageNet "
+    "(imagenet_shifts: ImageNet-V2, -Sketch, -A, -R; or names joined by +).")
 flags.mark_flags_as_required(["sweep_dir"])
 
 
@@ -37,6 +44,18 @@ def main(argv):
       shifts.parse(shift)
   current, _ = report.final_dirs(_SWEEP_DIR.value)
   finished = [d for d in current if os.path.exists(os.path.join(d, "result.json"))]
+  # Runs on few-shot ImageNet: its named evaluation sets and WiSE-FT curves over all of them
+  # (vpt_jax/study/imagenet_shift.py) instead of corrupted copies of a TFDS test split.
+  natural = [d for d in finished if imagenet_shift.is_imagenet_run(d)]
+  finished = [d for d in finished if d not in natural]
+  with cli.errors(ValueError):
+    eval_sets = imagenet_shift.expand_sets(_EVAL_SETS.value)
+  natural_by_method = {}
+  for workdir in natural:
+    imagenet_shift.evaluate_sets(workdir, eval_sets)
+    natural_by_method.setdefault(os.path.dirname(os.path.dirname(workdir)), []).append(workdir)
+  for method_dir, runs in sorted(natural_by_method.items()) if _WISE.value else ():
+    imagenet_shift.wise_sets(method_dir, sorted(runs), eval_sets)
   for workdir in finished:
     robustness.shift_run(workdir, _SHIFTS.value)
   if not _WISE.value:

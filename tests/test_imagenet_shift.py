@@ -258,3 +258,51 @@ def test_imagenet_recipe_is_clip_fs_imagenets():
     recipes.resolve(config)
   with pytest.raises(ValueError, match="this study trains on task=imagenet"):
     imagenet_shift.get_config("task=imagenet_a")
+
+
+def test_imagenet_shift_study_end_to_end(tmp_path, tiny_backbone):
+  """launch/sweep.py -> launch/robustness.py -> launch/report.py on a generated ImageNet folder:
+  the final run scored on the four shifted sets, WiSE-FT curves on all five, the ID / OOD table
+  with the released rows, and the WiSE figure."""
+  import json
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  data = write_imagenet(tmp_path / "data", seed=4)
+  sweep = tmp_path / "sweep"
+  done = subprocess.run(
+      [sys.executable, "launch/sweep.py",
+       "--config=configs/imagenet_shift.py:method=full,backbone=ViT-B_16", f"--sweep_dir={sweep}",
+       f"--config.data.data_dir={data}", f"--config.backbone={tiny_backbone}",
+       "--config.model.variant=Ti/16", "--config.model.depth=2", "--config.data.resolution=32",
+       "--config.data.crop_from=40", "--config.optim.epochs=2", "--config.optim.warmup_epochs=1",
+       "--config.optim.batch_size=8", "--config.eval_batch_size=16",
+       "--config.sweep.grid=((\"model.drop_path\", (0.0,)),)",
+       f"--config.data.cache_dir={tmp_path / 'cache'}"],
+      cwd=repo, text=True, capture_output=True, timeout=900)
+  assert done.returncode == 0, done.stderr[-3000:]
+  method_dir = sweep / "imagenet" / "imagenet" / "full"
+  (final,) = method_dir.glob("final/*/result.json")
+  result = json.loads(final.read_text())
+  assert (result["train_subset"], result["eval_subset"], result["eval_examples"]) == (
+      "train", "test", 8)
+  config = json.loads((final.parent / "config.json").read_text())
+  assert (config["data.rand_augment"], config["data.random_erasing"]) == ("rand-m9-mstd0.5-inc1", 0.25)
+  done = subprocess.run([sys.executable, "launch/robustness.py", f"--sweep_dir={sweep}"],
+                        cwd=repo, text=True, capture_output=True, timeout=900)
+  assert done.returncode == 0, done.stderr[-3000:]
+  scored = json.loads((final.parent / "eval_sets.json").read_text())["accuracy"]
+  assert set(scored) == {"imagenet", "imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r"}
+  assert scored["imagenet"] == result["test_accuracy"] and all(0 <= v <= 1 for v in scored.values())
+  wise = json.loads((method_dir / "wise_sets.json").read_text())
+  (curve,) = wise["runs"].values()
+  assert wise["alphas"][0] == 0.0 and len(curve["accuracy"]["imagenet_a"]) == 11
+  # a = 1 is the trained model: its ImageNet-A top-1 is eval_sets.json's.
+  assert curve["accuracy"]["imagenet_a"][-1] == scored["imagenet_a"]
+  assert curve["accuracy"]["imagenet"][-1] == result["test_accuracy"]
+  done = subprocess.run([sys.executable, "launch/report.py", f"--sweep_dir={sweep}", "--published"],
+                        cwd=repo, text=True, capture_output=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "## imagenet: ImageNet (ID) and its natural shifts (OOD)" in done.stdout
+  assert "| full (full; PETL_Vision released results (A3)) | 74.95 | 62.83 | 36.43 | 18.43 | 52.32 | 42.50 |" in done.stdout
+  assert (sweep / "report" / "imagenet_wise.png").exists()

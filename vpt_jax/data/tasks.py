@@ -229,8 +229,8 @@ IMAGENET_TASKS = ("imagenet",) + IMAGENET_SHIFTS
 
 def folder_task(path: str) -> Task:
   """A custom dataset: a folder with train.txt, val.txt and test.txt ("relative/path label"
-  lines) and its class count in classes.txt (one number, or one class name a line), else the
-  largest label + 1."""
+  lines) and its class count in classes.txt (one number, or one class name a line, in label
+  order: the task's class names, for CLIP's zero-shot head), else the largest label + 1."""
   from vpt_jax.data import lists  # It reads task records; they do not need it.
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.isdir(path):
@@ -239,7 +239,8 @@ def folder_task(path: str) -> Task:
   if os.path.exists(classes_file):
     with open(classes_file) as f:
       lines = [line.strip() for line in f if line.strip()]
-    classes = int(lines[0]) if len(lines) == 1 and lines[0].isdigit() else len(lines)
+    count_only = len(lines) == 1 and lines[0].isdigit()
+    classes, names = (int(lines[0]), None) if count_only else (len(lines), tuple(lines))
   else:
     labels = [entry.label for name in ("train.txt", "val.txt", "test.txt")
               if os.path.exists(os.path.join(path, name))
@@ -247,9 +248,9 @@ def folder_task(path: str) -> Task:
     if not labels:
       raise ValueError(f"task={FOLDER_PREFIX}{path}: the folder has no train.txt, val.txt or "
                        "test.txt.")
-    classes = max(labels) + 1
+    classes, names = max(labels) + 1, None
   return Task(FOLDER_PREFIX + path, path, classes, CUSTOM, Region("train"), Region("val"), "test",
-              sources=("folder",), folder=path)
+              sources=("folder",), folder=path, class_names=names)
 
 
 def get(name: str) -> Task:

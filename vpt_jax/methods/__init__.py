@@ -36,6 +36,7 @@ class Method:
   model_fields: dict[str, Any] = dataclasses.field(default_factory=dict)  # vit.Model fields.
   stages: tuple["Method", ...] = ()
   carry_head: bool = True  # Later stages start from the earlier stage's head (else a fresh one).
+  trains: bool = True  # False: no optimizer step; the run evaluates its initial model (zero_shot).
 
   @property
   def single_stages(self) -> tuple["Method", ...]:
@@ -114,6 +115,15 @@ def _with_projection(method: Method) -> Method:
 @register("the head only (a linear probe)")
 def linear(**_):
   return Method("linear", (_HEAD, _REST_FROZEN))
+
+
+@register("nothing: CLIP's zero-shot classifier (the task's class names through the backbone's text "
+          "tower) as the head, evaluated (a CLIP backbone; tasks with class names)")
+def zero_shot(**_):
+  # PETL_Vision's method zero_shot (experiment/config/method/zero_shot.yml): the model as
+  # build_model.py makes it, its head build_clip_zs_classifier.py's, evaluated without training.
+  # The head is this method's "trainable" part only so that the artifact keeps it.
+  return Method("zero_shot", (_HEAD, _REST_FROZEN), dict(head_init="zero_shot"), trains=False)
 
 
 @register("everything (full fine-tuning)", moves_backbone=True)

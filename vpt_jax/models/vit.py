@@ -488,7 +488,9 @@ def _head_initializers(head_init: str, num_classes: int) -> dict:
   if head_init == "vpt":  # KMnP/vpt src/models/mlp.py: kaiming_normal_(fan_out), special_bias.
     return dict(kernel_init=nn.initializers.normal(stddev=(2.0 / num_classes) ** 0.5),
                 bias_init=nn.initializers.constant(-math.log((1 - 0.01) / 0.01)))
-  raise ValueError(f"head_init={head_init!r} must be 'zeros' or 'vpt'.")
+  if head_init == "zero_shot":  # Placeholder: the train state sets CLIP's classifier (training/zero_shot.py).
+    return dict(kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros)
+  raise ValueError(f"head_init={head_init!r} must be 'zeros', 'vpt' or 'zero_shot'.")
 
 
 class Model(nn.Module):
@@ -515,7 +517,10 @@ class Model(nn.Module):
     gelu_approximate: the tanh form of GELU (Google's ViTs, the checkpoints' own) rather than the
       exact erf form (PyTorch's, the VPT code bases').
     head_init: "zeros" (Google's fine-tuning) or "vpt": kernel normal with std
-      sqrt(2 / num_classes) (kaiming, fan_out), bias -log(99) (prior 0.01), as the VPT code's head.
+      sqrt(2 / num_classes) (kaiming, fan_out), bias -log(99) (prior 0.01), as the VPT code's head,
+      or "zero_shot": CLIP's zero-shot classifier of the task's class names, which the train state
+      sets from the backbone's own text tower (vpt_jax/training/zero_shot.py; `init` gives zeros);
+      it implies `normalize_features`, as PETL_Vision's ClassificationHead(normalize=True).
     dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32.
     depth: overrides the variant's depth (small models for tests and demos).
     prompt_tokens: number of visual prompt tokens (0: no prompts). Sequence: [CLS, prompts, patches].
@@ -661,7 +666,7 @@ class Model(nn.Module):
     if self.representation_size:
       pooled = jnp.tanh(nn.Dense(self.representation_size, dtype=self.dtype,
                                  name="pre_logits")(pooled))
-    if self.normalize_features:
+    if self.normalize_features or self.head_init == "zero_shot":
       pooled = _l2_normalize(pooled)
     for i in range(self.peft.head_hidden):
       pooled = peft_lib.MlpHeadLayer(pooled.shape[-1], dtype=self.dtype, name=f"mlp_head_{i}")(

@@ -201,3 +201,27 @@ def robustness(shift_rows: dict, wise_curves: dict, out_path: str) -> bool:
     right.set_title("WiSE-FT (vertical line: a chosen on val200)")
     right.legend(fontsize=6)
   return _save(fig, out_path, 120)
+
+
+def imagenet_wise(curves: dict, out_path: str) -> bool:
+  """Mai et al.'s WiSE-FT figure: ImageNet (ID) top-1 against the mean over ImageNet-V2,
+  -Sketch, -A and -R (OOD), one curve per method, a point per alpha (the zero-shot end marked
+  with a circle); released curves (labels naming their source) dashed
+  (vpt_jax/study/imagenet_shift.py curves)."""
+  shifts = tasks_lib.IMAGENET_SHIFTS
+  drawable = {label: curve for label, curve in curves.items()
+              if "imagenet" in curve and all(name in curve for name in shifts)}
+  if not drawable:
+    return False
+  fig, ax = plt.subplots(figsize=(5.5, 4.5))
+  for label, curve in sorted(drawable.items()):
+    ood = np.mean([curve[name] for name in shifts], axis=0)
+    released = "(" in label
+    line, = ax.plot(curve["imagenet"], ood, "--" if released else "-", marker=".",
+                    color=_color(label.split(" ")[0]), label=label)
+    ax.plot(curve["imagenet"][0], ood[0], "o", mfc="none", color=line.get_color())
+  ax.set_xlabel("ImageNet top-1 (%)")
+  ax.set_ylabel("mean OOD top-1 (%): V2, Sketch, A, R")
+  ax.set_title("WiSE-FT, a = 0 (circle) .. 1")
+  ax.legend(fontsize=6)
+  return _save(fig, out_path, 120)

@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 from vpt_jax.study import predictions, published
+from vpt_jax.study import imagenet_shift
 from vpt_jax.utils import files
 from vpt_jax.data import tasks as tasks_lib
 
@@ -380,6 +381,8 @@ def write(sweep_dir: str, out_dir: str, with_published: bool = False,
                    + predictions.markdown(predictions.analyse(runs, list(ensembles))))
   if robustness := _robustness_markdown(shift_rows(sweep_dir), wise_curves(sweep_dir)):
     parts.append(robustness)
+  if natural := imagenet_shift.markdown(sweep_dir, with_published):  # Few-shot ImageNet's.
+    parts.append(natural)
   if selected := selections_markdown(sweep_dir):
     parts.append(selected)
   if failed:

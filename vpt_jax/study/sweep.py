@@ -101,11 +101,12 @@ def settings(sweep_config) -> list[str]:
 
 def setting_of(setting: str, task: str) -> str:
   """The setting a task's runs go under: the protocol's, except that the benchmark protocol of
-  FGVC's tasks and of custom folders is their own ("fgvc", "custom": their own splits)."""
+  FGVC's tasks, of custom folders and of few-shot ImageNet is their own ("fgvc", "custom",
+  "imagenet": their own splits)."""
   group = tasks_lib.get(task).group
-  if setting == "vtab1k" and group in (tasks_lib.FGVC, tasks_lib.CUSTOM):
+  if setting == "vtab1k" and group in (tasks_lib.FGVC, tasks_lib.CUSTOM, tasks_lib.IMAGENET):
     return group
-  if group in (tasks_lib.FGVC, tasks_lib.CUSTOM):
+  if group in (tasks_lib.FGVC, tasks_lib.CUSTOM, tasks_lib.IMAGENET):
     raise ValueError(f"sweep.protocol={setting!r} is for VTAB-1k's tasks; {task} has its own "
                      "splits: use sweep.protocol=vtab1k.")
   return setting
@@ -122,7 +123,8 @@ def subsets(setting: str, phase: str, seed: int, kshot_per_seed: bool = False,
   shuffle; here they are drawn from train800 in order with seed 0, so reruns agree.
   """
   final = phase == "final"
-  if setting in (tasks_lib.FGVC, tasks_lib.CUSTOM):  # FGVC: train -> val, train -> test.
+  # FGVC and few-shot ImageNet: train -> val, train -> test.
+  if setting in (tasks_lib.FGVC, tasks_lib.CUSTOM, tasks_lib.IMAGENET):
     return tasks_lib.phase_subsets(tasks_lib.get(task), phase)
   if setting == "vtab1k":
     return ("train800val200", "test") if final else ("train800", "val200")

@@ -68,8 +68,9 @@ def load_trained(workdir: str):
     raise FileNotFoundError(f"{workdir} has no {FILENAME}: the run has not finished.")
   trained, meta = load(os.path.join(stages[-1], FILENAME))
   num_classes, model_config = model_of_record(config)
-  model = vit.Model(num_classes=num_classes, **model_config,
-                    **model_fields_from_json(meta["model_fields"]))
+  # The method's fields win over the config's (method zero_shot sets head_init), as in spec.py.
+  model = vit.Model(num_classes=num_classes,
+                    **{**model_config, **model_fields_from_json(meta["model_fields"])})
   backbone = pretrained_backbone(config, num_classes)
   params = methods.init_params(model, backbone, jax.random.PRNGKey(0), config["data.resolution"])
   for earlier in stages[:-1]:  # Each stage's artifact sits on top of the one before.

@@ -589,8 +589,8 @@ def validate(config: dict, stages=()) -> None:
     for field in ("dropout", "attn_out_dropout", "embedding_dropout", "drop_path"):
       value = model.get(field)
       _check(value is None or 0 <= value < 1, f"model.{field}", value, "in [0, 1)")
-    _check(model["head_init"] in ("zeros", "vpt"), "model.head_init", model["head_init"],
-           "zeros or vpt")
+    _check(model["head_init"] in ("zeros", "vpt", "zero_shot"), "model.head_init", model["head_init"],
+           "zeros, vpt or zero_shot (CLIP's zero-shot classifier; a CLIP backbone)")
   head_classes = config["model"].get("head_classes")
   task_classes = tasks_lib.get(config["task"]).num_classes
   _check(head_classes is None or head_classes >= task_classes, "model.head_classes", head_classes,

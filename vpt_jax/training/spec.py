@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from vpt_jax import methods
 from vpt_jax.data import tasks as tasks_lib
 from vpt_jax.models import vit
-from vpt_jax.training import optim, recipes
+from vpt_jax.training import optim, recipes, zero_shot
 from vpt_jax.utils import config_lib
 
 # The learning rate, the decay and where they were chosen vary between the runs of one program.
@@ -186,8 +186,8 @@ def _stages(config, dtype, num_classes: int, workdir: str) -> tuple[StageSpec, .
     last = index == len(singles) - 1
     model_config = config.model if last else config.stage_model[single.name]
     stages.append(StageSpec(
-        single, vit.Model(num_classes=num_classes, dtype=dtype, **_model_fields(model_config),
-                          **single.model_fields),
+        single, vit.Model(num_classes=num_classes, dtype=dtype,
+                          **{**_model_fields(model_config), **single.model_fields}),
         _optim(config.optim if last else config.stage_optim[single.name]),
         workdir if len(singles) == 1 else os.path.join(workdir, f"stage{index + 1}_{single.name}"),
         model_config.to_dict(), method.carry_head))
@@ -201,12 +201,15 @@ def from_resolved(config, workdir: str) -> RunSpec:
   # VPT-or-FT's KITTI configs train a 196-way head on 4 classes (docs/protocol.md).
   head_classes = config.model.get("head_classes") or task.num_classes
   d = config.data
+  stages = _stages(config, dtype, head_classes, workdir)
+  if any(zero_shot.uses(stage.model) for stage in stages):  # Refused before anything is written.
+    zero_shot.check(task, head_classes, config.backbone, stages[-1].model)
   return RunSpec(
       method=config.method, recipe=config.recipe, seed=config.seed,
       backbone=BackboneSpec(config.backbone, config.pretrained_cache_dir,
                             vit.Model(num_classes=head_classes, dtype=dtype,
                                       **_model_fields(config.model))),
-      stages=_stages(config, dtype, head_classes, workdir),
+      stages=stages,
       data=DataSpec(task, d.source, d.train_subset, d.eval_subset, d.resolution, d.normalization, d.resize,
                     d.flip, d.data_dir, d.cache_dir, d.crop_from or 0,
                     rand_augment=d.get("rand_augment") or "",

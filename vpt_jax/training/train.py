@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from vpt_jax import methods
-from vpt_jax.training import artifacts, checkpointing, loop, programs, sharding, spec
+from vpt_jax.training import artifacts, checkpointing, loop, programs, sharding, spec, zero_shot
 from vpt_jax.utils import files, paths, timing
 
 # Fields that may change between a run and its resumption without changing its results.
@@ -116,8 +116,12 @@ def create_train_state(run: spec.RunSpec, stage: spec.StageSpec, backbone, previ
   program = programs.get(run, stage, num_examples, mesh)
   init_rng, train_rng, data_rng, flip_rng = run_keys(run.seed)
   params = programs.initial_params(program, backbone, init_rng)
+  carried = stage.start_from(previous_params)
   if previous_params is not None:
-    params = paths.merge(params, stage.start_from(previous_params))
+    params = paths.merge(params, carried)
+  if zero_shot.uses(stage.model) and "head" not in (carried or {}):
+    params = dict(params, head=zero_shot.head(run.backbone.checkpoint, run.backbone.cache_dir,
+                                              stage.model, run.task.class_names))
   trainable, frozen = methods.split(params, program.groups)
   backbone_count = paths.count(backbone)
   log(methods.summary(stage.method.name, params, program.groups, backbone_count))
@@ -157,7 +161,8 @@ def finish(program: programs.Program, member: loop.Member, state: dict) -> tuple
       "train_subset": run.data.train_subset, "eval_subset": run.data.eval_subset,
       "optimizer": o.name, "base_lr": o.base_lr, "lr": o.peak_lr,
       "weight_decay": o.weight_decay, "applied_weight_decay": o.decay,
-      "batch_size": o.batch_size, "epochs": o.epochs, "steps": program.total_steps,
+      "batch_size": o.batch_size, "epochs": o.epochs if stage.method.trains else 0,
+      "steps": program.total_steps if stage.method.trains else 0,
       "schedule": o.schedule, "dropout": stage.model.dropout,
       f"{eval_name}_accuracy": evaluation["accuracy"], f"{eval_name}_loss": evaluation["loss"],
       "eval_examples": evaluation["examples"],
@@ -181,7 +186,8 @@ def _run_stage(run: spec.RunSpec, stage: spec.StageSpec, backbone, previous_para
   images, labels = programs.train_arrays(run.data, run.data.train_subset, mesh)
   program, member, state = create_train_state(run, stage, backbone, previous_params, mesh,
                                               len(images), log)
-  [state] = loop.fit(program, [member], [state], images, labels, log)
+  if stage.method.trains:  # zero_shot: evaluated as it starts.
+    [state] = loop.fit(program, [member], [state], images, labels, log)
   return finish(program, member, state)
 
 
@@ -297,8 +303,9 @@ def train_and_evaluate_packed(configs: list, workdirs: list[str], log=print) -> 
     groups = ([list(range(len(built)))] if len(set(latest)) == 1 else
               [[j] for j in range(len(built))])
     for group in groups:
-      finals = loop.fit(program, [built[j][1] for j in group], [built[j][2] for j in group],
-                        images, labels, log)
+      finals = [built[j][2] for j in group]
+      if first.stages[0].method.trains:  # One program: one method for all.
+        finals = loop.fit(program, [built[j][1] for j in group], finals, images, labels, log)
       for j, state in zip(group, finals):
         result, _ = finish(program, built[j][1], state)
         if jax.process_index() == 0:
