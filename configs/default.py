@@ -71,7 +71,10 @@ def get_config():
       adapter_bottleneck=64, adapter_scaler=0.1, convpass_bottleneck=8, convpass_scaler=10.0,
       convpass_xavier_init=False, repadapter_bottleneck=8, repadapter_scaler=1.0,
       repadapter_group=2, fact_dim=8, fact_scaler=1.0, tuned_blocks=(-1,),
-      mlp_k=3))  # The VPT paper's MLP-3 (MODEL.MLP_NUM 2 hidden layers + the head).
+      mlp_k=3,  # The VPT paper's MLP-3 (MODEL.MLP_NUM 2 hidden layers + the head).
+      # Sidetune's side network: "alexnet" (torchvision's ImageNet AlexNet, as KMnP/vpt loads it;
+      # downloaded once), a .pth file in its layout, or "" (its random initialisation).
+      side_checkpoint="alexnet"))
 
   config.data = ml_collections.ConfigDict(dict(
       source="tfds",  # Where images come from (vpt_jax/data/sources.py).

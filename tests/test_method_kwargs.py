@@ -37,6 +37,7 @@ BAD = [  # (method, field, bad value, the range the message states)
     ("fact_tt", "fact_scaler", -0.1, "a number > 0"),
     ("selective_mlp", "tuned_blocks", (12,), "one or more block indices in [-12, 11]"),
     ("selective_blocks", "tuned_blocks", (), "one or more block indices"),
+    ("sidetune", "side_checkpoint", "alexnet_v2", "'alexnet' (torchvision's ImageNet AlexNet"),
 ]
 
 
@@ -47,6 +48,11 @@ def test_out_of_range_method_kwargs_are_refused_in_one_line(method, field, value
   message = str(caught.value)
   assert "\n" not in message
   assert message.startswith(f"method_kwargs.{field}={value!r} must be {valid}"), message
+
+
+def test_sidetune_needs_images_its_alexnet_can_pool():
+  with pytest.raises(ValueError, match=r"^data\.resolution=32 must be ≥ 63 for sidetune"):
+    resolved("task=dtd,method=sidetune", data__resolution=32, model__variant="Ti/16")
 
 
 def test_fields_of_methods_not_run_are_not_checked():

@@ -63,6 +63,8 @@ def stage_setup(stage, backbone_params, **optimizer_kwargs):
 
 def all_stages():
   for name in methods.names():
+    if name == "sidetune":  # Its AlexNet needs 63 px or more: tests/test_sidetune.py.
+      continue
     method = methods.get(name, depth=2, **HPARAMS)
     for i, stage in enumerate(method.stages or (method,)):
       yield pytest.param(stage, id=f"{name}-{i}-{stage.name}" if method.stages else name)

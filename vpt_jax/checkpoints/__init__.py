@@ -7,6 +7,8 @@ fit the model with one error listing its missing, unexpected and mis-shaped keys
 
 import os
 
+from vpt_jax.checkpoints import alexnet
+
 from vpt_jax.checkpoints import pretrained, torch_vit
 from vpt_jax.models import backbones
 
@@ -37,3 +39,14 @@ def load(name_or_path: str, model, image_size: int = 224, keep_head: bool = Fals
   reader = READERS[checkpoint_format(name_or_path)]
   path = pretrained.resolve(name_or_path, cache_dir, base_url, check=reader.read)
   return reader.load(path, model, image_size, keep_head)
+
+
+# Pre-trained parts a method adds beside the backbone: Sidetune's side network, by name or file.
+SIDE_NETWORKS = {alexnet.NAME: alexnet}
+
+
+def load_side(name_or_path: str, cache_dir: str | None = None, base_url: str | None = None) -> dict:
+  """Sidetune's side network (vit.Model's "side" subtree) from torchvision's ImageNet AlexNet
+  ("alexnet", downloaded once; offline, the error says where to put the file) or a file in its
+  layout (vpt_jax/checkpoints/alexnet.py)."""
+  return alexnet.load(name_or_path, cache_dir, base_url)

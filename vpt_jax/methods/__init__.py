@@ -36,6 +36,9 @@ class Method:
   model_fields: dict[str, Any] = dataclasses.field(default_factory=dict)  # vit.Model fields.
   stages: tuple["Method", ...] = ()
   carry_head: bool = True  # Later stages start from the earlier stage's head (else a fresh one).
+  # Pre-trained weights of the side network (sidetune): a name or file for checkpoints.load_side;
+  # "" keeps its random initialisation.
+  side_checkpoint: str = ""
   trains: bool = True  # False: no optimizer step; the run evaluates its initial model (zero_shot).
 
   @property
@@ -240,6 +243,16 @@ def mlp_k(*, mlp_k, **_):
   return Method("mlp_k", (_HEAD, (r"mlp_head_\d+/running_(mean|var)", peft.STATISTICS_GROUP),
                           (r"mlp_head_\d+/.*", "mlp_head"), _REST_FROZEN),
                 dict(peft=vit.PeftModules(head_hidden=mlp_k - 1)))
+
+
+@register("a side network (torchvision's AlexNet features, projected) mixed into the frozen ViT's "
+          "features by a learned sigmoid weight (the VPT code's Sidetune), and the head")
+def sidetune(*, side_checkpoint="", **_):
+  # KMnP/vpt src/models/vit_models.py: TRANSFER_TYPE "side" freezes the ViT (L89-91) and trains
+  # side_alpha, the whole AlexNet `features` and side_projection (L51-61) with the head.
+  return Method("sidetune", (_HEAD, (r"side/.*|side_projection/.*|side_alpha", "side"),
+                             _REST_FROZEN),
+                dict(peft=vit.PeftModules(side_network=True)), side_checkpoint=side_checkpoint)
 
 
 # ---------------------------------------------------------------------------------------------

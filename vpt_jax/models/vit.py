@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from vpt_jax.models import peft as peft_lib
+from vpt_jax.models import side as side_lib
 
 # Architecture by size name, as big_vision names them.
 _WIDTH = {"mu": 32, "Ti": 192, "S": 384, "M": 512, "B": 768, "L": 1024, "So400m": 1152,
@@ -264,6 +265,7 @@ class PeftModules:
   fact_dim: int = 0
   fact_scale: float = 1.0
   head_hidden: int = 0  # Hidden layers of the VPT code's MLP head before the head (mlp_k: k - 1).
+  side_network: bool = False  # Sidetune's AlexNet side network, mixed into the features (side.py).
 
 
 class DropPath(nn.Module):
@@ -668,6 +670,14 @@ class Model(nn.Module):
                                  name="pre_logits")(pooled))
     if self.normalize_features or self.head_init == "zero_shot":
       pooled = _l2_normalize(pooled)
+    if self.peft.side_network:
+      # KMnP/vpt vit_models.py forward (L167-185): sigmoid(alpha) x the ViT's features + (1 -
+      # sigmoid(alpha)) x the projected side features, then the head.
+      side = side_lib.AlexNetFeatures(dtype=self.dtype, name="side")(images)
+      side = nn.Dense(pooled.shape[-1], use_bias=False, dtype=self.dtype, name="side_projection",
+                      kernel_init=side_lib.TORCH_LINEAR)(side)
+      alpha = nn.sigmoid(self.param("side_alpha", nn.initializers.zeros, (), jnp.float32))
+      pooled = (alpha * pooled + (1 - alpha) * side).astype(pooled.dtype)
     for i in range(self.peft.head_hidden):
       pooled = peft_lib.MlpHeadLayer(pooled.shape[-1], dtype=self.dtype, name=f"mlp_head_{i}")(
           pooled, example_mask, train)

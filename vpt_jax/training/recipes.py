@@ -11,7 +11,7 @@ leaves unset from its recipe; what the config sets (in a config file, in
           fine-tuning, Mixed and FT-then-PT as ChengHan111/VPT-or-FT does (FT: its AdamW, batch
           128, 5 warm-up epochs, dropout 0.1). partial_k, bitfit and adapter as KMnP/vpt's
           finetune configs (its AdamW, batch 384, 5 warm-up epochs, the finetune grid, backbone in
-          eval mode), mlp_k as its linear configs (SGD, batch 1024). Methods neither paper
+          eval mode), mlp_k and sidetune as its linear configs (SGD, batch 1024). Methods neither paper
           trained (layernorm, lora, ssf, lp_ft, Mai et al.'s) take the VPT recipe: SGD, batch 64,
           10 warm-up epochs, no dropout. FGVC tasks as KMnP/vpt's FGVC configs (configs/{prompt,finetune,
           linear}/<task>.yaml, tune_fgvc.py): batch 128 / 384 / 1024, their grids, its
@@ -28,6 +28,7 @@ To add one: write a function (method, task, requested) -> nested dict of config 
 `requested` holds the values the config sets itself, and register it in RECIPES.
 """
 
+import os
 import re
 from typing import Callable
 
@@ -35,6 +36,8 @@ from vpt_jax import methods
 from vpt_jax.training import optim
 from vpt_jax.data import augment, device, pipeline, shifts, sources
 from vpt_jax.data import tasks as tasks_lib
+from vpt_jax.checkpoints import alexnet as alexnet_checkpoint
+from vpt_jax.models import side as side_model
 from vpt_jax.models import backbones, vit
 
 # VPT-deep prompt length per task. No published config lists them (KMnP/vpt keeps them in
@@ -106,10 +109,10 @@ def _vpt_or_ft_full(weight_decay: float | None) -> dict:
 
 
 # The VPT paper's other rows, as KMnP/vpt's demo.ipynb (cell 2, L44-88) launches them: Partial-1,
-# Bias and Adapter with configs/finetune (L65-66, L80-81, L86-88), Linear and MLP-3 with
-# configs/linear (L54, L57-60).
+# Bias and Adapter with configs/finetune (L65-66, L80-81, L86-88), Linear, MLP-3 and Sidetune
+# with configs/linear (L54, L57-60, L72-76).
 VPT_FINETUNE_CONFIG = ("partial_k", "bitfit", "adapter")
-VPT_LINEAR_CONFIG = ("linear", "mlp_k")
+VPT_LINEAR_CONFIG = ("linear", "mlp_k", "sidetune")
 
 
 def _vpt_finetune(weight_decay: float | None) -> dict:
@@ -678,6 +681,14 @@ def _validate_method_kwargs(config: dict, kwargs: dict, stages: set) -> None:
            and all(_is_int(i) and -depth <= i < depth for i in blocks),
            "method_kwargs.tuned_blocks", blocks,
            f"one or more block indices in [-{depth}, {depth - 1}] (negative count from the end)")
+  if "sidetune" in stages:
+    value = kwargs.get("side_checkpoint")
+    _check(isinstance(value, str) and (value in ("", alexnet_checkpoint.NAME) or os.path.isfile(value)),
+           "method_kwargs.side_checkpoint", value, f"'{alexnet_checkpoint.NAME}' (torchvision's "
+           "ImageNet AlexNet, downloaded once), a .pth file in its layout, or '' (random init)")
+    resolution = config["data"]["resolution"]
+    _check(resolution >= side_model.MIN_IMAGE_SIZE, "data.resolution", resolution,
+           f"≥ {side_model.MIN_IMAGE_SIZE} for sidetune (its AlexNet pools the image three times)")
 
 
 def _has_field(config: dict, dotted: str) -> bool:

@@ -17,7 +17,7 @@ import time
 import jax
 import numpy as np
 
-from vpt_jax import methods
+from vpt_jax import checkpoints, methods
 from vpt_jax.training import artifacts, checkpointing, loop, programs, sharding, spec, zero_shot
 from vpt_jax.utils import files, paths, timing
 
@@ -116,6 +116,9 @@ def create_train_state(run: spec.RunSpec, stage: spec.StageSpec, backbone, previ
   program = programs.get(run, stage, num_examples, mesh)
   init_rng, train_rng, data_rng, flip_rng = run_keys(run.seed)
   params = programs.initial_params(program, backbone, init_rng)
+  if stage.method.side_checkpoint:  # Sidetune's pre-trained side network (torchvision's AlexNet).
+    params = paths.merge(params, {"side": checkpoints.load_side(stage.method.side_checkpoint,
+                                                                run.backbone.cache_dir)})
   carried = stage.start_from(previous_params)
   if previous_params is not None:
     params = paths.merge(params, carried)
