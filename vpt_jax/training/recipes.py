@@ -433,16 +433,18 @@ MAI_IMAGENET_METHOD_KWARGS = {
 def _mai_imagenet(settings: dict, method: str, requested: dict) -> None:
   """PETL_Vision's clip_fs_imagenet over the VTAB-1k settings of `mai`: lr 3e-5, wd 5e-3, batch
   256, the drop-path grid, the backbone's normalisation (its MEAN_STD_DICT: CLIP's statistics for
-  CLIP), images resized to 256 x 256 (bicubic, aspect not kept) and held so, the centre 224 crop
-  in evaluation; in training a random 224 crop and flip (not timm's RandomResizedCrop of the
-  full image), RandAugment and random erasing on the device."""
+  CLIP), CLIP's zero-shot head, images resized to 256 x 256 (bicubic, aspect not kept) and held
+  so, the centre 224 crop in evaluation; in training a random 224 crop and flip (not timm's
+  RandomResizedCrop of the full image), RandAugment and random erasing on the device."""
   from vpt_jax.models import backbones
   record = backbones.find(str(requested.get("backbone")))
   for optim_settings in (settings["optim"], *settings["stage_optim"].values()):
     optim_settings.update(base_lr=MAI_IMAGENET_LR, weight_decay=MAI_IMAGENET_WD,
                           batch_size=MAI_IMAGENET_BATCH)
   for model in (settings["model"], *settings["stage_model"].values()):
-    model.update(drop_path=0.0)  # clip_fs_imagenet.yml's drop_path_rate; the grid searches it.
+    # clip_fs_imagenet.yml's drop_path_rate (the grid searches it); the head starts as CLIP's
+    # zero-shot classifier (README "Robustness to Domain Shift", build_clip_zs_classifier.py).
+    model.update(drop_path=0.0, head_init="zero_shot")
   settings["data"].update(
       normalization=record.normalization if record else "clip", resize="squash_bicubic",
       crop_from=MAI_IMAGENET_CROP_FROM, flip=True, rand_augment=MAI_IMAGENET_RAND_AUGMENT,
