@@ -87,6 +87,12 @@ def get_config():
       # timm's RandAugment string (e.g. "rand-m9-mstd0.5-inc1"; unset or "": none) and random
       # erasing probability (unset or 0: none), applied on the device in training.
       rand_augment=unset(str), random_erasing=unset(float),
+      # How a training set held at crop_from px is cropped (vpt_jax/data/device.py
+      # AUGMENTATIONS; unset: a random crop) and whether it is also flipped vertically.
+      augment=unset(str), vertical_flip=unset(bool),
+      # Many-shot tasks (cifar100-1k, resisc45-225, ...): a copy of OSU-MLB/PETL_Vision's
+      # data/annotations, and which of the five search splits of the small sizes (unset: 0).
+      split_dir=unset(str), split=unset(int),
       train_subset=unset(str), eval_subset=unset(str)))  # None: as config.phase says.
 
   config.optim = ml_collections.ConfigDict(_optim_fields())

@@ -21,7 +21,8 @@ import sys
 from absl import flags
 
 from vpt_jax import methods
-from vpt_jax.study import plots, predictions, report
+from vpt_jax.data import tasks as tasks_lib
+from vpt_jax.study import many_shot, plots, predictions, report
 from vpt_jax.study import imagenet_shift
 from vpt_jax.utils import cli
 
@@ -57,6 +58,9 @@ def main(argv):
       "robustness.png": lambda p: plots.robustness(
           report.shift_rows(_SWEEP_DIR.value).get("vtab1k", {}), curves, p),
   }
+  if tasks_lib.MANY_SHOT in cells:  # Accuracy against training-set size, Mai et al.'s beside.
+    figures["many_shot.png"] = lambda p: plots.many_shot(
+        many_shot.curves(cells[tasks_lib.MANY_SHOT], _PUBLISHED.value), p)
   if _DISTANCES.value:
     figures["data_distance.png"] = lambda p: plots.distance_chart(
         plots.read_distances(_DISTANCES.value), cells.get("vtab1k", {}), p)

@@ -82,7 +82,9 @@ def main(argv):
     else:
       # Every task's data, prepared (or generated) once here, before any run starts.
       for task in planner.tasks:
-        pipeline.ensure_prepared(tasks_lib.get(task), config.data.data_dir, config.data.source)
+        pipeline.ensure_prepared(
+            tasks_lib.with_split_dir(tasks_lib.get(task), config.data.get("split_dir")),
+            config.data.data_dir, config.data.source)
       print(f"Sweep of {len(planner.groups())} task/method settings: {len(searches)} grid runs, "
             f"then {len(finals)} final runs -> {sweep_dir}")
       in_process = _PARALLEL.value <= 1

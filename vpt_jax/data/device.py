@@ -47,21 +47,32 @@ def epoch_permutation(rng, epoch, num_examples: int):
 
 
 def take_batch(images, labels, permutation, step_in_epoch, batch_size: int, flip_rng=None,
-               crop_size: int | None = None, crop_rng=None, epoch=None, crop_flip: bool = False):
+               crop_size: int | None = None, crop_rng=None, epoch=None, crop_flip: bool = False,
+               augment: str | None = None, vertical_flip: bool = False):
   """The `step_in_epoch`-th batch of the permuted set, and a mask that is False on the padding
   of a short last batch (shapes stay fixed, so one compiled step serves); optional flips.
-  `crop_size`: a random crop of every example (and with `crop_flip` a random flip) keyed by
-  (`crop_rng`, `epoch`, the example's index in the set), see `crop_and_flip`."""
+  `crop_size`: every example is cropped to it, keyed by (`crop_rng`, `epoch`, the example's
+  index in the set): by `augment` (AUGMENTATIONS; None is "random_crop"), then flipped
+  horizontally with `crop_flip` and vertically with `vertical_flip`, each with probability 1/2."""
   positions = step_in_epoch * batch_size + jnp.arange(batch_size)
   indices = permutation[positions % permutation.shape[0]]
   batch_images, batch_labels = images[indices], labels[indices]
   if crop_size is not None:
-    batch_images = crop_and_flip(batch_images, example_keys(crop_rng, epoch, indices), crop_size,
-                                 crop_flip)
+    keys = example_keys(crop_rng, epoch, indices)
+    if augment == "random_resized_crop":
+      batch_images = random_resized_crop(batch_images, keys, crop_size, crop_flip, vertical_flip)
+    elif augment == "center_crop":  # The evaluation's view (PETL_Vision's CIFAR search runs).
+      batch_images = center_crop(batch_images, crop_size)
+    else:
+      batch_images = crop_and_flip(batch_images, keys, crop_size, crop_flip)
   elif flip_rng is not None:
     flip = jax.random.bernoulli(flip_rng, 0.5, (batch_size, 1, 1, 1))
     batch_images = jnp.where(flip, batch_images[:, :, ::-1], batch_images)
   return batch_images, batch_labels, positions < permutation.shape[0]
+
+
+# data.augment: how a training set held at data.crop_from px becomes data.resolution px.
+AUGMENTATIONS = ("random_crop", "random_resized_crop", "center_crop")
 
 
 def example_keys(rng, epoch, indices):
@@ -91,6 +102,56 @@ def center_crop(images, size: int | None):
     return images
   top, left = (int(round((extent - size) / 2.0)) for extent in images.shape[1:3])
   return images[:, top:top + size, left:left + size]
+
+
+def resized_crop_box(key, height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                     tries: int = 10):
+  """(top, left, h, w) of torchvision's RandomResizedCrop.get_params: up to `tries` draws of an
+  area fraction uniform in `scale` and a log-uniform aspect ratio, w = round(sqrt(area x
+  ratio)), h = round(sqrt(area / ratio)); the first box that fits is placed uniformly
+  (randint(0, H - h + 1)); none fits: the central box of the largest in-range aspect ratio. The
+  draws are vectorised: the same rule, other random numbers than torch's."""
+  area_key, ratio_key, top_key, left_key = jax.random.split(key, 4)
+  area = height * width * jax.random.uniform(area_key, (tries,), minval=scale[0], maxval=scale[1])
+  aspect = jnp.exp(jax.random.uniform(ratio_key, (tries,), minval=jnp.log(ratio[0]),
+                                      maxval=jnp.log(ratio[1])))
+  w = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)
+  h = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
+  fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+  first = jnp.argmax(fits)
+  in_ratio = width / height  # Static: the fallback is one box per image shape.
+  if in_ratio < ratio[0]:
+    fallback = (int(round(width / ratio[0])), width)
+  elif in_ratio > ratio[1]:
+    fallback = (height, int(round(height * ratio[1])))
+  else:
+    fallback = (height, width)
+  found = fits[first]
+  h = jnp.where(found, h[first], fallback[0])
+  w = jnp.where(found, w[first], fallback[1])
+  top = jnp.where(found, jax.random.randint(top_key, (), 0, height - h + 1), (height - h) // 2)
+  left = jnp.where(found, jax.random.randint(left_key, (), 0, width - w + 1), (width - w) // 2)
+  return top, left, h, w
+
+
+def random_resized_crop(images, keys, size: int, horizontal_flip: bool, vertical_flip: bool):
+  """PETL_Vision's many-shot training transform (data/dataset/cifar100.py, resisc.py):
+  RandomResizedCrop(size) with torchvision's default scale (0.08, 1) and ratio (3/4, 4/3), the box
+  resampled to size x size by a Keys cubic (a = -0.5, PIL's bicubic) that widens its support
+  when it shrinks (antialiased, as PIL's), then RandomHorizontalFlip and, for RESISC45,
+  RandomVerticalFlip, each with probability 1/2. uint8 in, uint8 out (rounded, as PIL's)."""
+  def one(image, key):
+    box_key, h_key, v_key = jax.random.split(key, 3)
+    top, left, h, w = resized_crop_box(box_key, image.shape[0], image.shape[1])
+    scale = jnp.stack([size / h, size / w]).astype(jnp.float32)
+    translation = -jnp.stack([top, left]).astype(jnp.float32) * scale
+    out = jax.image.scale_and_translate(image.astype(jnp.float32), (size, size, image.shape[2]),
+                                        (0, 1), scale, translation, method="cubic",
+                                        antialias=True)
+    out = jnp.clip(jnp.round(out), 0, 255).astype(image.dtype)
+    out = jnp.where(jax.random.bernoulli(h_key) & horizontal_flip, out[:, ::-1], out)
+    return jnp.where(jax.random.bernoulli(v_key) & vertical_flip, out[::-1], out)
+  return jax.vmap(one)(images, keys)
 
 
 def batch_keys(rng, epoch, permutation, step_in_epoch, batch_size: int, purpose: int):

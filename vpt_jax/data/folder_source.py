@@ -10,6 +10,8 @@ Resizing, by data.resize, the same numbers as the TFDS source gives for the same
   short_side              torchvision's Resize(R) on a PIL image (PIL's bilinear filter, the
                           shorter side to R, aspect kept), then the centre R x R square
                           (CenterCrop's rounding): KMnP/vpt src/data/transforms.py before its crop.
+  bicubic                 the same with PIL's bicubic filter: PETL_Vision's many-shot Resize(256,
+                          bicubic) (data/dataset/cifar100.py, resisc.py); its sets are square.
   squash_bicubic          torchvision's Resize((R, R), bicubic) on a PIL image, aspect not kept
                           (PETL_Vision data/dataset/few_shot.py's ImageNet evaluation transform).
 No TensorFlow is imported here.
@@ -53,16 +55,16 @@ def tf_bilinear(image: np.ndarray, size: int, half_pixel_centers: bool) -> np.nd
   return top + (bottom - top) * y_lerp[:, None, None]
 
 
-def short_side(image: Image.Image, size: int) -> np.ndarray:
+def short_side(image: Image.Image, size: int, kernel=Image.BILINEAR) -> np.ndarray:
   """torchvision Resize(size) (the shorter side to `size`, the longer int(size * long / short))
-  with PIL's bilinear filter, then the centre size x size square."""
+  with PIL's `kernel` (bilinear unless given), then the centre size x size square."""
   width, height = image.size
   if width <= height:
     new = (size, int(size * height / width))
   else:
     new = (int(size * width / height), size)
   if new != image.size:
-    image = image.resize(new, Image.BILINEAR)
+    image = image.resize(new, kernel)
   left, top = int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))
   return np.asarray(image.crop((left, top, left + size, top + size)))
 
@@ -71,6 +73,8 @@ def resize(image: Image.Image, resolution: int, method: str) -> np.ndarray:
   """A decoded RGB image -> (R, R, 3) uint8."""
   if method == "short_side":
     return short_side(image, resolution)
+  if method == "bicubic":
+    return short_side(image, resolution, Image.BICUBIC)
   if method == "squash_bicubic":  # torchvision Resize((R, R), interpolation=3) on a PIL image.
     return np.asarray(image if image.size == (resolution, resolution)
                       else image.resize((resolution, resolution), Image.BICUBIC))
@@ -99,12 +103,16 @@ def entries(task: tasks_lib.Task, subset: str, data_dir: str | None) -> list[lis
     if not os.path.exists(os.path.join(folder, name)):
       raise pipeline.DataNotPreparedError(f"Task {task.name}: {os.path.join(folder, name)} does "
                                           "not exist" + _HOW.get(task.group, _HOW[None]))
+  root = lists.image_root(task, data_dir)
   return [entry for name in names
-          for entry in lists.read_txt(os.path.join(folder, name), folder, task.num_classes)]
+          for entry in lists.read_txt(os.path.join(folder, name), root, task.num_classes)]
 
 
 _HOW = {None: " (write VTAB-1k's folders with NOAH's get_vtab1k.py, or use data.source=tfds).",
-        tasks_lib.CUSTOM: " (a custom folder holds train.txt, val.txt and test.txt)."}
+        tasks_lib.CUSTOM: " (a custom folder holds train.txt, val.txt and test.txt).",
+        tasks_lib.MANY_SHOT: " (RESISC45: config.data.split_dir is PETL_Vision's data/annotations;"
+                             " CIFAR-100 from a folder: train.txt lists its 50,000 training "
+                             "images in torchvision's order, test.txt the test set)."}
 
 
 def prepare(task: tasks_lib.Task, data_dir: str | None) -> None:

@@ -172,11 +172,28 @@ def identity(directory: str, names) -> str:
 
 
 def txt_formats(task: tasks_lib.Task) -> dict:
+  if task.group == tasks_lib.MANY_SHOT:
+    return TXT_MANY_SHOT
   return TXT_CUSTOM if task.group == tasks_lib.CUSTOM else TXT_VTAB
 
 
 def txt_dir(task: tasks_lib.Task, data_dir: str | None) -> str:
+  """The folder of the task's lists: for RESISC45's many-shot sets PETL_Vision's resisc/ split
+  folder (its paths start at the image folder, data.data_dir); else the task's own folder."""
+  if task.many_shot and task.many_shot[0] == "resisc45":
+    from vpt_jax.data import many_shot
+    return many_shot.split_dir(task)
   return task_dir(task, data_dir, next(iter(txt_formats(task).values()))[0])
+
+
+def image_root(task: tasks_lib.Task, data_dir: str | None) -> str:
+  """Where the lists' relative paths start."""
+  if task.many_shot and task.many_shot[0] == "resisc45":
+    if data_dir is None:
+      raise BadDataError(f"Task {task.name}: set --config.data.data_dir to the NWPU-RESISC45 "
+                         "image folder (its class folders) that PETL_Vision's lists name.")
+    return data_dir
+  return txt_dir(task, data_dir)
 
 
 def json_dir(task: tasks_lib.Task, data_dir: str | None) -> str:

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
-from vpt_jax.data import shifts, sources
+from vpt_jax.data import many_shot, shifts, sources
 from vpt_jax.data import tasks as tasks_lib
 from vpt_jax.utils import files
 
@@ -34,8 +34,11 @@ def default_data_dir() -> str:
 # tf1_bilinear, bilinear: TensorFlow's kernels (tfds_source; folder_source restates them in
 # NumPy); short_side: torchvision's Resize to the shorter side and the centre square, with PIL
 # (the image-folder sources only; KMnP/vpt's FGVC transform); squash_bicubic: torchvision's
-# Resize((R, R), bicubic), PETL_Vision's few-shot ImageNet (image-folder sources only).
-RESIZE_METHODS = ("tf1_bilinear", "bilinear", "short_side", "squash_bicubic")
+# Resize((R, R), bicubic), PETL_Vision's few-shot ImageNet (image-folder sources only); bicubic:
+# PETL_Vision's many-shot Resize(256, bicubic), PIL's (shorter side, centre square) in the folder
+# sources, TensorFlow's (Keys a = -0.5, half-pixel centres, not antialiased: these sets are
+# upsampled) to a square in the TFDS source.
+RESIZE_METHODS = ("tf1_bilinear", "bilinear", "short_side", "squash_bicubic", "bicubic")
 
 
 def even_separate_indices(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -123,6 +126,11 @@ def load_arrays(task: tasks_lib.Task, subset: str, resolution: int, data_dir: st
   The cache is keyed by task, data version, subset, resolution and resize method, and written
   atomically. A k-shot subset is drawn from its (cached) source subset.
   """
+  if many_shot.uses_parent(task, subset):  # Mai et al.'s split files index one parent set.
+    images, labels = load_arrays(many_shot.parent_task(task), many_shot.PARENT, resolution,
+                                 data_dir, cache_dir, resize_method, source)
+    chosen = many_shot.indices(task, subset, labels)
+    return images[chosen], labels[chosen]
   if kshot := tasks_lib.parse_kshot(subset):
     k, parent, seed = kshot
     images, labels = load_arrays(task, parent, resolution, data_dir, cache_dir, resize_method,

@@ -16,6 +16,7 @@ from typing import Any, Callable
 NATURAL, SPECIALIZED, STRUCTURED = "natural", "specialized", "structured"
 GROUPS = (NATURAL, SPECIALIZED, STRUCTURED)  # VTAB-1k's.
 FGVC, CUSTOM = "fgvc", "custom"
+MANY_SHOT = "many_shot"  # Mai et al.'s many-shot sets (vpt_jax/data/many_shot.py).
 IMAGENET = "imagenet"  # Few-shot ImageNet-1k and its natural-shift test sets (Mai et al.).
 FOLDER_PREFIX = "folder:"
 
@@ -57,6 +58,10 @@ class Task:
   # or absolute (a custom folder).
   folder: str | None = None
   image_dir: str = ""  # FGVC: where the JSON lists' paths start, inside its folder.
+  # Many-shot: (dataset, size) and the folder of PETL_Vision's split files (config.data.split_dir,
+  # set on the run's copy of the record).
+  many_shot: tuple[str, str] | None = None
+  split_dir: str | None = None
   # Readable class names in label order (CLIP zero-shot heads), where known.
   class_names: tuple[str, ...] | None = None
   # A test set on a subset of another task's classes (ImageNet-A, -R: 200 of ImageNet's 1000):
@@ -227,6 +232,27 @@ IMAGENET_SHIFTS = ("imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r")
 IMAGENET_TASKS = ("imagenet",) + IMAGENET_SHIFTS
 
 
+# Many-shot (Mai et al., OSU-MLB/PETL_Vision data/dataset/cifar100.py, resisc.py, clevr.py):
+# "<dataset>-<size>" as PETL_Vision names its data (cifar100-1k, resisc-225; clevr_dist-full is
+# its "clevr"). The subsets are read from its split files (vpt_jax/data/many_shot.py); CIFAR-100
+# from TFDS (or a folder in torchvision's order), RESISC45 from its image folder with
+# PETL_Vision's lists, CLEVR-distance from TFDS in VTAB's regions (train = all 70,000 examples of
+# TFDS's train split, VTAB's "trainval"; val = its last 10%; test = TFDS's validation split).
+MANY_SHOT_SIZES = {"cifar100": ("500", "1k", "5k", "10k", "full"),
+                   "resisc45": ("225", "450", "900", "2250", "4500", "9000", "full"),
+                   "clevr_dist": ("full",)}
+for _size in MANY_SHOT_SIZES["cifar100"]:
+  register(Task(f"cifar100-{_size}", "cifar100:3.*.*", 100, MANY_SHOT, Region("train"),
+                Region("train"), "test", many_shot=("cifar100", _size)))
+for _size in MANY_SHOT_SIZES["resisc45"]:
+  register(Task(f"resisc45-{_size}", "resisc/{train,test}.txt", 45, MANY_SHOT, Region("train"),
+                Region("train"), "test", sources=("folder",), many_shot=("resisc45", _size)))
+register(Task("clevr_dist-full", "clevr:3.*.*", 6, MANY_SHOT, Region("train"),
+              Region("train", 63000), "validation", label=clevr_dist, sources=("tfds",),
+              many_shot=("clevr_dist", "full")))
+MANY_SHOT_TASKS = tuple(name for name, task in TASKS.items() if task.group == MANY_SHOT)
+
+
 def folder_task(path: str) -> Task:
   """A custom dataset: a folder with train.txt, val.txt and test.txt ("relative/path label"
   lines) and its class count in classes.txt (one number, or one class name a line, in label
@@ -262,6 +288,12 @@ def get(name: str) -> Task:
   return TASKS[name]
 
 
+def with_split_dir(task: Task, split_dir: str | None) -> Task:
+  """A many-shot task's record with the folder of PETL_Vision's split files (config.data.
+  split_dir); any other task as it is."""
+  return dataclasses.replace(task, split_dir=split_dir) if task.group == MANY_SHOT else task
+
+
 def by_group(group: str) -> tuple[str, ...]:
   return tuple(name for name in VTAB_TASKS if TASKS[name].group == group)
 
@@ -281,6 +313,8 @@ def expand(spec: str) -> list[str]:
       names += DEMO_TASKS
     elif item == FGVC:
       names += FGVC_TASKS
+    elif item == MANY_SHOT:
+      names += MANY_SHOT_TASKS
     elif item == "imagenet_shifts":
       names += IMAGENET_SHIFTS
     elif item in GROUPS:
@@ -303,6 +337,8 @@ def suite(name: str) -> tuple[str, ...]:
     return VTAB_TASKS
   if name in FGVC_TASKS:
     return FGVC_TASKS
+  if name in MANY_SHOT_TASKS:
+    return MANY_SHOT_TASKS
   if name in IMAGENET_TASKS:
     return IMAGENET_TASKS
   return DEMO_TASKS if name in DEMO_TASKS else (name,)
@@ -315,13 +351,16 @@ def default_source(spec: str) -> str:
   return sources.pop() if len(sources) == 1 else "tfds"
 
 
-def phase_subsets(task: Task, phase: str) -> tuple[str, str]:
+def phase_subsets(task: Task, phase: str, split: int | None = None) -> tuple[str, str]:
   """(train, eval) subsets of a phase: VTAB-1k's train800 -> val200 and train800val200 -> test;
   FGVC's train -> val and train -> test (KMnP/vpt train.py get_loaders trains FGVC on train.json
   alone), few-shot ImageNet's likewise (PETL_Vision experiment/run.py final_run); a custom
   folder's train -> val and train + val -> test."""
   if phase not in ("final", "search"):
     raise ValueError(f"phase={phase!r} must be 'final' or 'search'.")
+  if task.group == MANY_SHOT:  # PETL_Vision's trainval_combined -> test, trainval_split.
+    from vpt_jax.data import many_shot
+    return many_shot.phase_subsets(task, phase, split)
   if task.group in (FGVC, IMAGENET):  # PETL_Vision's final run also trains on train alone.
     return ("train", "test") if phase == "final" else ("train", "val")
   if task.group == CUSTOM:
@@ -354,6 +393,9 @@ def split_for(task: Task, subset: str, split_sizes: dict[str, int] | None = None
   = 4:1, so scale800 is VTAB-1k), taken from the front of the train and validation regions; they
   need the real `split_sizes` to check that the dataset has that many.
   """
+  if task.group == MANY_SHOT:
+    from vpt_jax.data import many_shot
+    return many_shot.tfds_split(task, subset, split_sizes)
   if subset == "train800":
     return task.train.take(800)
   if subset == "val200":

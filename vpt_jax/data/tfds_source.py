@@ -18,7 +18,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from vpt_jax.data import demo  # noqa: F401  (registers the mini_vtab builder)
-from vpt_jax.data import pipeline, shifts
+from vpt_jax.data import many_shot, pipeline, shifts
 from vpt_jax.data import tasks as tasks_lib
 from vpt_jax.utils import files
 
@@ -60,9 +60,11 @@ def resize(image, resolution: int, method: str):
                                      align_corners=False, half_pixel_centers=False)[0]
   if method == "bilinear":
     return tf.image.resize(image, (resolution, resolution), method="bilinear")
+  if method == "bicubic":  # Square: CIFAR-100's 32 x 32 images (PETL_Vision's many-shot sets).
+    return tf.image.resize(image, (resolution, resolution), method="bicubic")
   if method in pipeline.RESIZE_METHODS:
     raise ValueError(f"data.resize={method!r} is made by the image-folder sources (PIL); with "
-                     "data.source=tfds use tf1_bilinear or bilinear.")
+                     "data.source=tfds use tf1_bilinear, bilinear or bicubic.")
   raise ValueError(f"data.resize={method!r} must be one of {', '.join(pipeline.RESIZE_METHODS)}.")
 
 
@@ -100,11 +102,34 @@ def version(task: tasks_lib.Task, data_dir: str | None) -> str:
   return builder(task, data_dir).info.full_name.replace("/", "_")
 
 
+def _in_torchvision_order(task, dataset_builder, split: str, resolution: int,
+                          resize_method: str) -> Iterator[dict]:
+  """CIFAR-100's training set in torchvision's order, which PETL_Vision's index files count:
+  TFDS shuffles the examples it writes, but keeps each one's position in the original
+  train.bin as its "id" ("train_00017"). That train.bin (the binary release) lists the images in
+  the order of the Python release torchvision reads is assumed here, not checked (docs/
+  protocol.md); a folder source in torchvision's order avoids the assumption."""
+  preprocess = preprocess_fn(task, resolution, resize_method)
+  ds = dataset_builder.as_dataset(split=split, shuffle_files=False).map(
+      lambda example: {**preprocess(example), "id": example["id"]},
+      num_parallel_calls=tf.data.AUTOTUNE)
+  ordered = sorted(ds.as_numpy_iterator(), key=lambda example: example["id"])
+  expected = [f"train_{i:05d}".encode() for i in range(len(ordered))]
+  if [example["id"] for example in ordered] != expected:
+    raise ValueError(f"{task.builder} in {dataset_builder.data_dir}: its training examples' ids "
+                     "are not train_00000 .. in order, so torchvision's order cannot be restored;"
+                     " read CIFAR-100 from a folder in torchvision's order (data.source=folder).")
+  for example in ordered:
+    yield {"image": example["image"], "label": example["label"]}
+
+
 def examples(task: tasks_lib.Task, subset: str, resolution: int, data_dir: str | None,
              resize_method: str, shift: str | None = None) -> Iterator[dict]:
   """The subset's examples in order: {"image": (R, R, 3) uint8, "label": int32}."""
   dataset_builder = builder(task, data_dir)
   split = tasks_lib.split_for(task, subset, split_sizes(dataset_builder))
+  if task.many_shot and subset == many_shot.PARENT and not shift:
+    return _in_torchvision_order(task, dataset_builder, split, resolution, resize_method)
   return _dataset(dataset_builder, split, task, resolution, resize_method,
                   shift).as_numpy_iterator()
 

@@ -203,6 +203,29 @@ def robustness(shift_rows: dict, wise_curves: dict, out_path: str) -> bool:
   return _save(fig, out_path, 120)
 
 
+def many_shot(curves: dict, out_path: str) -> bool:
+  """Mai et al.'s many-shot benchmark: test top-1 against the training set's size (log), one
+  panel per dataset, one line per method; the authors' released results dashed, hollow markers
+  (vpt_jax/study/many_shot.py curves)."""
+  datasets = sorted(curves)
+  if not datasets:
+    return False
+  fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.6), squeeze=False)
+  for ax, dataset in zip(axes[0], datasets):
+    for label, points in sorted(curves[dataset].items()):
+      sizes, accuracies = zip(*points)
+      released = label.endswith("(released)")
+      method = label.split(" ")[0]
+      ax.plot(sizes, accuracies, linestyle="--" if released else "-", marker="o",
+              markerfacecolor="none" if released else None, color=_color(method), label=label)
+    ax.set_xscale("log")
+    ax.set_title(dataset)
+    ax.set_xlabel("training examples (the final runs' combined set)", fontsize=8)
+    ax.set_ylabel("test top-1 (%)")
+    ax.legend(fontsize=7)
+  return _save(fig, out_path, 110)
+
+
 def imagenet_wise(curves: dict, out_path: str) -> bool:
   """Mai et al.'s WiSE-FT figure: ImageNet (ID) top-1 against the mean over ImageNet-V2,
   -Sketch, -A and -R (OOD), one curve per method, a point per alpha (the zero-shot end marked

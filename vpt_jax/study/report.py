@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from vpt_jax.study import predictions, published
+from vpt_jax.study import many_shot, predictions, published
 from vpt_jax.study import imagenet_shift
 from vpt_jax.utils import files
 from vpt_jax.data import tasks as tasks_lib
@@ -360,7 +360,10 @@ def write(sweep_dir: str, out_dir: str, with_published: bool = False,
   os.makedirs(out_dir, exist_ok=True)
   parts = [f"# Sweep report: {sweep_dir}"]
   for setting in sorted(cells, key=lambda s: (not s.startswith("vtab"), s)):
-    markdown, rows = tables(cells[setting], with_published, setting=setting)
+    if setting == tasks_lib.MANY_SHOT:  # Method x dataset/size, beside Mai et al.'s releases.
+      markdown, rows = many_shot.tables(cells[setting], with_published)
+    else:
+      markdown, rows = tables(cells[setting], with_published, setting=setting)
     seeds = sorted({len(c.accuracies) for c in cells[setting].values()})
     parts.append(f"\n## {setting}: test top-1 (%), mean ± std (population, ddof 0) over "
                  f"{'/'.join(map(str, seeds))} seeds\n\n{markdown}")

@@ -67,13 +67,19 @@ class Run:
 
   @property
   def group_dir(self) -> str:
-    return os.path.join(self.setting, self.task, self.method)
+    return os.path.join(self.setting, task_dir(self.task), self.method)
 
   @property
   def workdir(self) -> str:
     leaf = (point_name(self.base_lr, self.weight_decay, self.extra) if self.phase == "search"
             else f"seed{self.seed}")
     return os.path.join(self.group_dir, self.phase, leaf)
+
+
+def task_dir(task: str) -> str:
+  """A task's directory name: a custom folder's task name holds its path ("folder:/data/x"),
+  which would otherwise become nested directories the report never finds."""
+  return task.replace(os.sep, "_").replace(":", "_")
 
 
 LR, WD = "optim.base_lr", "optim.weight_decay"
@@ -96,7 +102,10 @@ def settings(sweep_config) -> list[str]:
     return [f"scale{n}" for n in sweep_config.sizes]
   if protocol == "kshot":
     return [f"{sweep_config.shots}shot"]
-  raise ValueError(f"sweep.protocol={protocol!r} must be 'vtab1k', 'data_scale' or 'kshot'.")
+  if protocol == tasks_lib.MANY_SHOT:
+    return [tasks_lib.MANY_SHOT]
+  raise ValueError(f"sweep.protocol={protocol!r} must be 'vtab1k', 'data_scale', 'kshot' or "
+                   "'many_shot'.")
 
 
 def setting_of(setting: str, task: str) -> str:
@@ -104,6 +113,13 @@ def setting_of(setting: str, task: str) -> str:
   FGVC's tasks, of custom folders and of few-shot ImageNet is their own ("fgvc", "custom",
   "imagenet": their own splits)."""
   group = tasks_lib.get(task).group
+  if (setting == tasks_lib.MANY_SHOT) != (group == tasks_lib.MANY_SHOT) and setting != "vtab1k":
+    raise ValueError(f"sweep.protocol={setting!r}: " + (
+        f"{task} is not a many-shot task ({', '.join(tasks_lib.MANY_SHOT_TASKS)})"
+        if setting == tasks_lib.MANY_SHOT else
+        f"{task} is a many-shot task: use sweep.protocol=many_shot") + ".")
+  if setting in ("vtab1k", tasks_lib.MANY_SHOT) and group == tasks_lib.MANY_SHOT:
+    return group
   if setting == "vtab1k" and group in (tasks_lib.FGVC, tasks_lib.CUSTOM, tasks_lib.IMAGENET):
     return group
   if group in (tasks_lib.FGVC, tasks_lib.CUSTOM, tasks_lib.IMAGENET):
@@ -113,7 +129,7 @@ def setting_of(setting: str, task: str) -> str:
 
 
 def subsets(setting: str, phase: str, seed: int, kshot_per_seed: bool = False,
-            task: str | None = None) -> tuple[str, str]:
+            task: str | None = None, split: int | None = None) -> tuple[str, str]:
   """(train subset, eval subset) of a run.
 
   k-shot (ChengHan111/VPT-or-FT DATA.EVEN_SEPARETE, src/data/datasets/tf_dataset.py): the search
@@ -126,6 +142,8 @@ def subsets(setting: str, phase: str, seed: int, kshot_per_seed: bool = False,
   # FGVC and few-shot ImageNet: train -> val, train -> test.
   if setting in (tasks_lib.FGVC, tasks_lib.CUSTOM, tasks_lib.IMAGENET):
     return tasks_lib.phase_subsets(tasks_lib.get(task), phase)
+  if setting == tasks_lib.MANY_SHOT:  # PETL_Vision's split files (search split `split`).
+    return tasks_lib.phase_subsets(tasks_lib.get(task), phase, split)
   if setting == "vtab1k":
     return ("train800val200", "test") if final else ("train800", "val200")
   if setting.startswith("scale"):
@@ -230,22 +248,34 @@ def _order(value):
   return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
 
 
+# Axes over which a grid point's validation accuracy is averaged, not chosen: the five search
+# splits of Mai et al.'s small many-shot sets (PETL_Vision experiment/tune.py trains each grid
+# point on every split and averages their top-1).
+AVERAGED_AXES = ("data.split",)
+
+
 def select_best(sweep_dir: str, runs: list[Run]) -> dict:
   """The grid point with the best validation accuracy; ties -> smaller lr, then smaller wd, then
-  smaller values of the other axes in their order."""
-  scored = []
+  smaller values of the other axes in their order. A point's accuracy is the mean over the
+  AVERAGED_AXES runs that finished (the search splits)."""
+  points = {}
   for run in runs:
     result = read_result(sweep_dir, run)
     if result is not None:
-      key = (-result["val_accuracy"], run.base_lr, run.weight_decay,
-             *(_order(value) for _, value in run.extra))
-      scored.append((key, run))
+      kept = tuple((f, v) for f, v in run.extra if f not in AVERAGED_AXES)
+      point = dataclasses.replace(run, extra=kept, seed=0)
+      points.setdefault(point, []).append(result["val_accuracy"])
+  scored = []
+  for run, accuracies in points.items():
+    key = (-float(sum(accuracies) / len(accuracies)), run.base_lr, run.weight_decay,
+           *(_order(value) for _, value in run.extra))
+    scored.append((key, run))
   if not scored:
     raise RuntimeError(f"No grid run of {runs[0].group_dir} finished: nothing to choose from.")
   scored.sort(key=lambda item: item[0])
   key, run = scored[0]
   best = {"base_lr": run.base_lr, "weight_decay": run.weight_decay, "val_accuracy": -key[0],
-          "grid_points": len(runs), "finished": len(scored)}
+          "grid_points": len(runs), "finished": sum(map(len, points.values()))}
   if run.extra:
     best["grid"] = dict(run.extra)
   return best
@@ -295,14 +325,15 @@ class Planner:
     config.optim.base_lr, config.optim.weight_decay = run.base_lr, run.weight_decay
     config.optim.selected_in = "search" if run.phase == "search" else os.path.join(
         run.group_dir, "best.json")
-    config.data.train_subset, config.data.eval_subset = subsets(
-        run.setting, run.phase, run.seed, self.config.sweep.kshot_per_seed, run.task)
     for field, value in run.extra:
       config_lib.set_path(config, field, value)
+    config.data.train_subset, config.data.eval_subset = subsets(
+        run.setting, run.phase, run.seed, self.config.sweep.kshot_per_seed, run.task,
+        config.data.get("split"))
     # A two-stage method's first stage trains with the setting this sweep selected for that
     # method on the same task, when there is one (else its recipe's default).
     for stage in methods.stage_names(run.method)[:-1]:
-      best = (os.path.join(self.sweep_dir, run.setting, run.task, stage, "best.json")
+      best = (os.path.join(self.sweep_dir, run.setting, task_dir(run.task), stage, "best.json")
               if self.sweep_dir else None)
       if best and os.path.exists(best) and config.stage_optim[stage].base_lr is None:
         chosen = files.read_json(best)
@@ -471,8 +502,10 @@ def times_of_runs_since(sweep_dir: str, since: float) -> dict:
 def write_manifest(sweep_dir: str, group, runs: list[Run]) -> None:
   """<group>/sweep.json: the final runs of the sweep's current configuration, which are the ones
   the report counts (finals of earlier configurations may still lie beside them)."""
-  files.write_json(os.path.join(sweep_dir, *group, "sweep.json"),
-                   {"final": sorted(os.path.relpath(r.workdir, os.path.join(*group))
+  setting, task, method = group
+  group_dir = os.path.join(setting, task_dir(task), method)
+  files.write_json(os.path.join(sweep_dir, group_dir, "sweep.json"),
+                   {"final": sorted(os.path.relpath(r.workdir, group_dir)
                                     for r in runs)})
 
 

@@ -116,7 +116,8 @@ def program_key(run: spec.RunSpec, stage: spec.StageSpec, num_examples: int, mes
       "task": run.task.name, "stage": stage.method.name, "model": stage.model_config,
       "fields": repr(sorted(stage.method.model_fields.items())),
       "optim": stage.optim.compiled_fields(), "examples": num_examples, "dtype": str(run.dtype),
-      "data": [run.data.resolution, run.data.normalization, run.data.flip, run.data.crop_from],
+      "data": [run.data.resolution, run.data.normalization, run.data.flip, run.data.crop_from,
+               run.data.augment, run.data.vertical_flip],
       "sharding": run.sharding_strategy, "devices": [d.id for d in mesh.devices.flat],
       "augmentation": [run.data.rand_augment, run.data.random_erasing],
   }, sort_keys=True, default=str)
@@ -156,6 +157,7 @@ def _build(key, run: spec.RunSpec, stage: spec.StageSpec, num_examples: int, mes
   replicated = sharding.replicated(mesh)
   step_fn = steps.make_device_step(model, tx, mesh, steps_per_epoch, batch_size,
                                    run.data.normalization, run.data.flip, run.data.crop_size,
+                                   run.data.augment, run.data.vertical_flip,
                                    rand_augment=run.data.rand_augment,
                                    random_erasing=run.data.random_erasing)
   return Program(
@@ -230,7 +232,8 @@ def cached_arrays(data: spec.DataSpec, subset: str, mesh):
 
 def _on_devices(data: spec.DataSpec, subset: str, mesh, load):
   key = json.dumps([data.source, data.task.name, subset, data.array_resolution, data.resize,
-                    data.data_dir, data.cache_dir, [d.id for d in mesh.devices.flat]])
+                    data.data_dir, data.cache_dir, data.task.split_dir,
+                    [d.id for d in mesh.devices.flat]])
   if key in _arrays:
     _arrays.move_to_end(key)
     return _arrays[key]

@@ -400,9 +400,12 @@ def mai(method: str, task: str, requested: dict) -> dict:
                  seed_values=MAI_SEEDS, grid=MAI_METHOD_GRIDS.get(methods.stage_names(method)[-1])),
       stage_optim={name: dict(optim_settings) for name in earlier},
       stage_model={name: dict(model) for name in earlier})
+  if task in tasks_lib.MANY_SHOT_TASKS:
+    _mai_many_shot(settings, tasks_lib.get(task), requested)
   if task in tasks_lib.IMAGENET_TASKS:
     _mai_imagenet(settings, method, requested)
   return settings
+
 
 # Mai et al.'s few-shot ImageNet with CLIP ViT-B/16 (OSU-MLB/PETL_Vision experiment/config/
 # clip_fs_imagenet.yml, lr_wd_clip_imagenet.yml, method-imagenet/*.yml, data/dataset/few_shot.py):
@@ -453,6 +456,58 @@ def _mai_imagenet(settings: dict, method: str, requested: dict) -> None:
                            grid=(("model.drop_path", MAI_IMAGENET_DROP_PATHS),))
   settings["method_kwargs"].update(
       MAI_IMAGENET_METHOD_KWARGS.get(methods.stage_names(method)[-1], {}))
+
+
+# Mai et al.'s many-shot settings (OSU-MLB/PETL_Vision experiment/config/): default_cifar100.yml,
+# default_resisc.yml, default_clevr.yml: 40 epochs, 4 warm-up (RESISC45 5); default_cifar100_500
+# .yml, default_cifar100_1k.yml, default_resisc_500.yml: 100 and 10 for the small sizes;
+# lr_wd_cifar.yml, lr_wd_resisc.yml: lr x wd x drop_path_rate; lr_wd_clevr.yml: lr, wd 1e-4, and
+# default_clevr.yml's drop_path_rate 0.
+MAI_MANY_SHOT_LRS = (0.0005, 0.001)
+MAI_MANY_SHOT_DROP_PATHS = (0.0, 0.1, 0.2)
+MAI_MANY_SHOT_SMALL = {("cifar100", "500"), ("cifar100", "1k"), ("resisc45", "225"),
+                       ("resisc45", "450")}
+MAI_MANY_SHOT_WARMUP = {"cifar100": 4, "resisc45": 5, "clevr_dist": 4}
+# Resize(256) then RandomResizedCrop(224) / CenterCrop(224) (data/dataset/cifar100.py, resisc.py).
+MAI_MANY_SHOT_CROP_FROM = 256
+# cifar100-500, resisc45-225 and resisc45-450 search on five splits (vpt_jax/data/many_shot.py).
+MANY_SHOT_FIVE_SPLITS = {("cifar100", "500"), ("resisc45", "225"), ("resisc45", "450")}
+
+
+def _mai_many_shot(settings: dict, task, requested: dict) -> None:
+  """PETL_Vision's many-shot runs over the VTAB-1k settings of `mai`: their epochs and grid;
+  CIFAR-100 and RESISC45 resized to 256 (bicubic) and held so, trained on RandomResizedCrop(224)
+  with a horizontal flip (RESISC45 also a vertical one) and scored on the centre 224 crop, in
+  Inception's [-1, 1] (normalized: True with timm's IMAGENET_INCEPTION mean and std 0.5); the
+  CIFAR search trains on the evaluation view (cifar100.py builds its trainval_split from
+  transform_val). CLEVR as VTAB's TF preprocessing: a bilinear resize to 224, ImageNet's
+  statistics (MEAN_STD_DICT), no augmentation."""
+  dataset, size = task.many_shot
+  small = (dataset, size) in MAI_MANY_SHOT_SMALL
+  settings["optim"].update(epochs=100 if small else 40,
+                           warmup_epochs=10 if small else MAI_MANY_SHOT_WARMUP[dataset],
+                           base_lr=0.001, weight_decay=0.0001)
+  settings["sweep"]["base_lrs"] = MAI_MANY_SHOT_LRS
+  if dataset == "clevr_dist":
+    settings["model"]["drop_path"] = 0.0
+    settings["data"].update(normalization="imagenet", resize="bilinear", flip=False)
+    settings["sweep"]["weight_decays"] = (0.0001,)
+  else:
+    data = requested.get("data", {})
+    train_subset = data.get("train_subset") or tasks_lib.phase_subsets(
+        task, requested.get("phase", "final"), data.get("split"))[0]
+    search = train_subset.startswith("split_train")
+    settings["data"].update(
+        normalization="inception", resize="bicubic", crop_from=MAI_MANY_SHOT_CROP_FROM,
+        augment="center_crop" if search and dataset == "cifar100" else "random_resized_crop",
+        flip=True, vertical_flip=dataset == "resisc45")
+    settings["sweep"]["grid"] = (("model.drop_path", MAI_MANY_SHOT_DROP_PATHS),)
+    if task.many_shot in MANY_SHOT_FIVE_SPLITS:  # experiment/tune.py: every split, averaged.
+      settings["sweep"]["grid"] += (("data.split", tuple(range(5))),)
+  for name in settings["stage_optim"]:
+    settings["stage_optim"][name].update({k: settings["optim"][k] for k in (
+        "epochs", "warmup_epochs")})
+    settings["stage_model"][name]["drop_path"] = settings["model"]["drop_path"]
 
 
 RECIPES: dict[str, Callable[[str, str, dict], dict]] = {"paper": paper, "google": google,
@@ -530,7 +585,8 @@ def resolve(config):
       name: _merge(_merge(settings["stage_model"][name], given["model"]),
                    stage_model.get(name, {}))
       for name in stages[:-1]}
-  train_subset, eval_subset = tasks_lib.phase_subsets(tasks_lib.get(tasks[0]), resolved["phase"])
+  train_subset, eval_subset = tasks_lib.phase_subsets(tasks_lib.get(tasks[0]), resolved["phase"],
+                                                      resolved["data"].get("split"))
   resolved["data"]["train_subset"] = resolved["data"]["train_subset"] or train_subset
   resolved["data"]["eval_subset"] = resolved["data"]["eval_subset"] or eval_subset
   validate(resolved, stages)
@@ -538,6 +594,7 @@ def resolve(config):
 
 
 _TRAINING_SUBSETS = re.compile(r"train800|train800val200|train_full|scale\d+_(train|trainval)|"
+                               r"combined|split_train(_\d+)?|train_all|"  # Many-shot.
                                r"\d+shot_(train800_|train800val200_)?seed\d+|"
                                r"train|trainval|train_[\d.]+")  # FGVC's and custom folders'.
 
@@ -567,6 +624,13 @@ def validate(config: dict, stages=()) -> None:
          "data.resize", data["resize"], "tf1_bilinear or bilinear with data.source=tfds "
          "(short_side and squash_bicubic are PIL's, "
          "made by the image-folder sources)")
+  _check(not (task.many_shot and task.many_shot[0] != "clevr_dist") or bool(data.get("split_dir")),
+         "data.split_dir", data.get("split_dir"), "a copy of OSU-MLB/PETL_Vision's data/"
+         f"annotations folder, whose split files define {task.name}'s subsets (git clone "
+         "https://github.com/OSU-MLB/PETL_Vision; --config.data.split_dir=PETL_Vision/data/"
+         "annotations)")
+  _check(data.get("augment") in (None,) + device.AUGMENTATIONS, "data.augment",
+         data.get("augment"), f"unset or one of {', '.join(device.AUGMENTATIONS)}")
   augment.parse(data.get("rand_augment"))  # A misspelt string fails here, in one line.
   _check(0 <= (data.get("random_erasing") or 0) <= 1, "data.random_erasing",
          data.get("random_erasing"), "a probability in [0, 1]")
@@ -617,8 +681,8 @@ def validate(config: dict, stages=()) -> None:
          "sweep.base_lrs", sweep["base_lrs"], "one or more learning rates > 0")
   _check(len(sweep["weight_decays"]) >= 1 and all(wd >= 0 for wd in sweep["weight_decays"]),
          "sweep.weight_decays", sweep["weight_decays"], "one or more weight decays ≥ 0")
-  _check(sweep["protocol"] in ("vtab1k", "data_scale", "kshot"), "sweep.protocol",
-         sweep["protocol"], "vtab1k, data_scale or kshot")
+  _check(sweep["protocol"] in ("vtab1k", "data_scale", "kshot", tasks_lib.MANY_SHOT),
+         "sweep.protocol", sweep["protocol"], "vtab1k, data_scale, kshot or many_shot")
   _check(sweep["shots"] >= 1, "sweep.shots", sweep["shots"], "≥ 1")
   _check(sweep["pack"] >= 1, "sweep.pack", sweep["pack"], "≥ 1 (1: one run at a time)")
   for axis in sweep["grid"] or ():

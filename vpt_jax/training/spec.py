@@ -108,6 +108,10 @@ class DataSpec:
   # (vpt_jax/data/augment.py; PETL_Vision's few-shot ImageNet: "rand-m9-mstd0.5-inc1", 0.25).
   rand_augment: str = ""
   random_erasing: float = 0.0
+  # How training crops (vpt_jax/data/device.py AUGMENTATIONS; None: a random crop) and whether
+  # it also flips vertically (PETL_Vision's RESISC45).
+  augment: str | None = None
+  vertical_flip: bool = False
 
   @property
   def array_resolution(self) -> int:
@@ -196,7 +200,8 @@ def _stages(config, dtype, num_classes: int, workdir: str) -> tuple[StageSpec, .
 
 def from_resolved(config, workdir: str) -> RunSpec:
   """The spec of a config that `recipes.resolve` already filled."""
-  task = tasks_lib.get(config.task)
+  # A many-shot task with where PETL_Vision's split files are.
+  task = tasks_lib.with_split_dir(tasks_lib.get(config.task), config.data.get("split_dir"))
   dtype = _dtype(config.dtype)
   # VPT-or-FT's KITTI configs train a 196-way head on 4 classes (docs/protocol.md).
   head_classes = config.model.get("head_classes") or task.num_classes
@@ -212,6 +217,7 @@ def from_resolved(config, workdir: str) -> RunSpec:
       stages=stages,
       data=DataSpec(task, d.source, d.train_subset, d.eval_subset, d.resolution, d.normalization, d.resize,
                     d.flip, d.data_dir, d.cache_dir, d.crop_from or 0,
+                    augment=d.get("augment"), vertical_flip=bool(d.get("vertical_flip")),
                     rand_augment=d.get("rand_augment") or "",
                     random_erasing=d.get("random_erasing") or 0.0),
       eval=EvalSpec(config.eval_batch_size, config.eval_every_epochs, tuple(config.eval_shifts)),

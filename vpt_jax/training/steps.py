@@ -71,6 +71,7 @@ def make_eval_step(model, class_subset: tuple[int, ...] | None = None):
 
 def make_device_step(model, tx, mesh, steps_per_epoch: int, batch_size: int,
                      normalization: str, flip: bool = False, crop_size: int | None = None,
+                     augment: str | None = None, vertical_flip: bool = False,
                      rand_augment: str = "", random_erasing: float = 0.0):
   """The step on device-resident data: (trainable, opt_state, frozen, images, labels,
   permutation, step, train_rng, flip_rng) -> (trainable, opt_state, metrics).
@@ -79,7 +80,8 @@ def make_device_step(model, tx, mesh, steps_per_epoch: int, batch_size: int,
   own batch, normalises it and splits it over the data axis. Random keys are arguments, so runs
   with other seeds reuse the compiled step. `crop_size`: the set is stored larger and each
   example is randomly cropped (and flipped, with `flip`) by a key of `flip_rng`, the epoch and
-  its index (device.take_batch). `rand_augment` (timm's string, e.g.
+  its index (device.take_batch), as `augment` says (a random crop, RandomResizedCrop, or the
+  centre), with a vertical flip too where `vertical_flip`. `rand_augment` (timm's string, e.g.
   "rand-m9-mstd0.5-inc1") and `random_erasing` (its probability) then augment each example by
   keys of the same (`flip_rng`, epoch, index), RandAugment before and erasing after the
   normalisation, as timm's transform orders them (vpt_jax/data/augment.py).
@@ -94,7 +96,8 @@ def make_device_step(model, tx, mesh, steps_per_epoch: int, batch_size: int,
     batch_images, batch_labels, mask = device.take_batch(
         images, labels, permutation, step % steps_per_epoch, batch_size,
         jax.random.fold_in(flip_rng, step) if flip and crop_size is None else None,
-        crop_size=crop_size, crop_rng=flip_rng, epoch=step // steps_per_epoch, crop_flip=flip)
+        crop_size=crop_size, crop_rng=flip_rng, epoch=step // steps_per_epoch, crop_flip=flip,
+        augment=augment, vertical_flip=vertical_flip)
     keys = lambda purpose: device.batch_keys(flip_rng, step // steps_per_epoch, permutation,
                                              step % steps_per_epoch, batch_size, purpose)
     if ra_spec is not None:
@@ -144,7 +147,9 @@ def jit_pack_step(step_fn, mesh, state_shardings, members: int):
 
 
 def build_train_step(model, tx, mesh, state_shardings, steps_per_epoch: int, batch_size: int,
-                     normalization: str, flip: bool = False, crop_size: int | None = None):
+                     normalization: str, flip: bool = False, crop_size: int | None = None,
+                     augment: str | None = None, vertical_flip: bool = False):
   """The jit-compiled step of `make_device_step` (see there)."""
   return jit_step(make_device_step(model, tx, mesh, steps_per_epoch, batch_size, normalization,
-                                   flip, crop_size), mesh, state_shardings)
+                                   flip, crop_size, augment, vertical_flip), mesh,
+                  state_shardings)

@@ -24,7 +24,7 @@ from vpt_jax.utils import files, paths, timing
 # Fields that may change between a run and its resumption without changing its results.
 RESUMABLE_CHANGES = ("eval_batch_size", "checkpoint_every_epochs", "checkpoints_to_keep",
                      "pretrained_cache_dir", "data.data_dir", "data.cache_dir", "workdir",
-                     "compilation_cache", "eval_shifts")
+                     "compilation_cache", "eval_shifts", "data.split_dir")
 _NOT_RUN_SETTINGS = ("sweep.",)  # The sweep's grid: which runs exist, not how one trains.
 
 
@@ -73,6 +73,8 @@ class ConfigMismatchError(ValueError):
 # Fields added to configs after runs were recorded without them, with the value those runs used:
 # a record that lacks one matches a config that has that value.
 ADDED_FIELDS: dict[str, object] = {"data.source": "tfds", "model.drop_path": None,
+                                   "data.augment": None, "data.vertical_flip": None,
+                                   "data.split_dir": None, "data.split": None,
                                    "data.rand_augment": None, "data.random_erasing": None}
 
 
