@@ -30,10 +30,10 @@ EMBED = 24
 
 
 def tiny_clip(path, seed):
-  """A random CLIP (image tower 32 wide, 1 block, 32 px; text tower 64 wide, 2 blocks, one head:
+  """A random CLIP (image tower 32 wide, 1 block, 32 px; text tower 64 wide, 1 block, one head:
   width // 64, as the reader assumes) written to `path` (.pt: OpenAI's TorchScript; .bin:
   open_clip's state dict)."""
-  ref = reference.random_clip(seed, embed_dim=EMBED, heads=1)
+  ref = reference.random_clip(seed, embed_dim=EMBED, depth=1, heads=1)
   save(ref, str(path))
   return ref
 
@@ -54,7 +54,7 @@ def unit(x):
 
 
 def test_zero_shot_logits_equal_a_numpy_restatement(tmp_path, tokenizer):
-  path = str(tmp_path / "open_clip_pytorch_model.bin")  # open_clip's layout (launch/main's test: OpenAI's).
+  path = str(tmp_path / "ViT-B-16.pt")  # OpenAI's TorchScript layout (launch/main's test: open_clip's).
   ref = tiny_clip(path, seed=11)
   model = image_model(head_init="zero_shot")
   head = zero_shot.head(path, None, model, NAMES)
@@ -127,7 +127,7 @@ def test_main_runs_zero_shot_and_wise_starts_from_it(tmp_path, tokenizer, monkey
   """launch/main.py: zero_shot, and linear from the zero-shot head; WiSE-FT's alpha = 0 is the
   zero-shot model and alpha = 1 the fine-tuned one, in both modes."""
   monkeypatch.chdir(REPO)
-  checkpoint = str(tmp_path / "ViT-B-16.pt")
+  checkpoint = str(tmp_path / "open_clip_pytorch_model.bin")
   tiny_clip(checkpoint, seed=12)
   task = folder_task(tmp_path / "data", np.random.default_rng(12))
   run_main([f"--config=configs/vtab.py:task={task},method=zero_shot+linear,recipe=mai,backbone=clip_vitb16",
@@ -155,9 +155,11 @@ def test_main_runs_zero_shot_and_wise_starts_from_it(tmp_path, tokenizer, monkey
   for path, value in paths.flatten(robustness.interpolate(theta_0, trained, 0.0)).items():
     np.testing.assert_array_equal(value, paths.flatten(zs_params)[path], err_msg=path)  # The zero-shot model.
   assert np.abs(trained["head"]["kernel"] - expected_head["kernel"]).max() > 1e-3  # The head did train.
-  for mode in robustness.WISE_MODES:
-    curve = robustness.wise_curve(runs["linear"], "test", alphas=(0.0, 1.0), mode=mode)["clean"]
-    assert curve == [result["zero_shot"]["test_accuracy"], result["linear"]["test_accuracy"]], mode
+  curve = robustness.wise_curve(runs["linear"], "test", alphas=(0.0, 1.0))["clean"]
+  assert curve == [result["zero_shot"]["test_accuracy"], result["linear"]["test_accuracy"]]
+  for alpha, end in ((0.0, zs_params), (1.0, trained)):  # merge_petl's mode: the same endpoints.
+    for path, value in paths.flatten(robustness.interpolate(theta_0, trained, alpha, "petl")).items():
+      np.testing.assert_array_equal(value, paths.flatten(end)[path], err_msg=f"{alpha} {path}")
   # launch/robustness.py's choice (PETL_Vision's README): linear tuned neither pre-trained weights
   # nor inserted ones; a LoRA artifact (written here on the same run) inserted some.
   assert [robustness.suits(runs["linear"], mode) for mode in robustness.WISE_MODES] == [False, False]
