@@ -108,6 +108,10 @@ def get_config():
   config.sharding_strategy = ((".*", "replicate"),)  # (regex, "replicate" | "fsdp") per parameter.
   config.eval_batch_size = 256
   config.eval_every_epochs = 0  # >0: train and eval loss/accuracy every N epochs (curves).
+  # >0: a run scored on a validation subset (not a final run) evaluates it every epoch and stops
+  # once this many evaluations fell below its best since that best (PETL_Vision's EarlyStop);
+  # selection then takes its best validation accuracy (val_accuracy_best). Unset: the recipe's.
+  config.early_stop_patience = unset(int)
   # Corrupted test copies ("gaussian_noise:3", ...; vpt_jax/data/shifts.py) the main job and
   # launch/robustness.py evaluate finished final runs on.
   config.eval_shifts = ()

@@ -250,6 +250,7 @@ def test_imagenet_recipe_is_clip_fs_imagenets():
       "imagenet", "train", "test", "clip", "squash_bicubic", 256, 224, True,
       "rand-m9-mstd0.5-inc1", 0.25)
   assert resolved.sweep.grid == (("model.drop_path", (0.0, 0.1)),)
+  assert resolved.early_stop_patience == 10
   assert (resolved.model.drop_path, resolved.model.head_init,
           resolved.method_kwargs.prompt_tokens) == (0.0, "zero_shot", 50)
   assert recipes.resolve(imagenet_shift.get_config("phase=search")).data.eval_subset == "val"
@@ -259,6 +260,32 @@ def test_imagenet_recipe_is_clip_fs_imagenets():
     recipes.resolve(config)
   with pytest.raises(ValueError, match="this study trains on task=imagenet"):
     imagenet_shift.get_config("task=imagenet_a")
+
+
+def test_early_stop_is_petl_visions_and_resumes_from_the_metrics(tmp_path):
+  """utils/misc.py EarlyStop: the first evaluation is the best; equal ones do not count; `patience`
+  worse ones since the last best stop the run. A resumed run replays its metrics.jsonl."""
+  import dataclasses
+  import json
+  from vpt_jax.training import loop
+  stopper = loop.EarlyStop(2)
+  assert [stopper.update(a) for a in (0.5, 0.5, 0.4, 0.6, 0.6, 0.55, 0.6, 0.5)] == [False] * 7 + [True]
+  assert (stopper.best, stopper.worse) == (0.6, 2)
+  rows = [{"step": 10 * (e + 1), "epoch": e + 1, "eval_accuracy": a}
+          for e, a in enumerate((0.5, 0.7, 0.6))]
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+  @dataclasses.dataclass
+  class Run:
+    eval: object
+    final_run: bool = False
+
+  member = loop.Member(Run(type("E", (), {"early_stop_patience": 2})), type(
+      "S", (), {"workdir": str(tmp_path)}), {}, None, {}, 0)
+  replayed = loop._early_stop(member, 20)  # Rows after the restart step are not replayed.
+  assert (replayed.best, replayed.worse) == (0.7, 0) and loop._early_stop(member, 30).worse == 1
+  member.run.final_run = True  # Final runs never stop early (PETL_Vision's early_patience 100).
+  assert loop._early_stop(member, 30) is None
 
 
 def test_imagenet_shift_study_end_to_end(tmp_path, tiny_backbone):
@@ -288,6 +315,14 @@ def test_imagenet_shift_study_end_to_end(tmp_path, tiny_backbone):
   result = json.loads(final.read_text())
   assert (result["train_subset"], result["eval_subset"], result["eval_examples"]) == (
       "train", "test", 8)
+  # The search run evaluated val each epoch for early stopping; selection took its best.
+  (search,) = method_dir.glob("search/*/result.json")
+  searched = json.loads(search.read_text())
+  assert searched["early_stop"]["patience"] == 10
+  assert searched["val_accuracy_best"] == max(
+      json.loads(line)["eval_accuracy"] for line in (search.parent / "metrics.jsonl").open())
+  assert json.loads((method_dir / "best.json").read_text())["val_accuracy"] == searched[
+      "val_accuracy_best"] and "early_stop" not in result
   config = json.loads((final.parent / "config.json").read_text())
   assert (config["data.rand_augment"], config["data.random_erasing"]) == ("rand-m9-mstd0.5-inc1", 0.25)
   done = subprocess.run([sys.executable, "launch/robustness.py", f"--sweep_dir={sweep}"],

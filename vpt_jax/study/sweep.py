@@ -264,7 +264,9 @@ def select_best(sweep_dir: str, runs: list[Run]) -> dict:
     if result is not None:
       kept = tuple((f, v) for f, v in run.extra if f not in AVERAGED_AXES)
       point = dataclasses.replace(run, extra=kept, seed=0)
-      points.setdefault(point, []).append(result["val_accuracy"])
+      # Runs that stopped early are chosen by their best validation accuracy (PETL_Vision's
+      # final_acc_hp: False), others by their last.
+      points.setdefault(point, []).append(result.get("val_accuracy_best", result["val_accuracy"]))
   scored = []
   for run, accuracies in points.items():
     key = (-float(sum(accuracies) / len(accuracies)), run.base_lr, run.weight_decay,

@@ -22,6 +22,40 @@ class NonFiniteLossError(RuntimeError):
 
 
 @dataclasses.dataclass
+class EarlyStop:
+  """OSU-MLB/PETL_Vision's utils/misc.py EarlyStop (min_delta 0), fed one validation accuracy per
+  epoch: the first is the best so far; a better one resets the count, a worse one adds one, an
+  equal one neither; `patience` worse ones (since the last best) stop the run."""
+  patience: int
+  best: float | None = None
+  worse: int = 0
+
+  def update(self, accuracy: float) -> bool:
+    """True when the run stops at this evaluation."""
+    if self.best is None:
+      self.best = accuracy
+    elif accuracy > self.best:
+      self.best, self.worse = accuracy, 0
+    elif accuracy < self.best:
+      self.worse += 1
+      return self.worse >= self.patience
+    return False
+
+
+def _early_stop(member: "Member", step: int) -> EarlyStop | None:
+  """The member's early-stop state, replayed from its metrics up to `step` (so a resumed run
+  continues the count); None where it does not stop early (final runs, patience 0)."""
+  patience = member.run.eval.early_stop_patience
+  if not patience or member.run.final_run:
+    return None
+  tracker = EarlyStop(patience)
+  for row in metrics.read(member.stage.workdir):
+    if "eval_accuracy" in row and row.get("step", 0) <= step:
+      tracker.update(row["eval_accuracy"])
+  return tracker
+
+
+@dataclasses.dataclass
 class Member:
   """One run of a pack: its settings, random keys, clock, and its frozen parameters (on the
   devices)."""
@@ -97,7 +131,9 @@ def _epoch_row(program: programs.Program, member: Member, trainable, learning_ra
          "train_accuracy_running": float(accuracies.mean()),
          # That of the epoch's last step (the epoch's own under a per-epoch schedule).
          "learning_rate": float(learning_rate)}
-  every, run = member.run.eval.every_epochs, member.run
+  run = member.run
+  # Early stopping evaluates every epoch (PETL_Vision's eval_freq 1).
+  every = 1 if _stops_early(member) else run.eval.every_epochs
   if every and ((epoch + 1) % every == 0 or step == program.total_steps):
     params = paths.merge(trainable(), member.frozen)
     with timing.phase("eval"):
@@ -108,9 +144,18 @@ def _epoch_row(program: programs.Program, member: Member, trainable, learning_ra
   return row
 
 
+def _stops_early(member: Member) -> bool:
+  return bool(member.run.eval.early_stop_patience) and not member.run.final_run
+
+
 def _checkpoint_due(member: Member, epoch: int, step: int, total_steps: int) -> bool:
   every = member.run.checkpoints.every_epochs  # 0: only at the end.
   return bool(every and (epoch + 1) % every == 0) or step == total_steps
+
+
+def _stop_record(stopper: EarlyStop, epoch: int | None) -> dict:
+  return {"stopped_after_epoch": epoch, "best_eval_accuracy": stopper.best,
+          "patience": stopper.patience}
 
 
 def fit(program: programs.Program, members: list[Member], states: list[dict], images, labels,
@@ -156,7 +201,11 @@ def _fit(program, members, states, images, labels, checkpointers, writers, log) 
   # A member's parameters at its last finished epoch (what a divergence would be scored with).
   finished = ([jax.tree.map(jnp.copy, pack.member(trainable, i)) for i in range(k)]
               if score_last_epoch and step else [None] * k)
-  done = [None] * k  # A member's final state once it stopped (diverged).
+  done = [None] * k  # A member's final state once it stopped (diverged, or stopped early).
+  stoppers = [_early_stop(m, step) for m in members]
+  for i, stopper in enumerate(stoppers):  # It stopped before the restart: its last checkpoint.
+    if stopper is not None and stopper.worse >= stopper.patience:
+      done[i] = {**state_of(i), "early_stop": _stop_record(stopper, step // program.steps_per_epoch)}
   progress = tqdm.tqdm(total=total_steps * batch_size * k, initial=step * batch_size * k,
                        unit="img", unit_scale=True,
                        desc=f"{members[0].run.task.name} {stage.method.name}"
@@ -164,7 +213,7 @@ def _fit(program, members, states, images, labels, checkpointers, writers, log) 
                        mininterval=1.0, disable=None if jax.process_index() == 0 else True,
                        smoothing=0.1)
   with progress:
-    while step < total_steps:
+    while step < total_steps and not all(d is not None for d in done):
       epoch = step // program.steps_per_epoch
       with timing.phase("train", excludes_compile=True):
         permutation = pack.values([program.permutation(m.rngs["data"], epoch) for m in members])
@@ -195,8 +244,14 @@ def _fit(program, members, states, images, labels, checkpointers, writers, log) 
         with timing.phase("write"):
           writers[i].write(step, **row)
           member.clock.save()
-          if _checkpoint_due(member, epoch, step, total_steps):
+          stopping = (stoppers[i] is not None and "eval_accuracy" in row
+                      and stoppers[i].update(row["eval_accuracy"]))
+          if stopping or _checkpoint_due(member, epoch, step, total_steps):
             checkpointers[i].save(step, state_of(i))
+        if stopping:  # Packs never stop early (recipes.validate), so this ends the loop.
+          log(f"Stopped early after epoch {epoch + 1}: validation accuracy below its best "
+              f"{stoppers[i].best:.4f} {stoppers[i].patience} times ({member.stage.workdir}).")
+          done[i] = {**state_of(i), "early_stop": _stop_record(stoppers[i], epoch + 1)}
       progress.set_postfix(epoch=epoch + 1, loss=f"{float(losses.mean()):.3f}")
   finals = []
   for i, checkpointer in enumerate(checkpointers):
@@ -207,5 +262,7 @@ def _fit(program, members, states, images, labels, checkpointers, writers, log) 
     if total_steps not in checkpointer.steps():  # A resumed finished stage lost its last.
       with timing.phase("write"):
         checkpointer.save(total_steps, state_i)
+    if stoppers[i] is not None and stoppers[i].best is not None:  # Ran to the end: the best seen.
+      state_i = {**state_i, "early_stop": _stop_record(stoppers[i], None)}
     finals.append(state_i)
   return finals

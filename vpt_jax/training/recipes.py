@@ -418,6 +418,7 @@ MAI_IMAGENET_DROP_PATHS = (0.0, 0.1)
 MAI_IMAGENET_CROP_FROM = 256  # int((256 / 224) * crop_size).
 MAI_IMAGENET_RAND_AUGMENT = "rand-m9-mstd0.5-inc1"
 MAI_IMAGENET_RANDOM_ERASING = 0.25
+MAI_IMAGENET_PATIENCE = 10  # clip_fs_imagenet.yml early_patience, eval_freq 1.
 # method-imagenet/<name>.yml of the methods with released ImageNet results (published_tables.md
 # A3): vpt_deep_50, lora_32, adaptformer_32, convpass_32, fact_tk_32, rand_h_adapter_32,
 # lora_p_adapter_32, repadapter; their scalars, no grid (the grid is the drop-path's).
@@ -452,6 +453,7 @@ def _mai_imagenet(settings: dict, method: str, requested: dict) -> None:
       normalization=record.normalization if record else "clip", resize="squash_bicubic",
       crop_from=MAI_IMAGENET_CROP_FROM, flip=True, rand_augment=MAI_IMAGENET_RAND_AUGMENT,
       random_erasing=MAI_IMAGENET_RANDOM_ERASING)
+  settings["early_stop_patience"] = MAI_IMAGENET_PATIENCE  # Search runs only (loop.EarlyStop).
   settings["sweep"].update(base_lrs=(MAI_IMAGENET_LR,), weight_decays=(MAI_IMAGENET_WD,),
                            grid=(("model.drop_path", MAI_IMAGENET_DROP_PATHS),))
   settings["method_kwargs"].update(
@@ -650,6 +652,9 @@ def validate(config: dict, stages=()) -> None:
     shifts.parse(shift)
   _check(config["eval_every_epochs"] >= 0, "eval_every_epochs", config["eval_every_epochs"],
          "≥ 0 (0: never during training)")
+  patience = config.get("early_stop_patience") or 0
+  _check(patience >= 0 and (patience == 0 or sweep["pack"] == 1), "early_stop_patience",
+         patience, "≥ 0, and 0 with sweep.pack > 1 (a packed run cannot stop alone)")
   optims = [("optim", config["optim"], config["model"])] + [
       (f"stage_optim.{name}", config["stage_optim"][name], config["stage_model"][name])
       for name in config["stage_optim"]]

@@ -129,6 +129,7 @@ class EvalSpec:
   batch_size: int
   every_epochs: int  # 0: only at the end.
   shifts: tuple[str, ...]
+  early_stop_patience: int = 0  # >0: search runs stop early (loop.EarlyStop).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,7 +221,8 @@ def from_resolved(config, workdir: str) -> RunSpec:
                     augment=d.get("augment"), vertical_flip=bool(d.get("vertical_flip")),
                     rand_augment=d.get("rand_augment") or "",
                     random_erasing=d.get("random_erasing") or 0.0),
-      eval=EvalSpec(config.eval_batch_size, config.eval_every_epochs, tuple(config.eval_shifts)),
+      eval=EvalSpec(config.eval_batch_size, config.eval_every_epochs, tuple(config.eval_shifts),
+                    config.get("early_stop_patience") or 0),
       checkpoints=CheckpointSpec(config.checkpoint_every_epochs, config.checkpoints_to_keep),
       dtype=dtype, sharding_strategy=tuple(tuple(rule) for rule in config.sharding_strategy),
       record=config_lib.flatten(config))

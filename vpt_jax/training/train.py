@@ -75,7 +75,8 @@ class ConfigMismatchError(ValueError):
 ADDED_FIELDS: dict[str, object] = {"data.source": "tfds", "model.drop_path": None,
                                    "data.augment": None, "data.vertical_flip": None,
                                    "data.split_dir": None, "data.split": None,
-                                   "data.rand_augment": None, "data.random_erasing": None}
+                                   "data.rand_augment": None, "data.random_erasing": None,
+                                   "early_stop_patience": None}
 
 
 def config_differences(stored: dict, current: dict) -> list[str]:
@@ -184,6 +185,9 @@ def finish(program: programs.Program, member: loop.Member, state: dict) -> tuple
     result["predictions"] = PREDICTIONS
   if "diverged" in state:
     result["diverged"] = state["diverged"]
+  if "early_stop" in state:  # The best validation accuracy seen, which selection uses.
+    result["early_stop"] = state["early_stop"]
+    result[f"{eval_name}_accuracy_best"] = state["early_stop"]["best_eval_accuracy"]
   return result, final_params
 
 
