@@ -139,6 +139,22 @@ def test_resisc_lists_select_their_images_and_labels(tmp_path):
                          source="folder")
 
 
+def test_cifar_from_a_folder_in_torchvision_order(tmp_path):
+  """The way around TFDS's order: a folder whose train.txt lists the training set in
+  torchvision's order; the index files count its lines."""
+  for i in range(8):
+    _png(tmp_path / "cifar" / f"train/{i}.png", 20 * i)
+  (tmp_path / "cifar" / "train.txt").write_text("".join(f"train/{i}.png {i % 4}\n"
+                                                          for i in range(8)))
+  (tmp_path / "cifar" / "test.txt").write_text("train/0.png 0\n")
+  (tmp_path / "ann" / "cifar100").mkdir(parents=True)
+  np.save(tmp_path / "ann" / "cifar100" / "cifar100-10k-trainval_split_val.npy", np.array([6, 1]))
+  images, labels = pipeline.load_arrays(_task("cifar100-10k", str(tmp_path / "ann")), "split_val",
+                                        8, str(tmp_path / "cifar"), str(tmp_path / "c"), "bicubic",
+                                        source="folder")
+  assert images[:, 0, 0, 0].tolist() == [120, 20] and labels.tolist() == [2, 1]
+
+
 def _ramps(size=40):
   """uint8 image growing by 5 per pixel: along columns in channel 0, along rows in channel 1."""
   ramp = 5 * np.arange(size)
