@@ -19,10 +19,10 @@ import torch_clip_text_reference as reference
 from test_clip_text import fake_tokenize, save
 from test_folder_data import write_images
 from test_train import REPO
-from vpt_jax import checkpoints
+from vpt_jax import checkpoints, methods
 from vpt_jax.models import clip_text, vit
 from vpt_jax.study import robustness
-from vpt_jax.training import artifacts, spec, zero_shot
+from vpt_jax.training import artifacts, recipes, spec, zero_shot
 from vpt_jax.utils import paths
 
 NAMES = ("cat", "dog", "bird")
@@ -109,6 +109,16 @@ def test_zero_shot_is_refused_in_one_line_without_class_names_or_a_clip_backbone
                                  **{"model.head_init": "zero_shot"}), "x")
   with pytest.raises(ValueError, match=r"^model.head_init='bogus' must be zeros, vpt or zero_shot"):
     spec.resolve_run(vtab_config("task=dtd,method=linear", **{"model.head_init": "bogus"}), "x")
+
+
+def test_a_sweep_searches_one_point_for_zero_shot(tmp_path):
+  from vpt_jax.study import sweep
+  task = folder_task(tmp_path / "data", np.random.default_rng(1))
+  config = recipes.resolve(vtab_config(f"task={task},method=linear,recipe=mai,backbone=clip_vitb16"))
+  searched = {m: sweep.search_runs("vtab1k", task, m, config.sweep) for m in ("zero_shot", "linear")}
+  assert len(searched["linear"]) > 1 and [(r.base_lr, r.weight_decay, r.extra) for r in searched["zero_shot"]] == [
+      (r.base_lr, r.weight_decay, r.extra) for r in searched["linear"][:1]]
+  assert not methods.trains("zero_shot") and methods.trains("linear")
 
 
 def run_main(argv, monkeypatch):

@@ -56,18 +56,21 @@ class _Entry:
   moves_backbone: bool
   stages: tuple[str, ...]
   about: str
+  trains: bool = True
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
 
-def register(about: str, moves_backbone: bool = False, stages: tuple[str, ...] = ()):
+def register(about: str, moves_backbone: bool = False, stages: tuple[str, ...] = (),
+             trains: bool = True):
   """Registers a method builder under its function name; `about` says what it trains (one line
   of `--list`). `moves_backbone`: its (last) stage trains pre-trained backbone weights, which sets
-  its learning-rate grid and compute cost."""
+  its learning-rate grid and compute cost. `trains` False: no optimizer step (its Method says so
+  too), so a sweep runs one point of its grid."""
   def wrap(fn):
     last = _REGISTRY[stages[-1]].moves_backbone if stages else moves_backbone
-    _REGISTRY[fn.__name__] = _Entry(fn, last, tuple(stages), about)
+    _REGISTRY[fn.__name__] = _Entry(fn, last, tuple(stages), about, trains)
     return fn
   return wrap
 
@@ -89,6 +92,11 @@ def about(name: str) -> str:
 def moves_backbone(name: str) -> bool:
   """Whether the stage a sweep tunes trains the pre-trained backbone (e.g. full, mixed, lp_ft)."""
   return _entry(name).moves_backbone
+
+
+def trains(name: str) -> bool:
+  """Whether the method takes optimizer steps (zero_shot does not)."""
+  return _entry(name).trains
 
 
 def stage_names(name: str) -> tuple[str, ...]:
@@ -121,7 +129,7 @@ def linear(**_):
 
 
 @register("nothing: CLIP's zero-shot classifier (the task's class names through the backbone's text "
-          "tower) as the head, evaluated (a CLIP backbone; tasks with class names)")
+          "tower) as the head, evaluated (a CLIP backbone; tasks with class names)", trains=False)
 def zero_shot(**_):
   # PETL_Vision's method zero_shot (experiment/config/method/zero_shot.yml): the model as
   # build_model.py makes it, its head build_clip_zs_classifier.py's, evaluated without training.

@@ -170,6 +170,8 @@ def final_seeds(sweep_config) -> tuple[int, ...]:
 
 def search_runs(setting, task, method, sweep_config) -> list[Run]:
   axes = grid_axes(sweep_config)
+  if not methods.trains(method):  # zero_shot: every point of the grid would score the same.
+    axes = [(field, values[:1]) for field, values in axes]
   fields = [field for field, _ in axes[2:]]
   return [Run(setting, task, method, "search", float(lr), float(wd), 0, tuple(zip(fields, rest)))
           for lr, wd, *rest in itertools.product(*(values for _, values in axes))]
