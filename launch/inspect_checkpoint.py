@@ -16,7 +16,7 @@ import numpy as np
 
 from vpt_jax.checkpoints import pretrained
 from vpt_jax.utils import cli
-from vpt_jax.models import vit
+from vpt_jax import models
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "An .npz path or a published name.",
                                   required=True)
@@ -31,7 +31,7 @@ def main(argv):
     path = pretrained.resolve(_CHECKPOINT.value, _CACHE_DIR.value)
     raw = pretrained.read(path)
     kwargs = pretrained.describe(raw)
-    model = vit.Model(**kwargs)
+    model = models.build(**kwargs)
     image_size = 224
     if _EXPECTED.value:
       expected = np.load(_EXPECTED.value)

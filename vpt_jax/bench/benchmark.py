@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vpt_jax import methods
+from vpt_jax import methods, models
 from vpt_jax.bench import rows
 from vpt_jax.training import optim, recipes, sharding
 from vpt_jax.utils import paths
@@ -145,14 +145,17 @@ def _stacked_shardings(tree):
 def build(setting: Setting, data: tuple[np.ndarray, np.ndarray] | None = None):
   """(jitted step, its arguments, model) of `setting`: the recipe's step on `data` (uint8 images,
   int32 labels; default: 4 batches of random images)."""
+  if models.is_swin(setting.variant):  # analytic_flops counts a ViT's matmuls.
+    raise ValueError(f"The benchmark's FLOPs model is the ViT's, not {setting.variant}'s: count a "
+                     "Swin step with vpt_jax/bench/costs.py (XLA's analysis).")
   mesh = sharding.make_mesh()
   recipe = recipe_step(setting.method)
   stage = _tuned_stage(setting.method, vit.decode_variant(setting.variant).depth
                        if setting.depth is None else setting.depth, setting.prompt_tokens)
-  model = vit.Model(num_classes=setting.num_classes, variant=setting.variant, depth=setting.depth,
-                    dtype=jnp.bfloat16 if setting.dtype == "bfloat16" else None,
-                    attention_impl=setting.attention_impl, remat=setting.remat,
-                    **recipe["model"], **stage.model_fields)
+  model = models.build(num_classes=setting.num_classes, variant=setting.variant,
+                       depth=setting.depth, dtype=jnp.bfloat16 if setting.dtype == "bfloat16" else None,
+                       attention_impl=setting.attention_impl, remat=setting.remat,
+                       **recipe["model"], **stage.model_fields)
   size = setting.image_size
   params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))["params"]
   groups = methods.labels(params, stage.rules)

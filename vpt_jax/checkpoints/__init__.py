@@ -1,7 +1,8 @@
 """Pre-trained checkpoints: one reader per file format, and `load`, which picks the reader.
 
 A published name (vpt_jax/models/backbones.py) is read by its record's `checkpoint_format`; a
-file by its suffix. Every reader converts to `vit.Model`'s tree and refuses a file that does not
+file by its suffix (a PyTorch file loaded into a Swin model by the Swin reader). Every reader
+converts to its model's tree and refuses a file that does not
 fit the model with one error listing its missing, unexpected and mis-shaped keys.
 """
 
@@ -9,10 +10,11 @@ import os
 
 from vpt_jax.checkpoints import alexnet
 
-from vpt_jax.checkpoints import pretrained, torch_vit
+from vpt_jax.checkpoints import pretrained, swin, torch_vit
 from vpt_jax.models import backbones
+from vpt_jax.models import swin as swin_model
 
-READERS = {"vit_npz": pretrained, "torch_vit": torch_vit}
+READERS = {"vit_npz": pretrained, "torch_vit": torch_vit, "swin_pth": swin}
 _SUFFIXES = {".npz": "vit_npz", ".pth": "torch_vit", ".pth.tar": "torch_vit", ".pt": "torch_vit",
              ".bin": "torch_vit", ".safetensors": "torch_vit"}
 
@@ -36,7 +38,10 @@ def load(name_or_path: str, model, image_size: int = 224, keep_head: bool = Fals
   into $VPT_JAX_CACHE/checkpoints or `cache_dir`; offline, the error says where to put the file)
   or a checkpoint file. The position grid is resampled to `image_size`; the head is the file's
   only with `keep_head` and when it fits, else zeros."""
-  reader = READERS[checkpoint_format(name_or_path)]
+  checkpoint_format_ = checkpoint_format(name_or_path)
+  if checkpoint_format_ == "torch_vit" and isinstance(model, swin_model.Model):
+    checkpoint_format_ = "swin_pth"  # A .pth file given by path, for a Swin model.
+  reader = READERS[checkpoint_format_]
   path = pretrained.resolve(name_or_path, cache_dir, base_url, check=reader.read)
   return reader.load(path, model, image_size, keep_head)
 

@@ -431,3 +431,57 @@ def init_params(model, backbone_params, rng, image_size: int) -> dict:
   if missing:
     raise ValueError(f"The tuned model has no place for backbone parameters {sorted(missing)[:5]}.")
   return paths.merge(fresh, backbone_params)
+
+
+# ---------------------------------------------------------------------------------------------
+# The Swin family (vpt_jax/models/swin.py): the methods that apply to its parameter tree.
+
+SWIN_METHODS = ("linear", "full", "bitfit", "layernorm", "partial_k", "lora", "vpt_shallow",
+                "vpt_deep", "mixed")
+
+
+def for_model(name: str, *, depth: int, width: int, stage_depths: tuple[int, ...] | None = None,
+              **hparams) -> Method:
+  """The method `name` for a model of `models.geometry(model)`: `get` for a ViT; for a Swin
+  (`stage_depths`: blocks per stage) the methods of SWIN_METHODS (two-stage ones whose stages
+  all are), with Swin's rules where its tree differs; any other is refused in one line."""
+  if stage_depths is None:
+    return get(name, depth, width, **hparams)
+  stages = stage_names(name)
+  if not all(stage in SWIN_METHODS for stage in stages):
+    raise ValueError(f"Method {name!r} does not apply to a Swin backbone; on Swin: "
+                     f"{', '.join(SWIN_METHODS)} (and two-stage methods of those).")
+  return _swin_rules(get(name, depth, width, **hparams), tuple(stage_depths), hparams)
+
+
+def _swin_rules(method: Method, stage_depths: tuple[int, ...], hparams: dict) -> Method:
+  if method.stages:
+    return dataclasses.replace(method, stages=tuple(
+        _swin_rules(stage, stage_depths, hparams) for stage in method.stages))
+  prefix = method.rules[:method.rules.index(_HEAD)]  # Rules every method shares (kept first).
+  if method.name == "bitfit":
+    # KMnP/vpt src/models/vit_models.py L236-239 (Swin's "tinytl-bias"): every parameter whose
+    # name holds "bias", which on Swin includes attention's relative_position_bias_table.
+    own = ((r".*/(bias|relative_position_bias_table)", "peft"),)
+  elif method.name == "layernorm":
+    # The patch embedding's, every block's norm1 and norm2, patch merging's and the final norm.
+    own = ((r"(.*/)?norm[12]?/(scale|bias)", "peft"),)
+  elif method.name == "partial_k":
+    own = ((swin_partial_k_pattern(stage_depths, hparams["partial_k"]), BACKBONE),)
+  else:  # The other rules name only method modules (prompt/, lora_*) or everything.
+    return method
+  return dataclasses.replace(method, rules=prefix + (_HEAD,) + own + (_REST_FROZEN,))
+
+
+def swin_partial_k_pattern(stage_depths: tuple[int, ...], k: int) -> str:
+  """The last k blocks in order across stages, the patch merging after any stage they reach into,
+  and the final norm: KMnP/vpt's Swin partial-1 (last block + norm), partial-2 (stage 3 + norm)
+  and partial-4 (stage 3, stage 2's last two blocks and its downsample, norm), src/models/
+  vit_models.py L211-230, read as one rule."""
+  blocks = [(s, j) for s, depth in enumerate(stage_depths) for j in range(depth)]
+  if not 0 < k <= len(blocks):
+    raise ValueError(f"partial_k={k} must be between 1 and the model depth {len(blocks)}.")
+  tuned = blocks[len(blocks) - k:]
+  names = [f"layers_{s}_blocks_{j}" for s, j in tuned] + [
+      f"layers_{s}_downsample" for s in sorted({s for s, _ in tuned}) if s < len(stage_depths) - 1]
+  return rf"({'|'.join(names)}|norm)/.*"

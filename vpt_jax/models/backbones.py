@@ -12,13 +12,15 @@ GOOGLE = "https://storage.googleapis.com/vit_models/"
 META = "https://dl.fbaipublicfiles.com/"  # facebookresearch/mae, moco-v3 and dinov2 host their files here.
 OPENAI = "https://openaipublic.azureedge.net/clip/models/"  # openai/CLIP clip.py's _MODELS.
 HUGGINGFACE = "https://huggingface.co/"  # open_clip's pretrained.py points at the LAION repositories.
+# The Swin authors' release files (microsoft/Swin-Transformer README; KMnP/vpt README's Swin-B link).
+SWIN = "https://github.com/SwinTransformer/storage/releases/download/"
 
 
 @dataclasses.dataclass(frozen=True)
 class Backbone:
   name: str
   about: str
-  variant: str  # vit.Model's "SIZE/PATCH".
+  variant: str  # vit.Model's "SIZE/PATCH", or swin.Model's "swin_SIZE/PATCH/wWINDOW".
   file: str  # Path under `host`, and under the download cache.
   host: str = GOOGLE
   checkpoint_format: str = "vit_npz"  # A reader in vpt_jax/checkpoints/.
@@ -116,6 +118,20 @@ for _patch in (16, 32):
                     f"{_LAION_REPOS[_patch]}/resolve/main/open_clip_pytorch_model.bin",
                     host=HUGGINGFACE, checkpoint_format="torch_vit", normalization="clip",
                     model=_CLIP + (("gelu_approximate", False),)))
+
+
+# Swin-B and Swin-L, supervised on ImageNet-22k at 224 px with 7x7 windows, under the names KMnP/vpt
+# gives them (src/models/build_vit_backbone.py MODEL_ZOO L20-27; built L170-210 with embed_dim
+# 128 / 192, depths 2-2-18-2, heads 4-8-16-32 / 6-12-24-48, window 7); the VPT code normalises
+# every input with ImageNet's statistics (src/data/transforms.py L8-9). A Swin model mean-pools
+# every token after its final norm (models/swin.py), whatever pool_type says.
+for _size, _file in (("B", "base"), ("L", "large")):
+  register(Backbone(f"swin{_size.lower()}_imagenet22k_224",
+                    f"Swin-{_size}, supervised on ImageNet-22k, 224 px, window 7"
+                    + (" (the VPT paper's Table 2 backbone)" if _size == "B" else ""),
+                    f"swin_{_size}/4/w7", f"v1.0.0/swin_{_file}_patch4_window7_224_22k.pth",
+                    host=SWIN, checkpoint_format="swin_pth", pool_type="gap",
+                    normalization="imagenet"))
 
 
 def find(name: str) -> Backbone | None:

@@ -12,7 +12,7 @@ import numpy as np
 
 from vpt_jax import checkpoints
 from vpt_jax.data import device
-from vpt_jax.models import vit
+from vpt_jax import models
 
 Extractor = Callable[[np.ndarray], np.ndarray]  # uint8 (N, H, W, 3) -> float (N, D)
 
@@ -43,8 +43,8 @@ def features_distance(features_a, features_b) -> float:
 
 def vit_extractor(checkpoint: str, variant: str, resolution: int, normalization: str,
                   batch_size: int = 128, **model_kwargs) -> Extractor:
-  """Pre-logits features of the pre-trained ViT (no head)."""
-  model = vit.Model(num_classes=0, variant=variant, **model_kwargs)
+  """Pre-logits features of the pre-trained ViT or Swin (no head)."""
+  model = models.build(num_classes=0, variant=variant, **model_kwargs)
   params = checkpoints.load(checkpoint, model, image_size=resolution)
   forward = jax.jit(lambda images: model.apply(
       {"params": params}, device.normalize(images, normalization))[0])

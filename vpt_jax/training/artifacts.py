@@ -13,6 +13,7 @@ from vpt_jax import methods
 from vpt_jax import checkpoints
 from vpt_jax.utils import files, paths
 from vpt_jax.data import tasks as tasks_lib
+from vpt_jax import models
 from vpt_jax.models import vit
 
 FILENAME = "artifact.npz"
@@ -69,7 +70,7 @@ def load_trained(workdir: str):
   trained, meta = load(os.path.join(stages[-1], FILENAME))
   num_classes, model_config = model_of_record(config)
   # The method's fields win over the config's (method zero_shot sets head_init), as in spec.py.
-  model = vit.Model(num_classes=num_classes,
+  model = models.build(num_classes=num_classes,
                     **{**model_config, **model_fields_from_json(meta["model_fields"])})
   backbone = pretrained_backbone(config, num_classes)
   params = methods.init_params(model, backbone, jax.random.PRNGKey(0), config["data.resolution"])
@@ -98,7 +99,7 @@ def pretrained_backbone(config: dict, num_classes: int) -> dict:
 @functools.lru_cache(maxsize=2)
 def _pretrained_backbone(backbone: str, model_config: str, num_classes: int, resolution: int,
                          cache_dir: str | None) -> dict:
-  params = checkpoints.load(backbone, vit.Model(num_classes=num_classes,
-                                                **json.loads(model_config)),
+  params = checkpoints.load(backbone, models.build(num_classes=num_classes,
+                                                   **json.loads(model_config)),
                             image_size=resolution, cache_dir=cache_dir)
   return {k: v for k, v in params.items() if k != "head"}

@@ -32,13 +32,13 @@ import os
 import re
 from typing import Callable
 
-from vpt_jax import methods
+from vpt_jax import methods, models
 from vpt_jax.training import optim
 from vpt_jax.data import augment, device, pipeline, shifts, sources
 from vpt_jax.data import tasks as tasks_lib
 from vpt_jax.checkpoints import alexnet as alexnet_checkpoint
 from vpt_jax.models import side as side_model
-from vpt_jax.models import backbones, vit
+from vpt_jax.models import backbones
 
 # VPT-deep prompt length per task. No published config lists them (KMnP/vpt keeps them in
 # external files, README L138-140; VPT-or-FT follows VPT's). Each is the one length in
@@ -610,11 +610,12 @@ def validate(config: dict, stages=()) -> None:
   """Refuses a resolved config that would train nonsense; one message per field, with the valid
   range. Runs before anything is written."""
   data, sweep = config["data"], config["sweep"]
-  patch = vit.decode_variant(config["model"]["variant"]).patch_size[0]
+  patch = models.architecture(config["model"]["variant"]).patch_size[0]
   _check(data["resolution"] > 0 and data["resolution"] % patch == 0, "data.resolution",
          data["resolution"], f"a positive multiple of the patch size {patch}")
   _check(data["normalization"] in device.NORMALIZATIONS, "data.normalization",
          data["normalization"], f"one of {', '.join(device.NORMALIZATIONS)}")
+  models.check_resolution(config["model"]["variant"], data["resolution"])
   _check(data["source"] in sources.SOURCES, "data.source", data["source"],
          f"one of {', '.join(sources.SOURCES)}")
   _check(data["resize"] in pipeline.RESIZE_METHODS, "data.resize", data["resize"],
@@ -710,8 +711,8 @@ def _is_number(value) -> bool:
 
 def _validate_method_kwargs(config: dict, kwargs: dict, stages: set) -> None:
   """The capacity and scale settings of the methods a run trains, each in its valid range."""
-  arch = vit.decode_variant(config["model"]["variant"])
-  depth, width = config["model"].get("depth") or arch.depth, arch.width
+  arch = models.architecture(config["model"]["variant"], config["model"].get("depth"))
+  depth, width = arch.depth, arch.width
   integers = (  # (field, methods that read it, lowest, highest, what the range means)
       ("lora_rank", {"lora"}, 1, width, f"an integer in [1, {width}] (the model width)"),
       ("adapter_dim", {"adapter_houlsby"}, 1, None, "an integer ≥ 1"),

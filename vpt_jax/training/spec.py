@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from vpt_jax import methods
 from vpt_jax.data import tasks as tasks_lib
+from vpt_jax import models
 from vpt_jax.models import vit
 from vpt_jax.training import optim, recipes, zero_shot
 from vpt_jax.utils import config_lib
@@ -182,17 +183,17 @@ def _model_fields(model_config) -> dict:
 
 
 def _stages(config, dtype, num_classes: int, workdir: str) -> tuple[StageSpec, ...]:
-  base = vit.Model(num_classes=num_classes, dtype=dtype, **_model_fields(config.model))
-  method = methods.get(config.method, depth=base.architecture.depth,
-                       width=base.architecture.width, **config.method_kwargs.to_dict())
+  base = models.build(num_classes=num_classes, dtype=dtype, **_model_fields(config.model))
+  method = methods.for_model(config.method, **models.geometry(base),
+                             **config.method_kwargs.to_dict())
   singles = method.single_stages
   stages = []
   for index, single in enumerate(singles):
     last = index == len(singles) - 1
     model_config = config.model if last else config.stage_model[single.name]
     stages.append(StageSpec(
-        single, vit.Model(num_classes=num_classes, dtype=dtype,
-                          **{**_model_fields(model_config), **single.model_fields}),
+        single, models.build(num_classes=num_classes, dtype=dtype,
+                             **{**_model_fields(model_config), **single.model_fields}),
         _optim(config.optim if last else config.stage_optim[single.name]),
         workdir if len(singles) == 1 else os.path.join(workdir, f"stage{index + 1}_{single.name}"),
         model_config.to_dict(), method.carry_head))
@@ -213,8 +214,8 @@ def from_resolved(config, workdir: str) -> RunSpec:
   return RunSpec(
       method=config.method, recipe=config.recipe, seed=config.seed,
       backbone=BackboneSpec(config.backbone, config.pretrained_cache_dir,
-                            vit.Model(num_classes=head_classes, dtype=dtype,
-                                      **_model_fields(config.model))),
+                            models.build(num_classes=head_classes, dtype=dtype,
+                                         **_model_fields(config.model))),
       stages=stages,
       data=DataSpec(task, d.source, d.train_subset, d.eval_subset, d.resolution, d.normalization, d.resize,
                     d.flip, d.data_dir, d.cache_dir, d.crop_from or 0,
