@@ -246,9 +246,9 @@ def test_imagenet_recipe_is_clip_fs_imagenets():
   assert (o.name, o.base_lr, o.weight_decay, o.batch_size, o.epochs, o.warmup_epochs) == (
       "adamw", 3e-5, 5e-3, 256, 100, 10)
   assert (d.source, d.train_subset, d.eval_subset, d.normalization, d.resize, d.crop_from,
-          d.resolution, d.flip, d.rand_augment, d.random_erasing) == (
+          d.resolution, d.flip, d.augment, d.rand_augment, d.random_erasing) == (
       "imagenet", "train", "test", "clip", "squash_bicubic", 256, 224, True,
-      "rand-m9-mstd0.5-inc1", 0.25)
+      "random_resized_crop", "rand-m9-mstd0.5-inc1", 0.25)
   assert resolved.sweep.grid == (("model.drop_path", (0.0, 0.1)),)
   assert resolved.early_stop_patience == 10
   assert (resolved.model.drop_path, resolved.model.head_init,
@@ -306,6 +306,8 @@ def test_imagenet_shift_study_end_to_end(tmp_path, tiny_backbone):
        "--config.data.crop_from=40", "--config.optim.epochs=2", "--config.optim.warmup_epochs=1",
        "--config.optim.batch_size=8", "--config.eval_batch_size=16",
        "--config.model.head_init=zeros",  # The tiny backbone has no text tower.
+       # RandAugment and erasing are tested above; compiling them here costs seconds.
+       "--config.data.rand_augment=", "--config.data.random_erasing=0",
        "--config.sweep.grid=((\"model.drop_path\", (0.0,)),)",
        f"--config.data.cache_dir={tmp_path / 'cache'}"],
       cwd=repo, text=True, capture_output=True, timeout=900)
@@ -324,7 +326,7 @@ def test_imagenet_shift_study_end_to_end(tmp_path, tiny_backbone):
   assert json.loads((method_dir / "best.json").read_text())["val_accuracy"] == searched[
       "val_accuracy_best"] and "early_stop" not in result
   config = json.loads((final.parent / "config.json").read_text())
-  assert (config["data.rand_augment"], config["data.random_erasing"]) == ("rand-m9-mstd0.5-inc1", 0.25)
+  assert (config["data.augment"], config["data.rand_augment"]) == ("random_resized_crop", "")
   done = subprocess.run([sys.executable, "launch/robustness.py", f"--sweep_dir={sweep}"],
                         cwd=repo, text=True, capture_output=True, timeout=900)
   assert done.returncode == 0, done.stderr[-3000:]

@@ -309,21 +309,26 @@ def _layer(x, index, magnitude, sign, ops: tuple[str, ...], fill):
 
 
 def rand_augment(image, key, spec: RandAugment, fill=FILL):
-  """One uint8 (H, W, 3) image through RandAugment, by `key` alone."""
+  """One uint8 (H, W, 3) image through RandAugment, by `key` alone. All of its random numbers
+  come from one draw (threefry under vmap is what costs compile time)."""
   x = image.astype(jnp.float32)
+  # Per layer: which op, whether it applies, the sign, the magnitude's noise.
+  draws = jax.random.uniform(key, (spec.num_ops, 4))
   for layer in range(spec.num_ops):
-    op_key, apply_key, magnitude_key, sign_key = jax.random.split(jax.random.fold_in(key, layer), 4)
-    index = jax.random.randint(op_key, (), 0, len(spec.ops))
+    pick, apply, negate, noise = draws[layer]
+    index = jnp.minimum(jnp.floor(pick * len(spec.ops)).astype(jnp.int32), len(spec.ops) - 1)
     if math.isinf(spec.magnitude_std):
-      magnitude = jax.random.uniform(magnitude_key, (), maxval=spec.magnitude)
-    elif spec.magnitude_std > 0:
-      magnitude = spec.magnitude + spec.magnitude_std * jax.random.normal(magnitude_key)
+      magnitude = noise * spec.magnitude
+    elif spec.magnitude_std > 0:  # N(0, 1) from the uniform, as jax.random.normal makes it.
+      normal = jnp.sqrt(2.0) * jax.scipy.special.erfinv(
+          jnp.clip(2.0 * noise - 1.0, -1.0 + 1e-7, 1.0 - 1e-7))
+      magnitude = spec.magnitude + spec.magnitude_std * normal
     else:
       magnitude = jnp.float32(spec.magnitude)
     magnitude = jnp.clip(magnitude, 0.0, MAX_LEVEL)
-    sign = jnp.where(jax.random.bernoulli(sign_key), -1.0, 1.0)
+    sign = jnp.where(negate < 0.5, -1.0, 1.0)
     changed = _layer(x, index, magnitude, sign, spec.ops, fill)
-    x = jnp.where(jax.random.uniform(apply_key) < OP_PROB, changed, x)
+    x = jnp.where(apply < OP_PROB, changed, x)
   return x.astype(jnp.uint8)
 
 
@@ -332,21 +337,22 @@ def erase(image, key, prob: float, area=(0.02, 1 / 3), aspect=(0.3, 1 / 0.3), tr
   image: with probability `prob`, the first of `tries` rectangles that fits is filled with N(0, 1)
   per pixel and channel."""
   h, w = image.shape[:2]
-  do_key, area_key, aspect_key, top_key, left_key, fill_key = jax.random.split(key, 6)
-  target = jax.random.uniform(area_key, (tries,), minval=area[0], maxval=area[1]) * (h * w)
-  ratio = jnp.exp(jax.random.uniform(aspect_key, (tries,), minval=math.log(aspect[0]),
-                                     maxval=math.log(aspect[1])))
+  uniform_key, fill_key = jax.random.split(key)
+  draws = jax.random.uniform(uniform_key, (2 * tries + 3,))  # One draw for all the choices.
+  target = (area[0] + (area[1] - area[0]) * draws[:tries]) * (h * w)
+  log_low, log_high = math.log(aspect[0]), math.log(aspect[1])
+  ratio = jnp.exp(log_low + (log_high - log_low) * draws[tries:2 * tries])
   heights = jnp.round(jnp.sqrt(target * ratio)).astype(jnp.int32)  # int(round(...)).
   widths = jnp.round(jnp.sqrt(target / ratio)).astype(jnp.int32)
   fits = (widths < w) & (heights < h)
   first = jnp.argmax(fits)
   height, width = heights[first], widths[first]
   # random.randint(0, h - height): both ends included.
-  top = jnp.floor(jax.random.uniform(top_key) * (h - height + 1)).astype(jnp.int32)
-  left = jnp.floor(jax.random.uniform(left_key) * (w - width + 1)).astype(jnp.int32)
+  top = jnp.floor(draws[-3] * (h - height + 1)).astype(jnp.int32)
+  left = jnp.floor(draws[-2] * (w - width + 1)).astype(jnp.int32)
   rows, cols = jnp.arange(h)[:, None, None], jnp.arange(w)[None, :, None]
   inside = (rows >= top) & (rows < top + height) & (cols >= left) & (cols < left + width)
-  erased = inside & fits.any() & (jax.random.uniform(do_key) < prob)
+  erased = inside & fits.any() & (draws[-1] < prob)
   return jnp.where(erased, jax.random.normal(fill_key, image.shape, image.dtype), image)
 
 

@@ -438,8 +438,9 @@ def _mai_imagenet(settings: dict, method: str, requested: dict) -> None:
   """PETL_Vision's clip_fs_imagenet over the VTAB-1k settings of `mai`: lr 3e-5, wd 5e-3, batch
   256, the drop-path grid, the backbone's normalisation (its MEAN_STD_DICT: CLIP's statistics for
   CLIP), CLIP's zero-shot head, images resized to 256 x 256 (bicubic, aspect not kept) and held
-  so, the centre 224 crop in evaluation; in training a random 224 crop and flip (not timm's
-  RandomResizedCrop of the full image), RandAugment and random erasing on the device."""
+  so, the centre 224 crop in evaluation; in training timm's RandomResizedCrop(224) (bicubic) and
+  flip of that 256 x 256 image (timm crops the decoded image itself), RandAugment and random
+  erasing, all on the device."""
   from vpt_jax.models import backbones
   record = backbones.find(str(requested.get("backbone")))
   for optim_settings in (settings["optim"], *settings["stage_optim"].values()):
@@ -451,7 +452,8 @@ def _mai_imagenet(settings: dict, method: str, requested: dict) -> None:
     model.update(drop_path=0.0, head_init="zero_shot")
   settings["data"].update(
       normalization=record.normalization if record else "clip", resize="squash_bicubic",
-      crop_from=MAI_IMAGENET_CROP_FROM, flip=True, rand_augment=MAI_IMAGENET_RAND_AUGMENT,
+      crop_from=MAI_IMAGENET_CROP_FROM, flip=True, augment="random_resized_crop",
+      rand_augment=MAI_IMAGENET_RAND_AUGMENT,
       random_erasing=MAI_IMAGENET_RANDOM_ERASING)
   settings["early_stop_patience"] = MAI_IMAGENET_PATIENCE  # Search runs only (loop.EarlyStop).
   settings["sweep"].update(base_lrs=(MAI_IMAGENET_LR,), weight_decays=(MAI_IMAGENET_WD,),
