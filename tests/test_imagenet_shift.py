@@ -336,6 +336,7 @@ def test_imagenet_shift_study_end_to_end(tmp_path, tiny_backbone):
   wise = json.loads((method_dir / "wise_sets.json").read_text())
   (curve,) = wise["runs"].values()
   assert wise["alphas"][0] == 0.0 and len(curve["accuracy"]["imagenet_a"]) == 11
+  assert curve["mode"] == "model"  # Full fine-tuning: merge_model.py's mixing of every weight.
   # a = 1 is the trained model: its ImageNet-A top-1 is eval_sets.json's.
   assert curve["accuracy"]["imagenet_a"][-1] == scored["imagenet_a"]
   assert curve["accuracy"]["imagenet"][-1] == result["test_accuracy"]

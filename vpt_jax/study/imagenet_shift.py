@@ -4,10 +4,12 @@ authors' released numbers.
 
 `evaluate_sets` scores a finished run on each named set (its Task.class_subset applied to the
 logits) into <run>/eval_sets.json, reusing what is there while the run's artifact is unchanged.
-`wise_sets` evaluates theta(a) = (1 - a) theta_0 + a theta_1 (vpt_jax/study/robustness.py's
-theta_0 and interpolation) at a = 0, 0.1, ..., 1 on ImageNet's test set and every named set, for
-each final run, into <method>/wise_sets.json: PETL_Vision's merge_model.py evaluates every alpha
-on fs-imagenet and the four eval_imagenet-* sets and keeps the whole curve (no alpha is chosen).
+`wise_sets` evaluates WiSE-FT's theta(a) (vpt_jax/study/robustness.py's theta_0, the zero-shot
+model for head_init=zero_shot, and its interpolation) at a = 0, 0.1, ..., 1 on ImageNet's test set
+and every named set, for each final run, into <method>/wise_sets.json. As PETL_Vision's README
+assigns its scripts, a run that inserted parameters is mixed as merge_petl.py does (mode "petl"),
+any other as merge_model.py (mode "model", every parameter); both evaluate every alpha on
+fs-imagenet and the four eval_imagenet-* sets and keep the whole curve (no alpha is chosen).
 `markdown` and `curves` read those files back for launch/report.py.
 """
 
@@ -145,7 +147,9 @@ def wise_sets(method_dir: str, final_runs: list[str], names, alphas=ALPHAS, log=
     relative = os.path.relpath(workdir, method_dir)
     sha = files.read_json(os.path.join(workdir, "result.json")).get("artifact_sha256")
     old = stored.get("runs", {}).get(relative, {})
-    if (old.get("artifact_sha256") == sha and stored.get("alphas") == list(alphas)
+    mode = "petl" if robustness.suits(workdir, "petl") else "model"  # robustness.suits's split.
+    if (old.get("artifact_sha256") == sha and old.get("mode") == mode
+        and stored.get("alphas") == list(alphas)
         and all(n in old.get("accuracy", {}) for n in names)):
       runs[relative] = old
       continue
@@ -153,11 +157,11 @@ def wise_sets(method_dir: str, final_runs: list[str], names, alphas=ALPHAS, log=
     theta_0 = robustness.initial_params(workdir, model, trained, config)
     curve = {name: [] for name in (config["task"],) + tuple(names)}
     for alpha in alphas:
-      params = robustness.interpolate(theta_0, trained, alpha)
+      params = robustness.interpolate(theta_0, trained, alpha, mode)
       for name in curve:
         curve[name].append(accuracy(model, params, config, name))
-    runs[relative] = {"artifact_sha256": sha, "accuracy": curve}
-    log(f"{workdir}: WiSE-FT a = 0 .. 1, ImageNet " + " ".join(
+    runs[relative] = {"artifact_sha256": sha, "mode": mode, "accuracy": curve}
+    log(f"{workdir}: WiSE-FT ({mode}) a = 0 .. 1, ImageNet " + " ".join(
         f"{100 * v:.1f}" for v in curve[config["task"]]))
   out = {"alphas": list(alphas), "runs": runs}
   files.write_json(path, out)
@@ -236,8 +240,9 @@ def markdown(sweep_dir: str, with_published: bool = False) -> str:
         wise_lines.append(f"| {method} (merge_result.json; {SOURCE.replace('A3', 'A4')}) | "
                           f"{alpha:.1f} | {_cells(row)} |")
   if wise_lines:
-    parts.append("\n## imagenet: WiSE-FT, (1 - a) * zero-shot/initial + a * fine-tuned, test top-1 "
-                 "(%)\n\n| method | a | " + " | ".join(SHORT[name] for name in COLUMNS)
+    parts.append("\n## imagenet: WiSE-FT from the run's start (the zero-shot model with "
+                 "head_init=zero_shot) at a = 0 to the fine-tuned model at a = 1, test top-1 (%)"
+                 "\n\n| method | a | " + " | ".join(SHORT[name] for name in COLUMNS)
                  + " | mean OOD |\n|---|---|" + "---|" * (len(COLUMNS) + 1) + "\n"
                  + "\n".join(wise_lines))
   return "\n".join(parts)
