@@ -68,6 +68,8 @@ def main(argv):
     rows, skipped = backbone_rows(names, methods, _TASK.value, _BATCH.value)
     text = (f"# Train-step costs per backbone: task {_TASK.value}, 224 px, batch {_BATCH.value}, "
             "float32 (XLA cost and memory analysis, CPU compile)\n\n"
+            f"Made by `PYTHONPATH=. python launch/method_costs.py --backbones="
+            f"{','.join(_BACKBONES.value)} --batch={_BATCH.value} --task={_TASK.value}`. "
             "Each run as `configs/vtab.py:task=...,method=...,backbone=...` resolves it: the "
             "backbone's architecture, the method's modules and the recipe's optimizer and prompt "
             "length (`paper`; `mai` for DINOv2 and CLIP, which `paper` refuses). Trainable counts "
