@@ -489,7 +489,7 @@ def test_steps_match_the_pytorch_reference(name, fake_data_dir, tiny_backbone, t
 
 # --- The paper recipe on the VPT paper's other backbones (issue 22 item 4) -------------------------
 
-def test_paper_recipe_follows_each_backbone_familys_code():
+def test_paper_full_fine_tuning_takes_each_backbones_own_regularisation():
   # MAE's ViT: drop_path_rate 0.1 and timm's drop_rate 0 (KMnP/vpt vit_mae.py L59-62), active
   # only where the backbone trains in train mode (full fine-tuning; FT-then-PT's first stage).
   mae = resolved("task=dtd,method=full,backbone=mae_vitb16")
@@ -500,29 +500,39 @@ def test_paper_recipe_follows_each_backbone_familys_code():
   assert (moco.model.dropout, moco.model.drop_path) == (0.0, 0.0)
   supervised = resolved("task=dtd,method=full")  # Google's ViT: dropout 0.1, as before.
   assert (supervised.model.dropout, supervised.model.drop_path) == (0.1, None)
-  # Prompts: the backbone in eval mode, the supervised lengths (Han et al.'s MAE/MoCo Tuned/Total
-  # rows equal the supervised ones) and batch.
+  # Swin-B/L: drop_path_rate 0.5 (build_vit_backbone.py L170-206), batch 128 (VF command.txt L536).
+  full = recipes.paper("full", "dtd", {"backbone": "swinl_imagenet22k_224"})
+  assert (full["model"]["drop_path"], full["model"]["dropout"], full["optim"]["batch_size"]) == (
+      0.5, 0.0, 128)
+  # Frozen backbones stay in eval mode: no drop-path for prompts or the linear probe.
+  assert resolved("task=dtd,method=vpt_deep,backbone=mae_vitb16").model.drop_path is None
+
+
+def test_paper_prompts_on_mae_and_moco_take_the_supervised_lengths_and_batch():
+  # Han et al.'s MAE/MoCo Tuned/Total rows (Tables 10-15) equal the supervised ones.
   for backbone in ("mae_vitb16", "mocov3_vitb16"):
     vpt = resolved(f"task=dsprites_ori,method=vpt_deep,backbone={backbone}")
     assert (vpt.method_kwargs.prompt_tokens, vpt.optim.batch_size, vpt.model.dropout,
             vpt.model.drop_path) == (50, 64, 0.0, None), backbone
     assert vpt.sweep.base_lrs == recipes.PROMPT_LRS
-  # MAE's linear probe: tune_vtab.py's "linear_mae" grid, three rates below the linear grid.
+
+
+def test_paper_linear_probe_on_mae_searches_the_linear_mae_grid():
+  # KMnP/vpt tune_vtab.py L236-243: three rates below the linear grid.
   assert resolved("task=dtd,method=linear,backbone=mae_vitb16").sweep.base_lrs == (
       50.0, 25.0, 10.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1, 0.05, 0.025, 0.005, 0.0025)
   assert len(resolved("task=dtd,method=linear,backbone=mocov3_vitb16").sweep.base_lrs) == 10
-  # Swin-B/L (keyed by name; the recipe function itself, whatever the backbone registry holds):
-  # VF's Swin prompt batch 80, drop_path_rate 0.5 in full fine-tuning, the derived lengths.
+
+
+def test_paper_vpt_on_swin_takes_vf_batch_and_the_derived_lengths():
+  # Keyed by name; the recipe function itself. VF's Swin prompt batch 80 (base-prompt_swin.yaml
+  # L25, command.txt L539); lengths that reproduce Han et al.'s Tuned/Total row (Tables 7-9).
   swin = {"backbone": "swinb_imagenet22k_224"}
   vpt = recipes.paper("vpt_deep", "svhn", swin)
   assert (vpt["optim"]["batch_size"], vpt["method_kwargs"]["prompt_tokens"]) == (80, 50)
   assert recipes.paper("vpt_deep", "dtd", swin)["method_kwargs"]["prompt_tokens"] == 1
   assert recipes.paper("ft_then_pt", "dtd", swin)["optim"]["batch_size"] == 80
-  full = recipes.paper("full", "dtd", {"backbone": "swinl_imagenet22k_224"})
-  assert (full["model"]["drop_path"], full["model"]["dropout"], full["optim"]["batch_size"]) == (
-      0.5, 0.0, 128)
   assert recipes.paper("linear", "dtd", swin)["optim"]["batch_size"] == 1024
-  # The Swin lengths reproduce Han et al.'s Tuned/Total row (Tables 7-9) but for eurosat.
   printed = dict(zip(published.TASK_ORDER, (0.13, 0.13, 0.07, 0.13, 0.06, 0.70, 0.48, 0.07, 0.13,
                                             0.19, 0.02, 0.70, 0.70, 0.14, 0.69, 0.15, 0.09, 0.16,
                                             0.02)))
@@ -531,7 +541,10 @@ def test_paper_recipe_follows_each_backbone_familys_code():
         task).num_classes
     assert abs(100 * tuned / (86.7e6 + tuned) - printed[task]) < (0.025 if task != "eurosat"
                                                                   else 0.021), task
-  # DINOv2 and CLIP: no paper trained them; one line pointing at the mai recipe.
+
+
+def test_paper_refuses_the_backbones_no_paper_trained():
+  # DINOv2 and CLIP: one line pointing at the mai recipe.
   for backbone in ("dinov2_vitb14", "clip_vitb16"):
     with pytest.raises(ValueError, match=f"recipe=paper has no settings for backbone='{backbone}'"
                                          ".*use recipe=mai"):
