@@ -339,8 +339,8 @@ def suite(name: str) -> tuple[str, ...]:
     return FGVC_TASKS
   if name in MANY_SHOT_TASKS:
     return MANY_SHOT_TASKS
-  if name in IMAGENET_TASKS:
-    return IMAGENET_TASKS
+  if name in IMAGENET_TASKS:  # The shifted sets are evaluation sets: ImageNet is trained alone.
+    return ("imagenet",)
   return DEMO_TASKS if name in DEMO_TASKS else (name,)
 
 
