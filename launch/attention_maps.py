@@ -19,6 +19,7 @@ from vpt_jax.training import artifacts
 from vpt_jax.utils import cli, files
 from vpt_jax.data import device, pipeline
 from vpt_jax.data import tasks as tasks_lib
+from vpt_jax.models import swin
 
 _RUNS = flags.DEFINE_list("runs", None, "Run workdirs (same task).")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 4, "Test images to show.")
@@ -32,6 +33,9 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   try:
     loaded = [(os.path.normpath(r), *artifacts.load_trained(r)) for r in _RUNS.value]
+    swin_runs = [workdir for workdir, model, _, _ in loaded if isinstance(model, swin.Model)]
+    if swin_runs:  # Window attention has no map over the whole image.
+      raise ValueError(f"{swin_runs[0]} is a Swin run: attention maps are drawn for ViT runs only.")
     tasks = {config["task"] for _, _, _, config in loaded}
     if len(tasks) != 1:
       raise ValueError(f"The runs are of different tasks ({sorted(tasks)}): compare one task.")
