@@ -158,6 +158,11 @@ def test_methods_on_swin():
   assert {k.split("/")[0] for k in trained["partial_k"]} == {"layers_3_blocks_1", "norm"}
   with pytest.raises(ValueError, match="prompt_project does not apply to Swin"):
     models.build(5, variant="swin_B", prompt_tokens=5, prompt_project=64)
+  with pytest.raises(ValueError, match="model.representation_size=768 is a ViT setting"):
+    models.build(5, variant="swin_B", representation_size=768)
+  # The ViT choices Swin fixes itself pass (a recipe's GELU form, pooling).
+  assert isinstance(models.build(5, variant="swin_B", gelu_approximate=True, pool_type="tok"),
+                    swin.Model)
 
 
 def test_registry_and_config():
@@ -184,6 +189,10 @@ def test_swin_run_trains_only_its_method(tmp_path):
   with pytest.raises(ValueError, match="Method 'adapter' does not apply to a Swin backbone"):
     spec.resolve_run(swin_config("adapter"), str(tmp_path / "refused"))
   assert not (tmp_path / "refused").exists()
+  config = swin_config("vpt_deep", prompt_tokens=2)
+  config.model.variant, config.data.resolution = "swin_mu/4/w7", 64
+  with pytest.raises(ValueError, match="Swin stage 0 is 16x16 tokens, which 7x7 windows do not tile"):
+    spec.resolve_run(config, str(tmp_path / "refused"))
   run = spec.resolve_run(swin_config("vpt_deep", prompt_tokens=2), str(tmp_path / "run"))
   assert isinstance(run.backbone.model, swin.Model)
   stage = run.stages[-1]
