@@ -347,3 +347,46 @@ def test_imagenet_shift_study_end_to_end(tmp_path, tiny_backbone):
   assert ("| full (full; PETL_Vision released results (A3)) | 74.95 | 62.83 | 36.43 | 18.43 | "
           "52.32 | 42.50 |") in done.stdout
   assert (sweep / "report" / "imagenet_wise.png").exists()
+
+
+def test_tiny_clip_zero_shot_on_generated_imagenet(tmp_path, monkeypatch):
+  """The CLIP path of configs/imagenet_shift.py on the generated folder: a tiny random CLIP (its
+  text tower builds the zero-shot head of ImageNet's 1000 class names; test_zero_shot's
+  tokenizer stand-in), method zero_shot through launch/main.py, then the shifted sets with
+  ImageNet-A/-R's masks: their accuracy is the argmax over the 200 kept outputs."""
+  from test_zero_shot import EMBED, run_main, tiny_clip
+  from test_clip_text import fake_tokenize
+  from vpt_jax.data import pipeline
+  from vpt_jax.models import clip_text
+  from vpt_jax.study import imagenet_shift
+  from vpt_jax.training import artifacts
+  from vpt_jax.training import zero_shot
+  monkeypatch.setattr(clip_text, "tokenize", lambda texts, context_length: fake_tokenize(
+      texts, context_length))
+  # Two of the 80 templates: 1000 classes x 80 prompts through even a tiny text tower cost
+  # seconds; the templates' averaging is test_zero_shot's.
+  monkeypatch.setattr(zero_shot, "TEMPLATES", zero_shot.TEMPLATES[:2])
+  monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  checkpoint = str(tmp_path / "open_clip_pytorch_model.bin")
+  tiny_clip(checkpoint, seed=5)
+  data = write_imagenet(tmp_path / "data", seed=5, per_class=(1, 1, 2))
+  run_main(["--config=configs/imagenet_shift.py:method=zero_shot", f"--config.backbone={checkpoint}",
+            "--config.model.variant=mu/16", "--config.model.depth=1",
+            f"--config.model.projection_dim={EMBED}", f"--config.data.data_dir={data}",
+            "--config.data.resolution=32", "--config.data.crop_from=40", "--config.eval_batch_size=8",
+            f"--config.data.cache_dir={tmp_path / 'cache'}", f"--workdir={tmp_path / 'run'}"],
+           monkeypatch)
+  run = str(tmp_path / "run")
+  scored = imagenet_shift.evaluate_sets(run, ("imagenet_a", "imagenet_r"))["accuracy"]
+  model, params, config = artifacts.load_trained(run)
+  assert model.head_init == "zero_shot" and params["head"]["kernel"].shape[-1] == 1000
+  forward = jax.jit(lambda images: model.apply({"params": params}, images)[0])
+  for name in ("imagenet_a", "imagenet_r"):
+    task = tasks_lib.get(name)
+    batch = next(pipeline.eval_batches(task, "test", 40, 8, data, "squash_bicubic", source="imagenet"))
+    images = jnp.asarray(batch["image"][:, 4:36, 4:36], jnp.float32)  # The centre 32 of 40.
+    logits = forward((images / 255.0 - jnp.asarray((0.48145466, 0.4578275, 0.40821073)))
+                     / jnp.asarray((0.26862954, 0.26130258, 0.27577711)))
+    predicted = np.argmax(np.asarray(logits)[:, list(task.class_subset)], -1)
+    n = int(batch["mask"].sum())
+    assert scored[name] == pytest.approx(np.mean(predicted[:n] == batch["label"][:n]))
