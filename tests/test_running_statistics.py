@@ -7,32 +7,50 @@ import numpy as np
 import pytest
 
 import test_methods
-from test_methods import HPARAMS, stage_setup
+from test_methods import HPARAMS
 from vpt_jax import methods
 from vpt_jax.models import peft, vit
 from vpt_jax.training import artifacts, checkpointing, optim, steps
 from vpt_jax.utils import paths
 
-backbone = test_methods.backbone  # Its tiny "pre-trained" backbone fixture.
 MASK = np.array([True] * 6 + [False] * 2)  # A short batch: two padded examples.
 
 
 @pytest.fixture(scope="module")
+def backbone():
+  """(random parameters of a tiny mlp_k model, images, labels); shapes from eval_shape, which
+  compiles nothing. BatchNorm's running averages start as BatchNorm1d's (0 and 1)."""
+  model = vit.Model(**test_methods.BASE, **methods.get("mlp_k", depth=2, **HPARAMS).model_fields)
+  rng = np.random.default_rng(0)
+  images = rng.uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), images)["params"]
+  params = paths.flatten(jax.tree.map(
+      lambda s: (rng.normal(size=s.shape) * 0.1).astype(np.float32), shapes))
+  for path in params:
+    if path.endswith(("running_mean", "running_var")):
+      params[path] = np.full_like(params[path], 1.0 if path.endswith("var") else 0.0)
+  return paths.unflatten(params), images, np.arange(8, dtype=np.int32) % 5
+
+
+@pytest.fixture(scope="module")
 def trained(backbone):
-  """Three steps of mlp_k on a tiny backbone: (model, groups, frozen, jitted step, tx,
-  [(trainable, opt_state) after each step])."""
-  backbone_params, images, labels = backbone
+  """Three steps of mlp_k: (model, groups, frozen, jitted step, tx, [(trainable, opt_state) at
+  the start and after each step])."""
+  params, images, labels = backbone
   stage = methods.get("mlp_k", depth=2, **HPARAMS)
-  model, params, groups, trainable, frozen, tx = stage_setup(stage, backbone_params)
+  model = vit.Model(**test_methods.BASE, **stage.model_fields)
+  groups = methods.labels(params, stage.rules)
+  trainable, frozen = methods.split(params, groups)
+  trainable_groups, _ = methods.split(groups, groups)
+  tx = test_methods.sgd(trainable_groups, optim.warmup_cosine(1, 10), 0.05, weight_decay=1e-3)
   step = jax.jit(steps.make_train_step(model, tx))
   opt_state = tx.init(trainable)
-  states = []
-  initial = trainable
+  states = [(trainable, opt_state)]
   for i in range(3):
     trainable, opt_state, _ = step(trainable, opt_state, frozen, images, labels,
                                    jax.random.PRNGKey(i), MASK)
     states.append((trainable, opt_state))
-  return model, groups, frozen, step, tx, [(initial, tx.init(initial))] + states
+  return model, groups, frozen, step, tx, states
 
 
 def _restated_logits(params, h0):
@@ -63,15 +81,15 @@ def test_eval_uses_the_running_averages_the_steps_kept(backbone, trained):
   # optimizer (here SGD with momentum and decay) never moved them.
   before, opt_state = states[-2]
   params = paths.merge(before, frozen)
-  _, updated = model.apply({"params": params}, images, train=True, example_mask=MASK,
-                           rngs={"dropout": jax.random.PRNGKey(2)},
-                           mutable=[peft.STATISTICS_UPDATES])
+  _, updated = jax.jit(lambda p: model.apply(
+      {"params": p}, images, train=True, example_mask=MASK, rngs={"dropout": jax.random.PRNGKey(2)},
+      mutable=[peft.STATISTICS_UPDATES]))(params)
   for path, value in paths.flatten(updated[peft.STATISTICS_UPDATES]).items():
     np.testing.assert_allclose(stats[path], value, rtol=1e-6, atol=1e-7, err_msg=path)
 
   params = paths.merge(trainable, frozen)
-  (logits, _), captured = model.apply({"params": params}, images,
-                                      capture_intermediates=True, mutable=["intermediates"])
+  (logits, _), captured = jax.jit(lambda p: model.apply(
+      {"params": p}, images, capture_intermediates=True, mutable=["intermediates"]))(params)
   h0 = captured["intermediates"]["mlp_head_0"]["dense"]["__call__"][0]
   np.testing.assert_allclose(logits, _restated_logits(params, h0), rtol=1e-5, atol=1e-5)
   eval_step = jax.jit(steps.make_eval_step(model))

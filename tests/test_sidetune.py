@@ -20,21 +20,32 @@ BASE = dict(num_classes=3, variant="Ti/16", depth=1)
 SIZE = 96  # AlexNet's last map is 2x2 here, so the adaptive pooling is not a copy.
 
 
-def torch_alexnet(seed: int = 0) -> torch.nn.Module:
-  """torchvision's AlexNet restated (features and avgpool as torchvision's; its classifier in the
-  same key layout but narrow, to keep the file small), random weights."""
+ALEXNET_WIDTHS = tuple(conv[0] for conv in side.ALEXNET_CONVS)  # torchvision's: 64 ... 256.
+NARROW = (16, 24, 32, 24, 16)  # The same geometry at a fraction of the cost.
+
+
+def torch_alexnet(seed: int = 0, widths=ALEXNET_WIDTHS) -> torch.nn.Module:
+  """torchvision's AlexNet restated (features and avgpool as torchvision's, at `widths`; its
+  classifier in the same key layout but narrow, to keep the file small), random weights."""
   torch.manual_seed(seed)
   nn = torch.nn
+  a, b, c, d, e = widths
   model = nn.Module()
   model.features = nn.Sequential(
-      nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-      nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-      nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(), nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
-      nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2))
+      nn.Conv2d(3, a, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+      nn.Conv2d(a, b, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+      nn.Conv2d(b, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, d, 3, padding=1), nn.ReLU(),
+      nn.Conv2d(d, e, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2))
   model.avgpool = nn.AdaptiveAvgPool2d((6, 6))
-  model.classifier = nn.Sequential(nn.Dropout(), nn.Linear(9216, 4), nn.ReLU(), nn.Dropout(),
+  model.classifier = nn.Sequential(nn.Dropout(), nn.Linear(e * 36, 4), nn.ReLU(), nn.Dropout(),
                                    nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 10))
   return model
+
+
+def narrow_alexnet(monkeypatch):
+  """side.py's AlexNet at NARROW widths for this test (its kernels, strides and pools kept)."""
+  monkeypatch.setattr(side, "ALEXNET_CONVS", tuple(
+      (width,) + conv[1:] for width, conv in zip(NARROW, side.ALEXNET_CONVS)))
 
 
 @pytest.fixture(scope="module")
@@ -45,25 +56,29 @@ def alexnet_file(tmp_path_factory):
   return model, path
 
 
-@pytest.fixture(scope="module")
-def sidetune_model():
-  """(method, model, params, images) of a tiny ViT with Sidetune; the VPT code's head init (a
-  zero head would pass no gradient back)."""
+def _sidetune_model():
+  """(method, model, params, images) of a tiny ViT with Sidetune, every parameter random (no zero
+  head to stop gradients; shapes from eval_shape, which compiles nothing)."""
   method = methods.get("sidetune", depth=1)
-  model = vit.Model(**BASE, **method.model_fields, head_init="vpt")
+  model = vit.Model(**BASE, **method.model_fields)
   images = np.random.default_rng(0).normal(size=(2, SIZE, SIZE, 3)).astype(np.float32)
-  return method, model, jax.jit(model.init)(jax.random.PRNGKey(0), images)["params"], images
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), images)["params"]
+  rng = np.random.default_rng(1)
+  params = jax.tree.map(lambda s: (rng.normal(size=s.shape) * 0.1).astype(np.float32), shapes)
+  return method, model, params, images
 
 
-def test_forward_is_the_vpt_codes_sidetune(alexnet_file, sidetune_model):
-  torch_model, path = alexnet_file
-  _, model, params, images = sidetune_model
+def test_forward_is_the_vpt_codes_sidetune(monkeypatch, tmp_path):
+  narrow_alexnet(monkeypatch)
+  torch_model, path = torch_alexnet(widths=NARROW), str(tmp_path / "narrow_alexnet.pth")
+  torch.save(torch_model.state_dict(), path)  # Read back through the checkpoint reader.
+  _, model, params, images = _sidetune_model()
   params = paths.merge(params, {"side": checkpoints.load_side(path), "side_alpha": np.float32(0.4)})
-  logits, _ = model.apply({"params": params}, images)
+  logits, _ = jax.jit(model.apply)({"params": params}, images)
 
   plain = vit.Model(**BASE)
   vit_params = {k: v for k, v in params.items() if not k.startswith("side")}
-  _, aux = plain.apply({"params": vit_params}, images)
+  _, aux = jax.jit(plain.apply)({"params": vit_params}, images)
   # vit_models.py forward L168-181: side(x).view(N, -1), side_projection, then the mix.
   with torch.no_grad():
     x = torch.tensor(images).permute(0, 3, 1, 2)
@@ -86,8 +101,9 @@ def test_adaptive_pooling_is_pytorchs(size):
   np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
 
 
-def test_only_the_side_network_its_mix_and_the_head_train(sidetune_model):
-  method, model, params, images = sidetune_model
+def test_only_the_side_network_its_mix_and_the_head_train(monkeypatch):
+  narrow_alexnet(monkeypatch)
+  method, model, params, images = _sidetune_model()
   groups = paths.flatten(methods.labels(params, method.rules))
   trained = sorted(p for p, g in groups.items() if g != methods.FROZEN)
   assert trained == sorted(["head/bias", "head/kernel", "side_alpha", "side_projection/kernel"] + [
