@@ -128,7 +128,17 @@ def test_b16_count():
                                methods.labels(params, method.rules)) == 9_547_585
 
 
-def test_reader_refuses_other_files_in_one_line(tmp_path):
+def test_reader_reads_torchvisions_layout_and_refuses_others_in_one_line(alexnet_file, tmp_path):
+  torch_model, path = alexnet_file
+  loaded = checkpoints.load_side(path)
+  for i, index in enumerate((0, 3, 6, 8, 10)):  # OIHW -> HWIO; the classifier dropped.
+    conv = torch_model.features[index]
+    np.testing.assert_array_equal(loaded[f"conv_{i}"]["kernel"],
+                                  conv.weight.detach().numpy().transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(loaded[f"conv_{i}"]["bias"], conv.bias.detach().numpy())
+  assert sorted(loaded) == [f"conv_{i}" for i in range(5)]
+  assert loaded["conv_0"]["kernel"].shape == (11, 11, 3, 64)
+
   state = torch_alexnet(1).state_dict()
   state["features.3.weight"] = torch.zeros(192, 64, 3, 3)
   del state["features.10.bias"]
@@ -155,9 +165,11 @@ def test_offline_the_download_says_where_to_put_the_file(tmp_path):
   assert str(tmp_path / "torchvision" / "alexnet-owt-7be5be79.pth") in message
 
 
-def test_a_run_starts_from_the_side_checkpoint(alexnet_file, fake_data_dir, tiny_backbone,
+def test_a_run_starts_from_the_side_checkpoint(monkeypatch, fake_data_dir, tiny_backbone,
                                                tmp_path):
-  _, path = alexnet_file
+  narrow_alexnet(monkeypatch)
+  path = str(tmp_path / "narrow_alexnet.pth")
+  torch.save(torch_alexnet(2, NARROW).state_dict(), path)
   config = vtab_config.get_config("task=dtd,method=sidetune")
   for key, value in {**TINY_OVERRIDES, "backbone": tiny_backbone, "data.data_dir": fake_data_dir,
                      "data.cache_dir": str(tmp_path / "cache"), "data.resolution": 64,
