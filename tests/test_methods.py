@@ -311,7 +311,7 @@ def test_coupled_weight_decay_and_momentum():
 
 
 def test_configuration_errors():
-  with pytest.raises(ValueError, match="Unknown method 'vtp_deep'; choose one of: linear, full"):
+  with pytest.raises(ValueError, match="Unknown method 'vtp_deep'; choose one of: linear, .*vpt_deep"):
     methods.get("vtp_deep", depth=12)
   with pytest.raises(ValueError, match="Method 'vpt_deep' needs more hyper-parameters.*prompt_tokens"):
     methods.get("vpt_deep", depth=12)
