@@ -273,8 +273,8 @@ def test_config_arguments():
     vtab_config.get_config("task=svhn,lr=0.1")
   with pytest.raises(ValueError, match="seed='x' must be an int"):
     vtab_config.get_config("seed=x")
-  with pytest.raises(ValueError, match="task='imagenet' is not a VTAB-1k, FGVC or demo task"):
-    vtab_config.get_config("task=imagenet")
+  with pytest.raises(ValueError, match="task='imagenet21k' is not a VTAB-1k, FGVC, many-shot, ImageNet or demo task"):
+    vtab_config.get_config("task=imagenet21k")
   with pytest.raises(ValueError, match="phase='test' must be 'final' or 'search'"):
     vtab_config.get_config("phase=test")
 

@@ -126,6 +126,10 @@ def run_main(argv, monkeypatch):
   config's --config.* overrides from sys.argv, which therefore holds the command line too."""
   import launch.main as main_module  # Its flags are defined on import.
   monkeypatch.setattr(sys, "argv", ["launch/main.py", *argv])
+  # Parsing --config defines a flag per config field; a parse earlier in this process (another
+  # test's run_main) left its own, which absl would refuse to define twice.
+  for name in [n for n in flags.FLAGS if n.startswith("config.")]:
+    delattr(flags.FLAGS, name)
   flags.FLAGS(sys.argv)
   try:
     main_module.main([])

@@ -322,8 +322,9 @@ def expand(spec: str) -> list[str]:
     elif item in TASKS:
       names.append(item)
     else:
-      raise ValueError(f"task={item!r} is not a VTAB-1k, FGVC, ImageNet or demo task; choose one "
-                       f"of: {', '.join(TASKS)} (or all, demo, fgvc, imagenet_shifts, a group: {', '.join(GROUPS)}, "
+      raise ValueError(f"task={item!r} is not a VTAB-1k, FGVC, many-shot, ImageNet or demo task; "
+                       f"choose one of: {', '.join(TASKS)} (or all, demo, fgvc, {MANY_SHOT}, imagenet_shifts, "
+                       f"a group: {', '.join(GROUPS)}, "
                        f"{FOLDER_PREFIX}<path>; several joined by +).")
   if not names:
     raise ValueError("No task given: set task=NAME (e.g. task=dtd or task=all).")
