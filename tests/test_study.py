@@ -8,12 +8,14 @@ import subprocess
 import sys
 
 import jax.numpy as jnp
+import matplotlib.colors
 import matplotlib.image
 import numpy as np
 import pytest
 import scipy.linalg
 
 from vpt_jax.study import attention, distance, executors, plots, published, report, sweep
+from vpt_jax import methods
 from vpt_jax.training import artifacts, loop, recipes
 from vpt_jax.utils import config_lib
 from vpt_jax.data import device, pipeline
@@ -471,3 +473,9 @@ def test_a_grid_axis_must_name_a_config_field():
   config.sweep.grid = (("method_kwargs.lora_rank", (1, 8)),)
   with pytest.raises(ValueError, match="A sweep sets method_kwargs.lora_rank itself"):
     sweep.Planner(config, {"method_kwargs.lora_rank": 4})
+
+
+def test_every_method_has_a_color_of_its_own():
+  colors = [matplotlib.colors.to_hex(plots._color(name)) for name in methods.names()]
+  assert len(set(colors)) == len(colors)
+  assert plots._color("full") == plots.COLORS["full"]

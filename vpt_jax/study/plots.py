@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from vpt_jax.training import metrics
+from vpt_jax import methods
 from vpt_jax.data import tasks as tasks_lib
 
 COLORS = {"full": "tab:blue", "vpt_deep": "tab:orange", "vpt_shallow": "tab:green",
@@ -28,7 +29,13 @@ def _save(fig, out_path: str, dpi: int) -> bool:
 
 
 def _color(method):
-  return COLORS.get(method, None)
+  """The method's color in every plot: its own for the main methods, else one of tab20b's and
+  tab20c's (hues tab10's do not use) by its place in the method registry, so two methods never share one."""
+  if method in COLORS:
+    return COLORS[method]
+  others = [name for name in methods.names() if name not in COLORS]
+  palette = plt.get_cmap("tab20b").colors + plt.get_cmap("tab20c").colors
+  return palette[others.index(method) % len(palette)] if method in others else None
 
 
 def loss_curves(sweep_dir: str, out_path: str, setting: str = "vtab1k",
