@@ -479,3 +479,18 @@ def test_every_method_has_a_color_of_its_own():
   colors = [matplotlib.colors.to_hex(plots._color(name)) for name in methods.names()]
   assert len(set(colors)) == len(colors)
   assert plots._color("full") == plots.COLORS["full"]
+
+
+def test_the_report_reads_both_wise_modes(tmp_path):
+  method_dir = tmp_path / "vtab1k" / "dtd" / "lora"
+  method_dir.mkdir(parents=True)
+  for name, values in (("wise.json", ([0.1, 0.5], [0.3, 0.7])), ("wise_petl.json", ([0.2, 0.4], [0.4, 0.8]))):
+    (method_dir / name).write_text(json.dumps({
+        "alphas": [0.0, 1.0], "selected_alpha": 1.0,
+        "test": {"final/seed0": {"clean": values[0]}, "final/seed1": {"clean": values[1]}}}))
+  curves = report.wise_curves(str(tmp_path))
+  assert set(curves) == {("vtab1k", "dtd", "lora"), ("vtab1k", "dtd", "lora (merge_petl)")}
+  assert curves[("vtab1k", "dtd", "lora")]["test"]["clean"] == pytest.approx([0.2, 0.6])
+  assert curves[("vtab1k", "dtd", "lora (merge_petl)")]["test"]["clean"] == pytest.approx([0.3, 0.6])
+  assert curves[("vtab1k", "dtd", "lora (merge_petl)")]["runs"] == 2
+  assert "| vtab1k | dtd | lora (merge_petl) | 1.0 | 60.0 |" in report._robustness_markdown({}, curves)

@@ -10,7 +10,7 @@ import os
 import numpy as np
 
 from vpt_jax.study import many_shot, predictions, published
-from vpt_jax.study import imagenet_shift
+from vpt_jax.study import imagenet_shift, robustness
 from vpt_jax.utils import files
 from vpt_jax.data import tasks as tasks_lib
 
@@ -291,19 +291,26 @@ def shift_rows(sweep_dir: str) -> dict:
 
 
 def wise_curves(sweep_dir: str) -> dict:
-  """{(setting, task, method): wise.json with its test curves averaged over the final runs}."""
+  """{(setting, task, method): wise.json with its test curves averaged over the final runs};
+  a method's merge_petl curves (wise_petl.json) as "<method> (merge_petl)"."""
   out = {}
-  for path in sorted(glob.glob(os.path.join(sweep_dir, "*", "*", "*", "wise.json"))):
-    try:
-      stored = files.read_json(path)
-    except files.DamagedFileError:
-      continue
-    setting, task, method = os.path.relpath(os.path.dirname(path), sweep_dir).split(os.sep)
-    names = list(dict.fromkeys(k for run in stored["test"].values() for k in run))
-    test = {name: np.mean([run[name] for run in stored["test"].values()], axis=0).tolist()
-            for name in names}
-    out[(setting, task, method)] = {**stored, "test": test, "runs": len(stored["test"])}
+  for mode in robustness.WISE_MODES:
+    for path in sorted(glob.glob(os.path.join(sweep_dir, "*", "*", "*", robustness.wise_file(mode)))):
+      try:
+        stored = files.read_json(path)
+      except files.DamagedFileError:
+        continue
+      setting, task, method = os.path.relpath(os.path.dirname(path), sweep_dir).split(os.sep)
+      method = method if mode == "model" else f"{method} (merge_{mode})"
+      out[(setting, task, method)] = _averaged_wise(stored)
   return out
+
+
+def _averaged_wise(stored: dict) -> dict:
+  names = list(dict.fromkeys(k for run in stored["test"].values() for k in run))
+  test = {name: np.mean([run[name] for run in stored["test"].values()], axis=0).tolist()
+          for name in names}
+  return {**stored, "test": test, "runs": len(stored["test"])}
 
 
 def _robustness_markdown(rows: dict, curves: dict) -> str:
