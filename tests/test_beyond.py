@@ -253,6 +253,8 @@ def test_a_sweep_saves_predictions_then_ensembles_shift_and_wise(fake_data_dir, 
   full_finals = [d for d in finals if "/full/" in d]
   out = robustness.wise(full_dir, chosen, full_finals, shift, alphas=(0.0, 0.5, 1.0),
                         log=lambda *_: None)
+  # a is chosen on the split the search run was scored on (VTAB-1k: val200).
+  assert out["selection_subset"] == "val200" and len(out["val200"]) == 3
   for run, curve in out["test"].items():
     result = json.loads(open(f"{full_dir}/{run}/result.json").read())
     assert curve["clean"][-1] == result["test_accuracy"]  # a = 1: the fine-tuned model.

@@ -185,17 +185,20 @@ def wise_file(mode: str) -> str:
 
 def wise(method_dir: str, selection_run: str, final_runs: list[str], shifts=(),
          alphas=WISE_ALPHAS, log=print, mode: str = "model") -> dict:
-  """WiSE-FT of one (task, method): a picked on val200 by `selection_run`, test accuracies of
-  `final_runs` along a (clean and shifted), interpolated as `mode` says; written, with the mode,
-  to <method_dir>/wise_file(mode)."""
-  val = wise_curve(selection_run, "val200", (), alphas, mode)["clean"]
+  """WiSE-FT of one (task, method): a picked by `selection_run` on the split it was scored on
+  (VTAB-1k's val200, FGVC's val, a folder task's val list), test accuracies of `final_runs`
+  along a (clean and shifted), interpolated as `mode` says; written, with the mode, to
+  <method_dir>/wise_file(mode)."""
+  subset = files.read_json(os.path.join(selection_run, "config.json"))["data.eval_subset"]
+  val = wise_curve(selection_run, subset, (), alphas, mode)["clean"]
   best = int(np.argmax(val))  # Ties -> the smaller a (closer to the pre-trained model).
   runs = {os.path.relpath(run, method_dir): wise_curve(run, "test", shifts, alphas, mode)
           for run in final_runs}
-  out = {"mode": mode, "alphas": list(alphas), "val200": val, "selected_alpha": alphas[best],
-         "selected_in": os.path.relpath(selection_run, method_dir), "test": runs}
+  out = {"mode": mode, "alphas": list(alphas), subset: val, "selection_subset": subset,
+         "selected_alpha": alphas[best], "selected_in": os.path.relpath(selection_run, method_dir),
+         "test": runs}
   files.write_json(os.path.join(method_dir, wise_file(mode)), out)
-  log(f"{method_dir}: a = {alphas[best]} on val200; test at a: "
+  log(f"{method_dir}: a = {alphas[best]} on {subset}; test at a: "
       + ", ".join(f"{100 * r['clean'][best]:.1f}%" for r in runs.values())
       + " (a = 1: " + ", ".join(f"{100 * r['clean'][-1]:.1f}%" for r in runs.values()) + ")")
   return out
