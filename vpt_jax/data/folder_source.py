@@ -18,8 +18,9 @@ No TensorFlow is imported here.
 """
 
 import concurrent.futures
+import dataclasses
 import os
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -115,18 +116,6 @@ _HOW = {None: " (write VTAB-1k's folders with NOAH's get_vtab1k.py, or use data.
                              "images in torchvision's order, test.txt the test set)."}
 
 
-def prepare(task: tasks_lib.Task, data_dir: str | None) -> None:
-  """Folders are made elsewhere: fails, saying what is missing or wrong in the lists."""
-  for subset in lists.txt_formats(task):
-    entries(task, subset, data_dir)
-
-
-def version(task: tasks_lib.Task, data_dir: str | None) -> str:
-  """The lists' content hash ("folder_<16 hex>"): edited lists are a new cache entry."""
-  prepare(task, data_dir)
-  return lists.txt_version(task, data_dir)
-
-
 def decoded(items: list[lists.Entry], resolution: int, resize_method: str) -> Iterator[dict]:
   """{"image": (R, R, 3) uint8, "label": int32} of `items`, in order, decoded by a few threads
   (PIL releases the interpreter while it decodes and resizes)."""
@@ -144,32 +133,44 @@ def _no_shift(shift: str | None) -> None:
                      "only.")
 
 
-def examples_of(entries_fn: Callable, task: tasks_lib.Task, subset: str, resolution: int,
-                data_dir: str | None, resize_method: str, shift: str | None = None):
-  _no_shift(shift)
-  return decoded(entries_fn(task, subset, data_dir), resolution, resize_method)
+@dataclasses.dataclass(frozen=True)
+class ListReader:
+  """The reader functions (vpt_jax/data/sources.py) of a source whose subsets are lists of image
+  files: `entries(task, subset, data_dir)` reads and checks one subset's list, `subsets(task)`
+  names the subsets `prepare` checks, `content_version(task, data_dir)` hashes the lists. Images
+  are decoded and resized here; shifted test copies are TFDS's only."""
+  entries: Callable[[tasks_lib.Task, str, str | None], list[lists.Entry]]
+  subsets: Callable[[tasks_lib.Task], Iterable[str]]
+  content_version: Callable[[tasks_lib.Task, str | None], str]
 
+  def prepare(self, task: tasks_lib.Task, data_dir: str | None) -> None:
+    """Folders are made elsewhere: fails, saying what is missing or wrong in the lists."""
+    for subset in self.subsets(task):
+      self.entries(task, subset, data_dir)
 
-def batches_of(entries_fn: Callable, task: tasks_lib.Task, subset: str, resolution: int,
-               batch_size: int, data_dir: str | None, resize_method: str,
-               shift: str | None = None) -> Iterator[dict[str, np.ndarray]]:
-  images, labels = [], []
-  for example in examples_of(entries_fn, task, subset, resolution, data_dir, resize_method, shift):
-    images.append(example["image"])
-    labels.append(example["label"])
-    if len(labels) == batch_size:
+  def version(self, task: tasks_lib.Task, data_dir: str | None) -> str:
+    """The lists' content hash (e.g. "folder_<16 hex>"): edited lists are a new cache entry."""
+    self.prepare(task, data_dir)
+    return self.content_version(task, data_dir)
+
+  def examples(self, task: tasks_lib.Task, subset: str, resolution: int, data_dir: str | None,
+               resize_method: str, shift: str | None = None) -> Iterator[dict]:
+    _no_shift(shift)
+    return decoded(self.entries(task, subset, data_dir), resolution, resize_method)
+
+  def batches(self, task: tasks_lib.Task, subset: str, resolution: int, batch_size: int,
+              data_dir: str | None, resize_method: str,
+              shift: str | None = None) -> Iterator[dict[str, np.ndarray]]:
+    images, labels = [], []
+    for example in self.examples(task, subset, resolution, data_dir, resize_method, shift):
+      images.append(example["image"])
+      labels.append(example["label"])
+      if len(labels) == batch_size:
+        yield {"image": np.stack(images), "label": np.asarray(labels, np.int32)}
+        images, labels = [], []
+    if labels:
       yield {"image": np.stack(images), "label": np.asarray(labels, np.int32)}
-      images, labels = [], []
-  if labels:
-    yield {"image": np.stack(images), "label": np.asarray(labels, np.int32)}
 
 
-def examples(task: tasks_lib.Task, subset: str, resolution: int, data_dir: str | None,
-             resize_method: str, shift: str | None = None) -> Iterator[dict]:
-  return examples_of(entries, task, subset, resolution, data_dir, resize_method, shift)
-
-
-def batches(task: tasks_lib.Task, subset: str, resolution: int, batch_size: int,
-            data_dir: str | None, resize_method: str,
-            shift: str | None = None) -> Iterator[dict[str, np.ndarray]]:
-  return batches_of(entries, task, subset, resolution, batch_size, data_dir, resize_method, shift)
+READER = ListReader(entries, lists.txt_formats, lists.txt_version)
+prepare, version, examples, batches = READER.prepare, READER.version, READER.examples, READER.batches

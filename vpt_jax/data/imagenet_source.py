@@ -16,9 +16,6 @@ centre 224 crop on the device). Every list defect is one line naming the file an
 """
 
 import os
-from typing import Iterator
-
-import numpy as np
 
 from vpt_jax.data import folder_source, lists, pipeline
 from vpt_jax.data import tasks as tasks_lib
@@ -36,26 +33,5 @@ def entries(task: tasks_lib.Task, subset: str, data_dir: str | None) -> list[lis
           for entry in lists.read_txt(os.path.join(folder, name), root, task.num_classes)]
 
 
-def prepare(task: tasks_lib.Task, data_dir: str | None) -> None:
-  """Folders are made elsewhere: fails, saying what is missing or wrong in the lists."""
-  for subset in lists.imagenet_formats(task):
-    entries(task, subset, data_dir)
-
-
-def version(task: tasks_lib.Task, data_dir: str | None) -> str:
-  """The lists' content hash ("imagenet_<16 hex>")."""
-  prepare(task, data_dir)
-  return lists.imagenet_version(task, data_dir)
-
-
-def examples(task: tasks_lib.Task, subset: str, resolution: int, data_dir: str | None,
-             resize_method: str, shift: str | None = None) -> Iterator[dict]:
-  return folder_source.examples_of(entries, task, subset, resolution, data_dir, resize_method,
-                                   shift)
-
-
-def batches(task: tasks_lib.Task, subset: str, resolution: int, batch_size: int,
-            data_dir: str | None, resize_method: str,
-            shift: str | None = None) -> Iterator[dict[str, np.ndarray]]:
-  return folder_source.batches_of(entries, task, subset, resolution, batch_size, data_dir,
-                                  resize_method, shift)
+READER = folder_source.ListReader(entries, lists.imagenet_formats, lists.imagenet_version)
+prepare, version, examples, batches = READER.prepare, READER.version, READER.examples, READER.batches

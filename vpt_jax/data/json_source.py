@@ -10,9 +10,6 @@ short_side: torchvision's Resize(256) and the centre 256 x 256 square).
 """
 
 import os
-from typing import Iterator
-
-import numpy as np
 
 from vpt_jax.data import folder_source, lists, pipeline
 from vpt_jax.data import tasks as tasks_lib
@@ -33,26 +30,5 @@ def entries(task: tasks_lib.Task, subset: str, data_dir: str | None) -> list[lis
           for entry in lists.read_json(os.path.join(folder, name), images, ids, task.num_classes)]
 
 
-def prepare(task: tasks_lib.Task, data_dir: str | None) -> None:
-  """Folders are made elsewhere: fails, saying what is missing or wrong in the lists."""
-  for subset in ("train", "val", "test"):
-    entries(task, subset, data_dir)
-
-
-def version(task: tasks_lib.Task, data_dir: str | None) -> str:
-  """The split files' content hash ("json_<16 hex>")."""
-  prepare(task, data_dir)
-  return lists.json_version(task, data_dir)
-
-
-def examples(task: tasks_lib.Task, subset: str, resolution: int, data_dir: str | None,
-             resize_method: str, shift: str | None = None) -> Iterator[dict]:
-  return folder_source.examples_of(entries, task, subset, resolution, data_dir, resize_method,
-                                   shift)
-
-
-def batches(task: tasks_lib.Task, subset: str, resolution: int, batch_size: int,
-            data_dir: str | None, resize_method: str,
-            shift: str | None = None) -> Iterator[dict[str, np.ndarray]]:
-  return folder_source.batches_of(entries, task, subset, resolution, batch_size, data_dir,
-                                  resize_method, shift)
+READER = folder_source.ListReader(entries, lambda task: ("train", "val", "test"), lists.json_version)
+prepare, version, examples, batches = READER.prepare, READER.version, READER.examples, READER.batches
