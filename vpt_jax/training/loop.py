@@ -1,8 +1,11 @@
 """The training loop: a pack of K >= 1 runs of one program, from their newest checkpoints to the
 end of their schedule. A single run is a pack of one.
 
-Each epoch dispatches its steps without waiting, fetches the pack's losses once, then per member:
-checks for divergence, optionally evaluates, writes a metrics row and saves a checkpoint.
+Each epoch dispatches its steps without waiting and starts copying the pack's losses to the host.
+An epoch that needs the parameters as they are at its end (an evaluation, a checkpoint, the last
+epoch) is finished at once; any other is finished while the device runs the next one, so the
+host never stalls the device for it. Finishing an epoch, per member: the divergence check (at
+most one epoch late), a metrics row, early stopping, the checkpoint, and the progress line.
 """
 
 import dataclasses
@@ -11,9 +14,9 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 
 from vpt_jax.training import checkpointing, metrics, optim, programs, spec
+from vpt_jax.training.progress import Progress
 from vpt_jax.utils import paths, timing
 
 
@@ -180,6 +183,26 @@ def fit(program: programs.Program, members: list[Member], states: list[dict], im
       closing.close()
 
 
+def _needs_state(program: programs.Program, member: Member, epoch: int, step: int) -> bool:
+  """Whether epoch `epoch` (0-based, ending at `step`) uses the member's parameters as they are
+  at its end (an evaluation, a checkpoint, early stopping, the last epoch): then the epoch is
+  finished before the next one is dispatched. Other epochs are finished one epoch late, while
+  the device already runs the next, so their losses reach the host without a stall."""
+  every = 1 if _stops_early(member) else member.run.eval.every_epochs
+  evaluates = bool(every) and ((epoch + 1) % every == 0 or step == program.total_steps)
+  return evaluates or _checkpoint_due(member, epoch, step, program.total_steps)
+
+
+@dataclasses.dataclass
+class _Epoch:
+  """A dispatched epoch whose losses are on their way to the host."""
+  index: int  # 0-based.
+  step: int  # The step it ends at.
+  losses: object
+  accuracies: object
+  learning_rates: object
+
+
 def _fit(program, members, states, images, labels, checkpointers, writers, log) -> list[dict]:
   k = len(members)
   restored = [_restore(program, m, s, c, log) for m, s, c in zip(members, states, checkpointers)]
@@ -196,63 +219,86 @@ def _fit(program, members, states, images, labels, checkpointers, writers, log) 
                         "opt_state": pack.member(opt_state, i)}
   frozen = members[0].frozen
   stage, total_steps = members[0].stage, program.total_steps
-  batch_size = stage.optim.batch_size
+  steps_per_epoch = program.steps_per_epoch
   score_last_epoch = stage.optim.on_non_finite == "score_last_epoch"
-  # A member's parameters at its last finished epoch (what a divergence would be scored with).
-  finished = ([jax.tree.map(jnp.copy, pack.member(trainable, i)) for i in range(k)]
-              if score_last_epoch and step else [None] * k)
+  copy_members = lambda: [jax.tree.map(jnp.copy, pack.member(trainable, i)) for i in range(k)]
+  # Each member's parameters at the end of recent epochs {epoch: [per member]} (epoch -1: where
+  # this attempt started), what a divergence found in the next epoch is scored with.
+  snapshots = {step // steps_per_epoch - 1: copy_members() if step else [None] * k} \
+      if score_last_epoch else {}
   done = [None] * k  # A member's final state once it stopped (diverged, or stopped early).
   stoppers = [_early_stop(m, step) for m in members]
   for i, stopper in enumerate(stoppers):  # It stopped before the restart: its last checkpoint.
     if stopper is not None and stopper.worse >= stopper.patience:
-      done[i] = {**state_of(i), "early_stop": _stop_record(stopper, step // program.steps_per_epoch)}
-  progress = tqdm.tqdm(total=total_steps * batch_size * k, initial=step * batch_size * k,
-                       unit="img", unit_scale=True,
-                       desc=f"{members[0].run.task.name} {stage.method.name}"
-                            + (f" x{k}" if k > 1 else ""),
-                       mininterval=1.0, disable=None if jax.process_index() == 0 else True,
-                       smoothing=0.1)
+      done[i] = {**state_of(i), "early_stop": _stop_record(stopper, step // steps_per_epoch)}
+  total_epochs = -(-total_steps // steps_per_epoch)
+  progress = Progress(f"{members[0].run.task.short_name} {stage.method.name}" + (f" x{k}" if k > 1 else ""),
+                      total_epochs, step // steps_per_epoch,
+                      steps_per_epoch * stage.optim.batch_size * k, log,
+                      enabled=jax.process_index() == 0)
+
+  def finish_epoch(epoch: _Epoch) -> None:
+    """Divergence, the metrics row, early stopping and the checkpoint of a dispatched epoch."""
+    with timing.phase("train", excludes_compile=True):
+      losses, accuracies = jax.device_get((epoch.losses, epoch.accuracies))
+    learning_rates = jax.device_get(epoch.learning_rates)
+    for i, member in enumerate(members):
+      if done[i] is not None:
+        continue
+      if (bad := _first_non_finite(losses[:, i], epoch.step)) is not None:
+        before = snapshots.get(epoch.index - 1, [None] * k)[i] if score_last_epoch else None
+        done[i] = _diverged(member, epoch.index, bad, before, checkpointers[i], log)
+        continue
+      trainable_i = lambda: pack.member(trainable, i)
+      row = _epoch_row(program, member, trainable_i, pack.member(learning_rates, i), epoch.index,
+                       epoch.step, losses[:, i], accuracies[:, i], images, labels)
+      with timing.phase("write"):
+        writers[i].write(epoch.step, **row)
+        member.clock.save()
+        stopping = (stoppers[i] is not None and "eval_accuracy" in row
+                    and stoppers[i].update(row["eval_accuracy"]))
+        if stopping or _checkpoint_due(member, epoch.index, epoch.step, total_steps):
+          checkpointers[i].save(epoch.step, state_of(i))
+      if stopping:  # Packs never stop early (recipes.validate), so this ends the loop.
+        log(f"Stopped early after epoch {epoch.index + 1}: validation accuracy below its best "
+            f"{stoppers[i].best:.4f} {stoppers[i].patience} times ({member.stage.workdir}).")
+        done[i] = {**state_of(i), "early_stop": _stop_record(stoppers[i], epoch.index + 1)}
+    progress.epoch(epoch.index + 1, float(losses.mean()), float(accuracies.mean()),
+                   float(np.mean(learning_rates)))
+    for old in [e for e in snapshots if e < epoch.index]:
+      del snapshots[old]
+
+  pending = None  # The epoch dispatched before this one, finished once this one is dispatched.
   with progress:
     while step < total_steps and not all(d is not None for d in done):
-      epoch = step // program.steps_per_epoch
+      epoch = step // steps_per_epoch
       with timing.phase("train", excludes_compile=True):
         permutation = pack.values([program.permutation(m.rngs["data"], epoch) for m in members])
         losses, accuracies = [], []
-        for _ in range(min(program.steps_per_epoch, total_steps - step)):
+        for _ in range(min(steps_per_epoch, total_steps - step)):
           trainable, opt_state, step_metrics = pack.step(
               trainable, opt_state, frozen, images, labels, permutation, step, rngs["train"],
               rngs["flip"])
           losses.append(step_metrics["loss"])
           accuracies.append(step_metrics["accuracy"])
           step += 1
-          progress.update(batch_size * k)
-        # One transfer per epoch: the steps above were dispatched without waiting for each other.
-        losses, accuracies = jax.device_get((jnp.stack(losses), jnp.stack(accuracies)))
-      # Per member, only what it needs: slices of a stacked pack's state are copies.
-      learning_rates = optim.current_lr(program.schedule, opt_state, step - 1)
-      for i, member in enumerate(members):
-        if done[i] is not None:
-          continue
-        if (bad := _first_non_finite(losses[:, i], step)) is not None:
-          done[i] = _diverged(member, epoch, bad, finished[i], checkpointers[i], log)
-          continue
-        trainable_i = lambda: pack.member(trainable, i)
-        if score_last_epoch:  # A copy: the next step overwrites (donates) the pack's state.
-          finished[i] = jax.tree.map(jnp.copy, trainable_i())
-        row = _epoch_row(program, member, trainable_i, pack.member(learning_rates, i), epoch, step,
-                         losses[:, i], accuracies[:, i], images, labels)
-        with timing.phase("write"):
-          writers[i].write(step, **row)
-          member.clock.save()
-          stopping = (stoppers[i] is not None and "eval_accuracy" in row
-                      and stoppers[i].update(row["eval_accuracy"]))
-          if stopping or _checkpoint_due(member, epoch, step, total_steps):
-            checkpointers[i].save(step, state_of(i))
-        if stopping:  # Packs never stop early (recipes.validate), so this ends the loop.
-          log(f"Stopped early after epoch {epoch + 1}: validation accuracy below its best "
-              f"{stoppers[i].best:.4f} {stoppers[i].patience} times ({member.stage.workdir}).")
-          done[i] = {**state_of(i), "early_stop": _stop_record(stoppers[i], epoch + 1)}
-      progress.set_postfix(epoch=epoch + 1, loss=f"{float(losses.mean()):.3f}")
+        dispatched = _Epoch(epoch, step, jnp.stack(losses), jnp.stack(accuracies),
+                            optim.current_lr(program.schedule, opt_state, step - 1))
+        for array in (dispatched.losses, dispatched.accuracies):
+          array.copy_to_host_async()
+      if pending is not None:
+        finish_epoch(pending)
+        pending = None
+      if score_last_epoch:  # Copies: the next step overwrites (donates) the pack's state.
+        snapshots[epoch] = copy_members()
+      if all(d is not None for d in done):
+        break
+      if any(_needs_state(program, m, epoch, step) for m in members) or step == total_steps:
+        finish_epoch(dispatched)
+      else:
+        pending = dispatched
+    if pending is not None:
+      finish_epoch(pending)
   finals = []
   for i, checkpointer in enumerate(checkpointers):
     if done[i] is not None:
