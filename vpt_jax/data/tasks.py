@@ -69,6 +69,11 @@ class Task:
   # the others are excluded before the argmax (evaluation only).
   class_subset: tuple[int, ...] | None = None
 
+  @property
+  def short_name(self) -> str:
+    """The name in tables, progress lines and run folders: a custom folder's base name."""
+    return short_name(self.name)
+
 
 def _bin_of(value, thresholds):
   """Index of the largest threshold below `value`."""
@@ -277,6 +282,14 @@ def folder_task(path: str) -> Task:
     classes, names = max(labels) + 1, None
   return Task(FOLDER_PREFIX + path, path, classes, CUSTOM, Region("train"), Region("val"), "test",
               sources=("folder",), folder=path, class_names=names)
+
+
+def short_name(name: str) -> str:
+  """"folder:/data/my flowers/" -> "my_flowers"; any other task name as it is."""
+  if not name.startswith(FOLDER_PREFIX):
+    return name
+  base = os.path.basename(os.path.normpath(name[len(FOLDER_PREFIX):])) or "folder"
+  return re.sub(r"[^A-Za-z0-9_.+-]+", "_", base)
 
 
 def get(name: str) -> Task:
