@@ -10,7 +10,6 @@ resumes an interrupted run from its last checkpoint; a finished run is reported,
 --workdir defaults to config.workdir, else runs/<config name>_<arguments>.
 """
 
-import json
 import os
 import re
 import sys
@@ -22,10 +21,11 @@ from ml_collections import config_flags
 
 from vpt_jax import catalog
 from vpt_jax.checkpoints import pretrained
-from vpt_jax.study import report, robustness, sweep
-from vpt_jax.training import train
+from vpt_jax.data import lists, pipeline
+from vpt_jax.data import tasks as tasks_lib
+from vpt_jax.study import plots, report, robustness, run_report, sweep
+from vpt_jax.training import spec, train
 from vpt_jax.utils import cli, files, hosts, timing
-from vpt_jax.data import pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/vtab.py:task=dtd.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go.")
@@ -58,6 +58,31 @@ def _shift_table(shifted: list[dict], run_methods: list[str], names) -> str:
   return "\n".join(rows)
 
 
+def _run_dirs(workdir: str, pairs: list[tuple[str, str]]) -> list[str]:
+  """<workdir>/<task>/<method> per run, the task by its short name (a custom folder's base name;
+  the full task is in each run's config.json), numbered where two tasks share one."""
+  names = {}
+  for task in dict.fromkeys(task for task, _ in pairs):
+    name = tasks_lib.short_name(task)
+    names[task] = name if name not in names.values() else f"{name}_{len(names) + 1}"
+  return [os.path.join(workdir, names[task], method) for task, method in pairs]
+
+
+def _accuracy_line(result: dict) -> str:
+  split = result["eval_subset"]
+  accuracy = result.get("test_accuracy", result.get("val_accuracy"))
+  flag = " (diverged: scored at its last finished epoch)" if "diverged" in result else ""
+  return (f"{tasks_lib.short_name(result['task'])} / {result['method']} / seed {result['seed']}: "
+          f"{split} accuracy {100 * accuracy:.1f}%{flag} in {result['wall_seconds']:.0f}s")
+
+
+def _write_tables(workdir: str, results: list[dict], markdown: str, rows: list[dict]) -> None:
+  """results.md and results.csv at the top of the workdir (beside the runs)."""
+  if jax.process_index() == 0:
+    files.write_text(os.path.join(workdir, "results.md"), markdown + "\n")
+    files.write_text(os.path.join(workdir, "results.csv"), report.csv_text(rows))
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
@@ -79,30 +104,42 @@ def main(argv):
                   pipeline.DataNotPreparedError), hosts.peer_loss_is_fatal():
     planner = sweep.Planner(config)
     pairs = [(task, method) for task in planner.tasks for method in planner.methods]
-    if len(pairs) == 1:
-      log(f"{config.task} / {config.method} / seed {config.seed} on {jax.device_count()} "
-          f"{jax.devices()[0].platform} device(s) -> {workdir}")
-      result = train.train_and_evaluate(config, workdir, log=log)
-      log(json.dumps({k: v for k, v in result.items() if k != "stages"}, indent=2))
-      return
-    # Several tasks or methods: one run each (no grid search: that is launch/sweep.py's job).
-    results, run_dirs = [], []
-    for task, method in pairs:
-      run_dir = os.path.join(workdir, task, method)
-      log(f"\n== {task} / {method} -> {run_dir}")
-      result = train.train_and_evaluate(planner.base(task, method), run_dir, log=log)
-      accuracy = result.get("test_accuracy", result.get("val_accuracy"))
-      log(f"   {result['eval_subset']} accuracy {100 * accuracy:.1f}% "
-          f"({result['wall_seconds']:.0f}s)")
-      results.append(result)
-      run_dirs.append(run_dir)
-  table, _ = report.tables(report.cells_from_results(results), with_chance=True)
-  log(f"\n{results[0]['eval_subset']} top-1 (%), one seed, {jax.devices()[0].platform}:\n{table}")
-  if config.eval_shifts and results[0]["eval_subset"] == "test":
-    log(f"\nShifted test sets ({', '.join(config.eval_shifts)}): top-1 (%), mean over tasks")
-    log(_shift_table([robustness.shift_run(d, config.eval_shifts, log=lambda *_: None)
-                      for d in run_dirs], [r["method"] for r in results], config.eval_shifts))
-  log(f"\nTotal wall time {time.time() - started:.0f}s; results in {workdir}/<task>/<method>/.")
+    run_dirs = [workdir] if len(pairs) == 1 else _run_dirs(workdir, pairs)
+    configs = [config] if len(pairs) == 1 else [planner.base(t, m) for t, m in pairs]
+    # Every run is resolved and its data and checkpoint checked before the first trains.
+    for run_config, run_dir in zip(configs, run_dirs):
+      train.check_inputs(spec.resolve_run(run_config, run_dir))
+    platform = f"{jax.device_count()} {jax.devices()[0].platform} device(s)"
+    results = []
+    for (task, method), run_config, run_dir in zip(pairs, configs, run_dirs):
+      log(f"\n== {tasks_lib.short_name(task)} / {method} / seed {run_config.seed} on {platform} "
+          f"-> {run_dir}")
+      results.append(train.train_and_evaluate(run_config, run_dir, log=log))
+      report_path = run_report.write(run_dir) if jax.process_index() == 0 else None
+      if len(pairs) > 1:
+        log(f"   {_accuracy_line(results[-1])}; report {report_path}")
+  table, rows = report.tables(report.cells_from_results(results), with_chance=True)
+  subset = results[0]["eval_subset"]
+  markdown = f"{subset} top-1 (%), one seed, {jax.devices()[0].platform}:\n\n{table}"
+  if len(results) > 1:
+    log(f"\n{markdown}")
+  if config.eval_shifts and subset == "test":
+    with cli.errors(ValueError, RuntimeError, lists.BadDataError):
+      shifted = [robustness.shift_run(d, config.eval_shifts, log=lambda *_: None) for d in run_dirs]
+    shift_table = _shift_table(shifted, [r["method"] for r in results], config.eval_shifts)
+    shift_text = (f"Shifted test sets ({', '.join(config.eval_shifts)}): top-1 (%), mean over "
+                  f"tasks\n\n{shift_table}")
+    markdown += f"\n\n{shift_text}"
+    log(f"\n{shift_text}")
+  _write_tables(workdir, results, markdown, rows)
+  if len(results) > 1 and jax.process_index() == 0:
+    plots.comparison(report.cells_from_results(results), os.path.join(workdir, "comparison.png"),
+                     f"{subset} top-1 (%)", tasks_lib.short_name)
+  if len(results) == 1:
+    log(f"\n{_accuracy_line(results[0])}. Run folder: {workdir} (report: {report_path}).")
+  else:
+    log(f"\nTotal wall time {time.time() - started:.0f}s; tables in {workdir}/results.md and "
+        f"results.csv, figure {workdir}/comparison.png, each run in {workdir}/<task>/<method>/.")
 
 
 if __name__ == "__main__":

@@ -40,17 +40,20 @@ def _color(method):
 
 def loss_curves(sweep_dir: str, out_path: str, setting: str = "vtab1k",
                 methods=("full", PROMPT_METHOD)) -> bool:
-  """Per task, train and test loss per epoch of each method's seed-0 final run (over-fitting).
+  """Per task, train and test loss per epoch of each method's first final run (its smallest
+  seed: seed42 under the paper's seeds) that logged them (over-fitting).
 
   Needs runs made with eval_every_epochs > 0; returns False (and draws nothing) without them.
   """
   curves = {}
+  seed = lambda workdir: int(re.sub(r"\D", "", os.path.basename(workdir)) or 0)
   for method in methods:
-    for workdir in glob.glob(os.path.join(sweep_dir, setting, "*", method, "final", "seed0")):
-      rows = [r for r in metrics.read(workdir) if "eval_loss" in r]
-      if rows:
-        task = workdir.split(os.sep)[-4]
-        curves.setdefault(task, {})[method] = rows
+    for group in glob.glob(os.path.join(sweep_dir, setting, "*", method)):
+      for workdir in sorted(glob.glob(os.path.join(group, "final", "seed*")), key=seed):
+        rows = [r for r in metrics.read(workdir) if "eval_loss" in r]
+        if rows:
+          curves.setdefault(os.path.basename(os.path.dirname(group)), {})[method] = rows
+          break
   tasks = sorted(curves)
   if not tasks:
     return False
@@ -255,3 +258,89 @@ def imagenet_wise(curves: dict, out_path: str) -> bool:
   ax.set_title("WiSE-FT, a = 0 (circle) .. 1")
   ax.legend(fontsize=6)
   return _save(fig, out_path, 120)
+
+
+# --- One run's figures (launch/main.py writes them into the run folder) --------------------------
+
+def confusion(matrix: np.ndarray, class_names, out_path: str, title: str) -> np.ndarray:
+  """The confusion matrix (rows: true class, columns: predicted), each row as a fraction of its
+  class, class names on both axes (every name up to 40 classes, then every n-th); returns the
+  fractions drawn."""
+  counts = np.asarray(matrix, np.float64)
+  drawn = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+  n = len(drawn)
+  size = min(3 + 0.28 * n, 16)
+  fig, ax = plt.subplots(figsize=(size + 1.2, size))
+  image = ax.imshow(drawn, cmap="Blues", vmin=0, vmax=1)
+  ticks = np.arange(0, n, max(1, -(-n // 40)))
+  ax.set_xticks(ticks, [class_names[i] for i in ticks], rotation=90, fontsize=7)
+  ax.set_yticks(ticks, [class_names[i] for i in ticks], fontsize=7)
+  if n <= 15:  # Small matrices carry their counts.
+    for (row, column), count in np.ndenumerate(counts):
+      ax.text(column, row, f"{int(count)}", ha="center", va="center", fontsize=7,
+              color="white" if drawn[row, column] > 0.5 else "black")
+  ax.set_xlabel("predicted")
+  ax.set_ylabel("true")
+  ax.set_title(title, fontsize=9)
+  fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the true class")
+  _save(fig, out_path, 110)
+  return drawn
+
+
+def training_curves(rows: list[dict], out_path: str, title: str) -> dict:
+  """Loss, accuracy and learning rate per epoch of one run's metrics rows (the running training
+  values of every epoch; train and held-out evaluations where they were logged); returns the
+  series drawn, by name."""
+  series = {}
+  epochs = [r["epoch"] for r in rows]
+  fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+  panels = ((axes[0], "loss", ("train_loss_running", "train_loss", "eval_loss")),
+            (axes[1], "accuracy (%)", ("train_accuracy_running", "train_accuracy", "eval_accuracy")),
+            (axes[2], "learning rate", ("learning_rate",)))
+  for ax, label, keys in panels:
+    for key in keys:
+      points = [(r["epoch"], r[key]) for r in rows if key in r]
+      if not points:
+        continue
+      x, y = zip(*points)
+      y = [100 * v for v in y] if "accuracy" in key else list(y)
+      series[key] = (list(x), y)
+      ax.plot(x, y, "-o" if len(points) < 30 else "-", markersize=3,
+              label=key.replace("_running", " (running)").replace("_", " "))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(label)
+    ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+    if len(keys) > 1:
+      ax.legend(fontsize=7)
+  fig.suptitle(title, fontsize=10)
+  _save(fig, out_path, 110)
+  return series
+
+
+def comparison(cells: dict, out_path: str, title: str, task_label=lambda t: t) -> dict:
+  """One bar per (task, method) of a multi-run command: accuracy (mean, with the seeds' range
+  where there are several), tasks side by side; returns {(task, method): height drawn}."""
+  tasks = sorted({t for t, _ in cells}, key=list(tasks_lib.TASKS).index
+                 if all(t in tasks_lib.TASKS for t, _ in cells) else str)
+  run_methods = list(dict.fromkeys(m for _, m in cells))
+  width = 0.8 / len(run_methods)
+  fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(tasks) * max(1, len(run_methods) / 2)), 3.6))
+  drawn = {}
+  for j, method in enumerate(run_methods):
+    x = [i + (j - (len(run_methods) - 1) / 2) * width for i, t in enumerate(tasks)
+         if (t, method) in cells]
+    present = [t for t in tasks if (t, method) in cells]
+    heights = [cells[(t, method)].mean for t in present]
+    spread = [cells[(t, method)].std for t in present]
+    bars = ax.bar(x, heights, width, yerr=spread if any(spread) else None, color=_color(method),
+                  label=method)
+    ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    drawn.update({(t, method): h for t, h in zip(present, heights)})
+  ax.set_xticks(range(len(tasks)), [task_label(t) for t in tasks], rotation=30 if len(tasks) > 4
+                else 0, fontsize=8)
+  ax.set_ylabel("top-1 accuracy (%)")
+  ax.set_ylim(0, 100)
+  ax.set_title(title, fontsize=10)
+  ax.legend(fontsize=8)
+  _save(fig, out_path, 110)
+  return drawn

@@ -41,10 +41,23 @@ class Cell:
     return float(np.std(self.accuracies))
 
 
+MAIN_SETTING = "runs"  # The setting of launch/main.py's runs (<dir>/<task>/<method>/).
+
+
+def setting_of(sweep_dir: str, workdir: str) -> str:
+  """A counted run's setting: a sweep's <setting>/<task>/<method>/final/seed<N>, or the runs of
+  a launch/main.py multi-run command."""
+  parts = os.path.relpath(workdir, sweep_dir).split(os.sep)
+  return parts[0] if len(parts) == 5 else MAIN_SETTING
+
+
 def final_dirs(sweep_dir: str) -> tuple[list[str], list[str]]:
   """(final run dirs of the sweep's current configuration, final dirs outside it): a group's
-  sweep.json lists its current finals; a group without one counts all of them."""
-  current, outside = [], []
+  sweep.json lists its current finals; a group without one counts all of them. A launch/main.py
+  multi-run folder (<dir>/<task>/<method>/config.json) counts each of its runs."""
+  current = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(sweep_dir, "*", "*",
+                                                                       "config.json")))
+  outside = []
   for group in sorted(glob.glob(os.path.join(sweep_dir, "*", "*", "*"))):
     dirs = sorted(glob.glob(os.path.join(group, "final", "seed*")))
     manifest = os.path.join(group, "sweep.json")
@@ -73,10 +86,10 @@ def collect(sweep_dir: str):
       result = None  # Listed among the damaged files by write(); rerunning the sweep redoes it.
     if result is None:
       continue
-    setting = os.path.relpath(path, sweep_dir).split(os.sep)[0]
+    setting = setting_of(sweep_dir, workdir)
     key = (result["task"], result["method"])
     cell = cells[setting].setdefault(key, Cell([], result["tuned_percent"]))
-    cell.add(result)
+    cell.add(result, "test_accuracy" if "test_accuracy" in result else "val_accuracy")
     cell.backbones.add(_backbone(workdir))
   failed = sorted(os.path.relpath(os.path.dirname(p), sweep_dir) for p in glob.glob(
       os.path.join(sweep_dir, "*", "*", "*", "*", "*", "failed.json")))
@@ -156,7 +169,7 @@ def summary(cells: dict) -> dict:
     means = {task: cells[(task, method)].mean for task in tasks if (task, method) in cells}
     groups = {}
     for group in tasks_lib.GROUPS:
-      members = [t for t in suite if tasks_lib.get(t).group == group]
+      members = [t for t in suite if _group(t) == group]
       groups[group] = _average([means[t] for t in members if t in means], len(members))
     present = [g for g in groups.values() if g.expected]
     complete = [g for g in present if g.present == g.expected]
@@ -170,6 +183,11 @@ def summary(cells: dict) -> dict:
                        wins=wins, compared=sum((t, BASELINE) in cells for t in means)
                        if method != BASELINE else 0, tuned_percent=float(np.mean(tuned)))
   return out
+
+
+def _group(task: str) -> str:
+  """A task's group without reading a custom folder (its record walks the folder)."""
+  return tasks_lib.CUSTOM if task.startswith(tasks_lib.FOLDER_PREFIX) else tasks_lib.get(task).group
 
 
 def _fmt(value, digits=1):
@@ -199,23 +217,29 @@ def tables(cells: dict, with_published: bool = False, with_chance: bool = False,
   methods = _ordered({m for _, m in cells}, ["linear", "full", "vpt_shallow", "vpt_deep", "mixed",
                                              "ft_then_pt", "lp_ft"])
   stats = summary(cells)
-  header = ["method", *tasks, "Natural", "Specialized", "Structured", "Mean", "Mean (tasks)",
+  # VTAB's group columns only where a task has a VTAB group (not for FGVC or a custom folder);
+  # the mean over tasks only where there are several.
+  groups = tasks_lib.GROUPS if any(_group(t) in tasks_lib.GROUPS for t in tasks) else ()
+  means = (["Mean"] if groups else []) + (["Mean (tasks)"] if groups or len(tasks) > 1 else [])
+  labels = [tasks_lib.short_name(t) for t in tasks]
+  header = ["method", *labels, *(g.capitalize() for g in groups), *means,
             "Wins vs FT", "Tuned/Total %", "Time (s)"]
   markdown = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   rows = []
   for method in methods:
     s = stats[method]
     per_task = [_cell_text(cells[(t, method)]) if (t, method) in cells else "—" for t in tasks]
-    wins = f"{s['wins']}/{s['compared']}" if method != BASELINE else "—"
+    wins = f"{s['wins']}/{s['compared']}" if method != BASELINE and s["compared"] else "—"
     wall = sum(cells[(t, method)].wall_seconds for t in tasks if (t, method) in cells)
-    line = [method, *per_task, *(str(s["groups"][g]) for g in tasks_lib.GROUPS),
-            str(s["mean"]), str(s["task_mean"]), wins, _fmt(s["tuned_percent"], 2),
-            f"{wall:.0f}"]
+    mean_cells = ([str(s["mean"])] if groups else []) + (
+        [str(s["task_mean"])] if "Mean (tasks)" in means else [])
+    line = [method, *per_task, *(str(s["groups"][g]) for g in groups), *mean_cells, wins,
+            _fmt(s["tuned_percent"], 2), f"{wall:.0f}"]
     markdown.append("| " + " | ".join(line) + " |")
-    rows.append({"method": method, **{t: cells[(t, method)].mean if (t, method) in cells else None
-                                      for t in tasks},
-                 **{f"{t}_std": cells[(t, method)].std if (t, method) in cells else None
-                    for t in tasks},
+    rows.append({"method": method, **{tasks_lib.short_name(t): cells[(t, method)].mean
+                                      if (t, method) in cells else None for t in tasks},
+                 **{f"{tasks_lib.short_name(t)}_std": cells[(t, method)].std
+                    if (t, method) in cells else None for t in tasks},
                  **{g: s["groups"][g].value for g in tasks_lib.GROUPS},
                  **{f"{g}_tasks": s["groups"][g].present for g in tasks_lib.GROUPS},
                  "mean": s["mean"].value, "mean_complete": s["mean"].present == s["mean"].expected,
@@ -246,9 +270,9 @@ def tables(cells: dict, with_published: bool = False, with_chance: bool = False,
       label = row.source.split(",")[0]
       line = [f"{row.method} ({label})",
               *(_fmt(numbers.get(t)) + ("?" if t in row.uncertain else "") for t in tasks),
-              *(str(paper["groups"][g]) + ("?" if g in row.uncertain else "")
-                for g in tasks_lib.GROUPS), str(paper["mean"]),
-              str(paper["task_mean"])]
+              *(str(paper["groups"][g]) + ("?" if g in row.uncertain else "") for g in groups),
+              *([str(paper["mean"])] if groups else []),
+              *([str(paper["task_mean"])] if "Mean (tasks)" in means else [])]
       line += [""] * (len(header) - len(line))
       markdown.append("| " + " | ".join(line) + " |")
       notes += [f"? {row.method} ({label}) {t}: {why}" for t, why in row.uncertain.items()
@@ -359,6 +383,15 @@ def selections_markdown(sweep_dir: str) -> str:
           + "\n".join(rows))
 
 
+def csv_text(rows: list[dict]) -> str:
+  """A table's rows as CSV, the union of their fields as columns."""
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
+  writer.writeheader()
+  writer.writerows(rows)
+  return buffer.getvalue()
+
+
 def write(sweep_dir: str, out_dir: str, with_published: bool = False,
           ensembles: tuple = ()) -> str:
   """Writes report.md and one CSV per setting; returns the Markdown. `ensembles`: method sets
@@ -372,20 +405,15 @@ def write(sweep_dir: str, out_dir: str, with_published: bool = False,
     else:
       markdown, rows = tables(cells[setting], with_published, setting=setting)
     seeds = sorted({len(c.accuracies) for c in cells[setting].values()})
-    parts.append(f"\n## {setting}: test top-1 (%), mean ± std (population, ddof 0) over "
+    subset = "test" if setting != MAIN_SETTING else "evaluation-split"
+    parts.append(f"\n## {setting}: {subset} top-1 (%), mean ± std (population, ddof 0) over "
                  f"{'/'.join(map(str, seeds))} seeds\n\n{markdown}")
-    buffer = io.StringIO()
-    fields = list(dict.fromkeys(k for row in rows for k in row))
-    writer = csv.DictWriter(buffer, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    files.write_text(os.path.join(out_dir, f"{setting}.csv"), buffer.getvalue())
+    files.write_text(os.path.join(out_dir, f"{setting}.csv"), csv_text(rows))
   if not cells:
     parts.append("\nNo finished final runs yet.")
   current, _ = final_dirs(sweep_dir)
-  for setting in sorted({os.path.relpath(d, sweep_dir).split(os.sep)[0] for d in current}):
-    runs = predictions.load([d for d in current
-                             if os.path.relpath(d, sweep_dir).split(os.sep)[0] == setting])
+  for setting in sorted({setting_of(sweep_dir, d) for d in current}):
+    runs = predictions.load([d for d in current if setting_of(sweep_dir, d) == setting])
     if runs:
       parts.append(f"\n## {setting}: predictions (test logits of the final runs)\n\n"
                    + predictions.markdown(predictions.analyse(runs, list(ensembles))))

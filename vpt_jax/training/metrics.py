@@ -8,7 +8,9 @@ record, written at once. Where the tensorboard package is missing, only the JSON
 import json
 import logging
 import os
+import sys
 import time
+import types
 
 import jax
 
@@ -16,6 +18,9 @@ from vpt_jax.utils import files
 
 
 def _event_writer(directory: str):
+  # TensorBoard's writer would import TensorFlow (its banners, seconds of start-up) just for
+  # tf.io.gfile where TensorFlow is installed; this module tells it to use its own stub.
+  sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
   try:
     from tensorboard.compat.proto import event_pb2, summary_pb2
     from tensorboard.summary.writer.event_file_writer import EventFileWriter

@@ -29,6 +29,11 @@ _NOT_RUN_SETTINGS = ("sweep.",)  # The sweep's grid: which runs exist, not how o
 
 
 PREDICTIONS = "test_logits.npz"  # A final run's test logits (float16) and labels, in split order.
+VAL_PREDICTIONS = "val_logits.npz"  # A search run's, on its validation subset.
+
+
+def predictions_file(run: spec.RunSpec) -> str:
+  return PREDICTIONS if run.final_run else VAL_PREDICTIONS
 
 
 class Clock:
@@ -148,7 +153,7 @@ def finish(program: programs.Program, member: loop.Member, state: dict) -> tuple
   trainable = program.replicate(state["trainable"])
   final_params = paths.merge(trainable, member.frozen)
   evaluation = loop.evaluate(program, run.data, run.eval.batch_size, final_params,
-                             run.data.eval_subset, keep_logits=run.final_run)
+                             run.data.eval_subset, keep_logits=True)
   artifact = os.path.join(stage.workdir, artifacts.FILENAME)
   with timing.phase("write"):
     artifact_bytes = artifacts.save(artifact, trainable, {
@@ -156,8 +161,9 @@ def finish(program: programs.Program, member: loop.Member, state: dict) -> tuple
         "backbone": run.backbone.checkpoint, "model": stage.model_config,
         "model_fields": artifacts.model_fields_to_json(stage.method.model_fields),
     }) if jax.process_index() == 0 else 0
-    if run.final_run and jax.process_index() == 0:  # For ensembles and agreement (report.py).
-      files.write_npz(os.path.join(stage.workdir, PREDICTIONS), {
+    # Test logits for ensembles and agreement (report.py); every run's for its own report.
+    if jax.process_index() == 0:
+      files.write_npz(os.path.join(stage.workdir, predictions_file(run)), {
           "logits": evaluation["logits"], "labels": evaluation["labels"].astype(np.int32)})
   eval_name = "test" if run.final_run else "val"
   trained = methods.count_trained(trainable, program.groups)
@@ -181,8 +187,7 @@ def finish(program: programs.Program, member: loop.Member, state: dict) -> tuple
       # This attempt's time per phase (shared work, such as compiling, falls on the first run).
       "time_seconds": {k: round(v, 3) for k, v in timing.since(member.started).items()},
   }
-  if run.final_run:
-    result["predictions"] = PREDICTIONS
+  result["predictions"] = predictions_file(run)
   if "diverged" in state:
     result["diverged"] = state["diverged"]
   if "early_stop" in state:  # The best validation accuracy seen, which selection uses.
@@ -191,10 +196,14 @@ def finish(program: programs.Program, member: loop.Member, state: dict) -> tuple
   return result, final_params
 
 
-def _run_stage(run: spec.RunSpec, stage: spec.StageSpec, backbone, previous_params, mesh, log):
+def _run_stage(run: spec.RunSpec, stage: spec.StageSpec, backbone, previous_params, mesh, log,
+               started: dict):
+  """Trains and finishes one stage; `started`: the timing snapshot its phases count from (taken
+  before the backbone and the images were read, so their time counts as "data")."""
   images, labels = programs.train_arrays(run.data, run.data.train_subset, mesh)
   program, member, state = create_train_state(run, stage, backbone, previous_params, mesh,
                                               len(images), log)
+  member.started = started
   if stage.method.trains:  # zero_shot: evaluated as it starts.
     [state] = loop.fit(program, [member], [state], images, labels, log)
   return finish(program, member, state)
@@ -234,6 +243,8 @@ def train_and_evaluate(config, workdir: str, log=print) -> dict:
   run = spec.resolve_run(config, workdir)  # Validates: nothing is written for a config it refuses.
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ValueError(f"--workdir {workdir} is a file, not a directory: choose another workdir.")
+  if not os.path.exists(os.path.join(workdir, "result.json")):
+    check_inputs(run)
   lock = files.RunLock(workdir) if jax.process_index() == 0 else None
   if lock:
     lock.acquire()  # One owner at a time; the OS drops the lock if this process dies.
@@ -244,6 +255,13 @@ def train_and_evaluate(config, workdir: str, log=print) -> dict:
       lock.release()
 
 
+def check_inputs(run: spec.RunSpec) -> None:
+  """What can refuse a run before it trains, done before its workdir is made (a user error
+  leaves nothing behind): the data's checks and the backbone's checkpoint, read (and kept for
+  the run) now."""
+  programs.backbone(run)
+
+
 def _train_and_evaluate(run: spec.RunSpec, workdir: str, log) -> dict:
   claim_workdir(run.record, workdir, log)
   result_path = os.path.join(workdir, "result.json")
@@ -251,6 +269,7 @@ def _train_and_evaluate(run: spec.RunSpec, workdir: str, log) -> dict:
     log(f"{workdir} already holds a finished run; not retraining. Delete {result_path} to rerun.")
     return result
 
+  started = timing.snapshot()
   backbone = programs.backbone(run)
   mesh = sharding.make_mesh()
   params, stage_results = None, []
@@ -266,7 +285,8 @@ def _train_and_evaluate(run: spec.RunSpec, workdir: str, log) -> dict:
       except files.DamagedFileError as e:  # Finish the stage again from its checkpoints.
         log(f"{e} Stage {index + 1} ({stage.method.name}) is finished again; its result moved "
             f"to {files.set_aside(stage_result_path, 'damaged')}.")
-    result, params = _run_stage(run, stage, backbone, params, mesh, log)
+    result, params = _run_stage(run, stage, backbone, params, mesh, log, started)
+    started = timing.snapshot()
     stage_results.append(result)
     if several and jax.process_index() == 0:
       files.write_json(stage_result_path, result)
@@ -299,10 +319,13 @@ def train_and_evaluate_packed(configs: list, workdirs: list[str], log=print) -> 
       return results
     mesh = sharding.make_mesh()
     first = runs[todo[0]]
+    started = timing.snapshot()
     backbone = programs.backbone(first)
     images, labels = programs.train_arrays(first.data, first.data.train_subset, mesh)
     built = [create_train_state(runs[i], runs[i].stages[0], backbone, None, mesh, len(images),
                                 log) for i in todo]
+    for _, member, _ in built:
+      member.started = started
     program = built[0][0]
     if any(p is not program for p, _, _ in built):
       raise ValueError("Packed runs must share one program (same method, recipe and shapes).")
