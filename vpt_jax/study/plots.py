@@ -39,11 +39,12 @@ def _color(method):
 
 
 def loss_curves(sweep_dir: str, out_path: str, setting: str = "vtab1k",
-                methods=("full", PROMPT_METHOD)) -> bool:
+                methods=("full", PROMPT_METHOD)) -> dict | bool:
   """Per task, train and test loss per epoch of each method's first final run (its smallest
   seed: seed42 under the paper's seeds) that logged them (over-fitting).
 
-  Needs runs made with eval_every_epochs > 0; returns False (and draws nothing) without them.
+  Needs runs made with eval_every_epochs > 0; returns the rows drawn {task: {method: rows}}, or
+  False (and draws nothing) without them.
   """
   curves = {}
   seed = lambda workdir: int(re.sub(r"\D", "", os.path.basename(workdir)) or 0)
@@ -70,7 +71,8 @@ def loss_curves(sweep_dir: str, out_path: str, setting: str = "vtab1k",
     ax.set_ylabel("cross-entropy")
     ax.legend(fontsize=7)
   fig.suptitle("Train (dashed) and test (solid) loss per epoch")
-  return _save(fig, out_path, 110)
+  _save(fig, out_path, 110)
+  return curves
 
 
 def data_scale(cells_by_setting: dict, out_path: str) -> bool:
