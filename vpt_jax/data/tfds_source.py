@@ -9,12 +9,17 @@ bilinear, align_corners=False, half_pixel_centers=False; KMnP/vpt src/data/datas
 the VPT code does not do: at most 0.5/255 per pixel in [0, 1] units (docs/vtab1k.md).
 """
 
+import contextlib
+import io
 import logging
 import os
 from typing import Iterator
 
 import numpy as np
-import tensorflow as tf
+
+from vpt_jax.utils import quiet
+
+tf = quiet.tensorflow()  # Before TFDS and the demo's builder, which import it too.
 import tensorflow_datasets as tfds
 
 from vpt_jax.data import demo  # noqa: F401  (registers the mini_vtab builder)
@@ -24,6 +29,9 @@ from vpt_jax.utils import files
 
 # TensorFlow only feeds the host pipeline; it must not take the accelerators' memory.
 tf.config.set_visible_devices([], "GPU")
+# TFDS warns that a dataset it is about to generate has no dataset_info.json yet: nothing a user
+# can act on.
+logging.getLogger("absl").addFilter(lambda record: "has no dataset_info.json" not in record.getMessage())
 
 
 def preparation_lock(data_dir: str, builder_name: str):
@@ -40,8 +48,10 @@ def builder(task: tasks_lib.Task, data_dir: str | None = None) -> tfds.core.Data
     with preparation_lock(data_dir, task.builder):
       result = tfds.builder(task.builder, data_dir=data_dir)  # Another process may have done it.
       if not result.is_prepared():
-        logging.info("Generating %s in %s (offline, once).", task.builder, data_dir)
-        result.download_and_prepare()
+        print(f"Generating {task.builder} in {data_dir} (offline, once)...", flush=True)
+        # TFDS's own size banner and progress bars (escape codes in a log) say nothing more.
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+          result.download_and_prepare()
   if not result.is_prepared():
     raise pipeline.DataNotPreparedError(
         f"Task {task.name} ({task.builder}) is not prepared in {data_dir}; prepare it with: "
