@@ -93,6 +93,13 @@ def get_config():
       # Many-shot tasks (cifar100-1k, resisc45-225, ...): a copy of OSU-MLB/PETL_Vision's
       # data/annotations, and which of the five search splits of the small sizes (unset: 0).
       split_dir=unset(str), split=unset(int),
+      # A custom folder (task=folder:<path>, vpt_jax/data/layouts.py) without a val split gets one
+      # carved from train: val_fraction of each class's images (of a single <class>/<image> tree,
+      # which also gives test_fraction of each class to test), stratified and seeded by
+      # split_seed (not config.seed: every seed of a sweep sees the same split). The carved lists
+      # are written into the run folder. evaluate_on="val": a folder without a test split; the
+      # final run trains on train and is scored on val.
+      val_fraction=0.2, test_fraction=0.2, split_seed=0, evaluate_on="test",
       train_subset=unset(str), eval_subset=unset(str)))  # None: as config.phase says.
 
   config.optim = ml_collections.ConfigDict(_optim_fields())

@@ -2,7 +2,9 @@
 
 `folder` reads VTAB-1k as NOAH's get_vtab1k.py writes it (and PETL_Vision reads it):
 <data_dir>/<task>/{train800,val200,train800val200,test}.txt, and custom folders (task=folder:
-<path>) with train.txt, val.txt and test.txt. `json_source` reads FGVC through the same decoding.
+<path>) in the layouts of vpt_jax/data/layouts.py. `json_source` reads FGVC through the same
+decoding. Shifted test copies (eval_shifts) are shifts.py's transforms of the decoded images,
+the same as the TFDS source makes of the same images (TensorFlow is imported for them only).
 
 Resizing, by data.resize, the same numbers as the TFDS source gives for the same decoded image:
   tf1_bilinear, bilinear  TensorFlow's ResizeBilinear kernel without and with half-pixel centres,
@@ -14,7 +16,7 @@ Resizing, by data.resize, the same numbers as the TFDS source gives for the same
                           bicubic) (data/dataset/cifar100.py, resisc.py); its sets are square.
   squash_bicubic          torchvision's Resize((R, R), bicubic) on a PIL image, aspect not kept
                           (PETL_Vision data/dataset/few_shot.py's ImageNet evaluation transform).
-No TensorFlow is imported here.
+No TensorFlow is imported here otherwise.
 """
 
 import concurrent.futures
@@ -25,7 +27,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from vpt_jax.data import lists, pipeline
+from vpt_jax.data import layouts, lists, pipeline, shifts
 from vpt_jax.data import tasks as tasks_lib
 
 _CHUNK = 256  # Images decoded at once (bounds the memory of a streamed split).
@@ -98,6 +100,8 @@ def decode(entry: lists.Entry) -> Image.Image:
 
 def entries(task: tasks_lib.Task, subset: str, data_dir: str | None) -> list[lists.Entry]:
   """The subset's images and labels, in list order."""
+  if task.group == tasks_lib.CUSTOM:
+    return layouts.entries(task, subset)
   folder = lists.txt_dir(task, data_dir)
   names = lists.list_files(task, lists.txt_formats(task), subset)
   for name in names:
@@ -110,7 +114,6 @@ def entries(task: tasks_lib.Task, subset: str, data_dir: str | None) -> list[lis
 
 
 _HOW = {None: " (write VTAB-1k's folders with NOAH's get_vtab1k.py, or use data.source=tfds).",
-        tasks_lib.CUSTOM: " (a custom folder holds train.txt, val.txt and test.txt).",
         tasks_lib.MANY_SHOT: " (RESISC45: config.data.split_dir is PETL_Vision's data/annotations;"
                              " CIFAR-100 from a folder: train.txt lists its 50,000 training "
                              "images in torchvision's order, test.txt the test set)."}
@@ -127,18 +130,22 @@ def decoded(items: list[lists.Entry], resolution: int, resize_method: str) -> It
         yield {"image": image, "label": np.int32(entry.label)}
 
 
-def _no_shift(shift: str | None) -> None:
-  if shift:
-    raise ValueError(f"Shifted test copies (eval_shifts={shift!r}) are made by data.source=tfds "
-                     "only.")
+def subsets(task: tasks_lib.Task):
+  """The subsets `prepare` checks: a custom folder's splits, else the task's list files'."""
+  return layouts.subsets(task) if task.group == tasks_lib.CUSTOM else lists.txt_formats(task)
+
+
+def _decodes(entry: lists.Entry) -> None:
+  """Decodes the whole image (a truncated file fails here, not mid-training) and keeps nothing."""
+  decode(entry)
 
 
 @dataclasses.dataclass(frozen=True)
 class ListReader:
   """The reader functions (vpt_jax/data/sources.py) of a source whose subsets are lists of image
   files: `entries(task, subset, data_dir)` reads and checks one subset's list, `subsets(task)`
-  names the subsets `prepare` checks, `content_version(task, data_dir)` hashes the lists. Images
-  are decoded and resized here; shifted test copies are TFDS's only."""
+  names the subsets `prepare` checks, `content_version(task, data_dir)` hashes the lists and
+  their images' sizes and mtimes. Images are decoded, resized and shifted here."""
   entries: Callable[[tasks_lib.Task, str, str | None], list[lists.Entry]]
   subsets: Callable[[tasks_lib.Task], Iterable[str]]
   content_version: Callable[[tasks_lib.Task, str | None], str]
@@ -153,10 +160,28 @@ class ListReader:
     self.prepare(task, data_dir)
     return self.content_version(task, data_dir)
 
+  def check(self, task: tasks_lib.Task, data_dir: str | None, subsets_used=(), log=print) -> str:
+    """Every check short of decoding (the lists, a custom folder's splits across each other and
+    the subsets the run uses); returns the data's version."""
+    self.prepare(task, data_dir)
+    if task.group == tasks_lib.CUSTOM:
+      layouts.check(task, subsets_used, log)
+    return self.content_version(task, data_dir)
+
+  def decode_all(self, task: tasks_lib.Task, data_dir: str | None) -> int:
+    """Decodes every image of every subset once (a few threads, as `decoded`): a corrupt,
+    truncated or missing one is a one-line BadDataError naming it. Returns the image count."""
+    unique = {entry.path: entry for subset in self.subsets(task)
+              for entry in self.entries(task, subset, data_dir)}
+    with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+      for _ in pool.map(_decodes, unique.values()):
+        pass
+    return len(unique)
+
   def examples(self, task: tasks_lib.Task, subset: str, resolution: int, data_dir: str | None,
                resize_method: str, shift: str | None = None) -> Iterator[dict]:
-    _no_shift(shift)
-    return decoded(self.entries(task, subset, data_dir), resolution, resize_method)
+    images = decoded(self.entries(task, subset, data_dir), resolution, resize_method)
+    return shifts.shifted_examples(images, shift, resolution) if shift else images
 
   def batches(self, task: tasks_lib.Task, subset: str, resolution: int, batch_size: int,
               data_dir: str | None, resize_method: str,
@@ -172,5 +197,6 @@ class ListReader:
       yield {"image": np.stack(images), "label": np.asarray(labels, np.int32)}
 
 
-READER = ListReader(entries, lists.txt_formats, lists.txt_version)
+READER = ListReader(entries, subsets, lists.txt_version)
 prepare, version, examples, batches = READER.prepare, READER.version, READER.examples, READER.batches
+check, decode_all = READER.check, READER.decode_all

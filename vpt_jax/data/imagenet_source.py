@@ -35,3 +35,4 @@ def entries(task: tasks_lib.Task, subset: str, data_dir: str | None) -> list[lis
 
 READER = folder_source.ListReader(entries, lists.imagenet_formats, lists.imagenet_version)
 prepare, version, examples, batches = READER.prepare, READER.version, READER.examples, READER.batches
+check, decode_all = READER.check, READER.decode_all

@@ -32,3 +32,4 @@ def entries(task: tasks_lib.Task, subset: str, data_dir: str | None) -> list[lis
 
 READER = folder_source.ListReader(entries, lambda task: ("train", "val", "test"), lists.json_version)
 prepare, version, examples, batches = READER.prepare, READER.version, READER.examples, READER.batches
+check, decode_all = READER.check, READER.decode_all

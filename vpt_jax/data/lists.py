@@ -4,12 +4,13 @@ TensorFlow free, so tasks and sources can read them at import-light cost).
 Two formats:
   txt   "relative/path label" lines (NOAH's get_vtab1k.py, PETL_Vision's ImageFilelist): VTAB-1k
         folders (train800.txt, val200.txt, train800val200.txt, test.txt) and custom folders
-        (train.txt, val.txt, test.txt).
+        (train.txt, val.txt, test.txt; their layouts and splits are vpt_jax/data/layouts.py's).
   json  {"relative/path": class_id, ...} (KMnP/vpt src/data/datasets/json_dataset.py): FGVC
         folders (train.json, val.json, test.json, train_<percentage>.json).
 
 Every defect is a `BadDataError` of one line naming the file and line: a malformed line, a label
 out of range, an image listed twice, an empty list, a missing image (found when it is decoded).
+A version (the array cache's key) hashes the lists and each listed image's size and mtime.
 """
 
 import dataclasses
@@ -35,8 +36,6 @@ class Entry:
 # The lists of each subset, by format; "trainval" is train followed by val.
 TXT_VTAB = {"train800": ("train800.txt",), "val200": ("val200.txt",),
             "train800val200": ("train800val200.txt",), "test": ("test.txt",)}
-TXT_CUSTOM = {"train": ("train.txt",), "val": ("val.txt",), "test": ("test.txt",),
-              "trainval": ("train.txt", "val.txt")}
 # Few-shot ImageNet and its shifted test sets: OSU-MLB/PETL_Vision's list files
 # (data/dataset/few_shot.py, data/annotations/<folder>/), "relative/path label" lines whose paths
 # start at its --data_path; -A's and -R's labels are positions in their 200 classes.
@@ -158,9 +157,32 @@ def read_json(path: str, root: str, ids: list, classes: int) -> list[Entry]:
   return entries
 
 
-def identity(directory: str, names) -> str:
-  """A content hash of the list files `names` in `directory` that exist (the array cache's
-  version: a changed list is a new version)."""
+def stat_into(digest, path: str) -> None:
+  """Adds an image's path, size and mtime (nanoseconds) to `digest`: a stat, no reading; a
+  missing image hashes as such (it is reported when decoded)."""
+  try:
+    stat = os.stat(path)
+    digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+  except OSError:
+    digest.update(f"{path}\0missing\n".encode())
+
+
+def listed_paths(path: str, root: str) -> list[str]:
+  """The images a list file names (absolute), read leniently: a malformed list is reported by
+  its reader, the version only needs what it names."""
+  if path.endswith(".json"):
+    try:
+      return [os.path.join(root, str(name)) for name, _, _ in read_json_pairs(path)[0]]
+    except BadDataError:
+      return []
+  with open(path) as f:
+    return [os.path.join(root, line.strip().rsplit(maxsplit=1)[0]) for line in f if line.strip()]
+
+
+def identity(directory: str, names, root: str | None = None) -> str:
+  """A hash of the list files `names` in `directory` that exist and of each image they name
+  (its size and mtime, under `root`; None: the lists alone): the array cache's version, so an
+  edited list or a rewritten image is a new version."""
   digest = hashlib.sha256()
   for name in sorted(set(names)):
     path = os.path.join(directory, name)
@@ -168,13 +190,15 @@ def identity(directory: str, names) -> str:
       digest.update(name.encode() + b"\0")
       with open(path, "rb") as f:
         digest.update(f.read())
+      for image in listed_paths(path, root) if root is not None else ():
+        stat_into(digest, image)
   return digest.hexdigest()[:16]
 
 
 def txt_formats(task: tasks_lib.Task) -> dict:
   if task.group == tasks_lib.MANY_SHOT:
     return TXT_MANY_SHOT
-  return TXT_CUSTOM if task.group == tasks_lib.CUSTOM else TXT_VTAB
+  return TXT_VTAB
 
 
 def txt_dir(task: tasks_lib.Task, data_dir: str | None) -> str:
@@ -205,29 +229,38 @@ def json_names(folder: str) -> set[str]:
       os.path.basename(p) for p in glob.glob(os.path.join(folder, "train_*.json"))}
 
 
-def _version(prefix: str, folder: str, names: set[str], needed) -> str | None:
+def _version(prefix: str, folder: str, names: set[str], needed, root: str) -> str | None:
   if not all(os.path.exists(os.path.join(folder, name)) for name in needed):
     return None
-  return f"{prefix}_{identity(folder, names)}"
+  return f"{prefix}_{identity(folder, names, root)}"
 
 
 def txt_version(task: tasks_lib.Task, data_dir: str | None) -> str | None:
-  """"folder_<hash of the lists>", or None when a list is missing (nothing is prepared)."""
+  """"folder_<hash of the lists and their images' sizes and mtimes>", or None when a list is
+  missing (nothing is prepared). A custom folder's is its resolved splits' (layouts.version)."""
+  if task.group == tasks_lib.CUSTOM:
+    from vpt_jax.data import layouts  # It reads lists; lists need it only here.
+    try:
+      return layouts.version(task)
+    except BadDataError:  # Reported, in one line, by the reader's prepare.
+      return None
   try:
-    folder = txt_dir(task, data_dir)
+    folder, root = txt_dir(task, data_dir), image_root(task, data_dir)
   except BadDataError:
     return None
   names = {name for names in txt_formats(task).values() for name in names}
-  return _version("folder", folder, names, names)
+  return _version("folder", folder, names, names, root)
 
 
 def json_version(task: tasks_lib.Task, data_dir: str | None) -> str | None:
-  """"json_<hash of the split files>", or None when train, val or test is missing."""
+  """"json_<hash of the split files and their images' sizes and mtimes>", or None when train,
+  val or test is missing."""
   try:
     folder = json_dir(task, data_dir)
   except BadDataError:
     return None
-  return _version("json", folder, json_names(folder), ("train.json", "val.json", "test.json"))
+  return _version("json", folder, json_names(folder), ("train.json", "val.json", "test.json"),
+                  os.path.join(folder, task.image_dir))
 
 
 def imagenet_formats(task: tasks_lib.Task) -> dict:
@@ -246,10 +279,11 @@ def imagenet_dirs(task: tasks_lib.Task, data_dir: str | None) -> tuple[str, str]
 
 
 def imagenet_version(task: tasks_lib.Task, data_dir: str | None) -> str | None:
-  """"imagenet_<hash of the list files>", or None when one is missing."""
+  """"imagenet_<hash of the list files and their images' sizes and mtimes>", or None when one
+  is missing."""
   try:
-    folder, _ = imagenet_dirs(task, data_dir)
+    folder, root = imagenet_dirs(task, data_dir)
   except BadDataError:
     return None
   names = {name for names in imagenet_formats(task).values() for name in names}
-  return _version("imagenet", folder, names, names)
+  return _version("imagenet", folder, names, names, root)

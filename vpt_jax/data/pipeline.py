@@ -55,12 +55,37 @@ def even_separate_indices(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
   return np.asarray(chosen, np.int64)
 
 
-def _cache_path(cache_dir: str | None, task: tasks_lib.Task, version: str, subset: str,
-                resolution: int, resize_method: str) -> str:
+def _task_cache_dir(cache_dir: str | None, task: tasks_lib.Task) -> str:
   # A custom folder's task name holds its path: one directory level, no separators.
   return os.path.join(cache_dir or files.cache_dir("arrays"),
-                      task.name.replace(os.sep, "_").replace(":", "_"),
+                      task.name.replace(os.sep, "_").replace(":", "_"))
+
+
+def _cache_path(cache_dir: str | None, task: tasks_lib.Task, version: str, subset: str,
+                resolution: int, resize_method: str) -> str:
+  return os.path.join(_task_cache_dir(cache_dir, task),
                       f"{version}_{subset}_{resolution}px_{resize_method}.npz")
+
+
+def check_data(task: tasks_lib.Task, source: str = "tfds", data_dir: str | None = None,
+               cache_dir: str | None = None, subsets=(), log=print) -> None:
+  """Refuses bad data before anything trains, in one line naming the file (lists.BadDataError):
+  the source's lists, a custom folder's layout and splits (vpt_jax/data/layouts.py; `subsets`,
+  the run's train and eval subsets, must exist) and every image decoded. The decoding is done
+  once per data version (lists, image sizes and mtimes, carving): a marker file in the array
+  cache remembers it. Nothing for TFDS, whose data were checked when prepared. `log` prints the
+  one notice line (skipped non-image files)."""
+  data_source = sources.get(source)
+  if not data_source.image_files:
+    return
+  reader = data_source.reader()
+  version = reader.check(task, data_dir, tuple(subsets), log)
+  marker = os.path.join(_task_cache_dir(cache_dir, task), f"{version}_decoded")
+  if os.path.exists(marker):
+    return
+  started = time.time()
+  count = reader.decode_all(task, data_dir)
+  files.write_text(marker, f"{count} images decoded in {time.time() - started:.1f}s\n")
 
 
 def _read_cache(path: str) -> tuple[np.ndarray, np.ndarray] | None:

@@ -4,8 +4,10 @@ A shift is named "<corruption>:<severity>" (severity 1-5), e.g. "gaussian_noise:
 each test image after decoding and resizing (uint8 at the model resolution), inside the same
 tf.data pipeline as the clean split, so a shifted split is the clean one with only the corruption
 added. Randomness (the noise) comes from a stateless generator keyed by (seed, example index):
-the same shifted copy on every machine, run and batch size. TensorFlow is imported by the
-functions that build the corruption, so naming and checking shifts needs none.
+the same shifted copy on every machine, run and batch size. The image-folder sources shift their
+PIL-decoded images through the same tf.data map (`shifted_examples`), so a folder's shifted copy
+equals the TFDS source's for the same decoded images. TensorFlow is imported by the functions
+that build the corruption, so naming and checking shifts needs none.
 
 Severities follow ImageNet-C (Hendrycks & Dietterich 2019, its corruption code's constants),
 with the blur's sigma scaled from 224 px to the model resolution.
@@ -75,3 +77,27 @@ def corrupt_fn(shift: str, resolution: int, seed: int = 0):
       x = (x - mean) * value + mean
     return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 1.0) * 255.0), tf.uint8)
   return corrupt
+
+
+def shifted(ds, shift: str, resolution: int, seed: int = 0):
+  """A tf.data dataset of {"image": uint8, ...} examples with each image corrupted, keyed by its
+  position in the dataset (deterministic)."""
+  import tensorflow as tf
+  corrupt = corrupt_fn(shift, resolution, seed)
+  return ds.enumerate().map(lambda i, ex: {**ex, "image": corrupt(i, ex["image"])},
+                            num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def shifted_examples(examples, shift: str, resolution: int):
+  """{"image": (R, R, 3) uint8, "label": int32} examples decoded elsewhere (the image-folder
+  sources), shifted by the same tf.data map as the TFDS source's; TensorFlow on the host only."""
+  from vpt_jax.utils import quiet
+  tf = quiet.tensorflow()
+  try:
+    tf.config.set_visible_devices([], "GPU")  # It must not take the accelerators' memory.
+  except RuntimeError:  # Already initialised (by the TFDS source, which did the same).
+    pass
+  spec = {"image": tf.TensorSpec((resolution, resolution, 3), tf.uint8),
+          "label": tf.TensorSpec((), tf.int32)}
+  ds = tf.data.Dataset.from_generator(lambda: examples, output_signature=spec)
+  return shifted(ds, shift, resolution).as_numpy_iterator()

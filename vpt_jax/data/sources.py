@@ -10,7 +10,10 @@ A reader module has
   examples(task, subset, resolution, data_dir, resize, shift=None) -> iterator of
       {"image": (R, R, 3) uint8, "label": int32}, in the subset's order;
   batches(task, subset, resolution, batch_size, data_dir, resize, shift=None) -> iterator of
-      such dicts batched (the last one short).
+      such dicts batched (the last one short);
+and, a source of image files (Source.image_files), for `pipeline.check_data`:
+  check(task, data_dir, subsets, log) -> str   every check short of decoding; the version;
+  decode_all(task, data_dir) -> int            decodes every image once (one-line errors).
 """
 
 import dataclasses
@@ -34,6 +37,9 @@ class Source:
   # Whether the reader's `prepare` reports missing data itself (its libraries print nothing);
   # else the pipeline's one-line error with the TFDS preparation command is raised before it loads.
   reports_missing: bool = False
+  # Whether its data are image files that `pipeline.check_data` checks and decodes before a run
+  # (its reader has `check` and `decode_all`); TFDS's were checked when they were prepared.
+  image_files: bool = False
 
   def reader(self):
     try:
@@ -73,15 +79,16 @@ register(Source("tfds", "TensorFlow Datasets builders (VTAB-1k's, the demo's min
 
 
 register(Source("folder", "image folders with split lists: VTAB-1k as NOAH's get_vtab1k.py writes it "
-                "(<data_dir>/<task>/train800.txt ...), custom datasets (task=folder:<path>)",
-                "vpt_jax.data.folder_source", lists.txt_version, reports_missing=True))
+                "(<data_dir>/<task>/train800.txt ...), custom datasets (task=folder:<path>: list "
+                "files, JSON lists, class subfolders or one class tree)",
+                "vpt_jax.data.folder_source", lists.txt_version, reports_missing=True, image_files=True))
 register(Source("json", "FGVC as KMnP/vpt reads it: a dataset folder with train.json, val.json, "
                 "test.json (image path -> class id)", "vpt_jax.data.json_source",
-                lists.json_version, reports_missing=True))
+                lists.json_version, reports_missing=True, image_files=True))
 register(Source("imagenet", "few-shot ImageNet and ImageNet-V2/-Sketch/-A/-R as OSU-MLB/PETL_Vision "
                 "reads them: its list files in <data_dir>/annotations/<set>/, images under "
                 "data_dir", "vpt_jax.data.imagenet_source", lists.imagenet_version,
-                reports_missing=True))
+                reports_missing=True, image_files=True))
 
 
 def get(name: str) -> Source:

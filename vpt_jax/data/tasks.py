@@ -40,6 +40,16 @@ class Region:
 
 
 @dataclasses.dataclass(frozen=True)
+class SplitSettings:
+  """How a custom folder's missing splits are carved and what its final run is scored on
+  (config.data.val_fraction, test_fraction, split_seed, evaluate_on; vpt_jax/data/layouts.py)."""
+  val_fraction: float = 0.2  # Of each class's training images (of a tree's images), to val.
+  test_fraction: float = 0.2  # Of each class's images of a single tree, to test.
+  seed: int = 0
+  evaluate_on: str = "test"  # "val": the final run trains on train and is scored on val.
+
+
+@dataclasses.dataclass(frozen=True)
 class Task:
   name: str
   builder: str  # TFDS name with the version VTAB pins, e.g. "cifar100:3.*.*".
@@ -68,6 +78,10 @@ class Task:
   # the model's outputs at these indices, in this order, are the logits of labels 0, 1, ...;
   # the others are excluded before the argmax (evaluation only).
   class_subset: tuple[int, ...] | None = None
+  # A custom folder's layout (vpt_jax/data/layouts.py: lists, json, class_folders, tree) and how
+  # its missing splits are carved (set on the run's copy of the record).
+  layout: str | None = None
+  splits: SplitSettings = SplitSettings()
 
   @property
   def short_name(self) -> str:
@@ -259,29 +273,18 @@ MANY_SHOT_TASKS = tuple(name for name, task in TASKS.items() if task.group == MA
 
 
 def folder_task(path: str) -> Task:
-  """A custom dataset: a folder with train.txt, val.txt and test.txt ("relative/path label"
-  lines) and its class count in classes.txt (one number, or one class name a line, in label
-  order: the task's class names, for CLIP's zero-shot head), else the largest label + 1."""
-  from vpt_jax.data import lists  # It reads task records; they do not need it.
+  """A custom dataset in one of the layouts of vpt_jax/data/layouts.py (list files, JSON lists,
+  class subfolders with or without val/ and test/, a single class tree), its class count and
+  names read without walking its images; the splits' carving settings are the defaults here
+  (`with_data_settings` sets a run's)."""
+  from vpt_jax.data import layouts  # It reads task records; they do not need it.
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.isdir(path):
     raise ValueError(f"task={FOLDER_PREFIX}{path}: no such folder.")
-  classes_file = os.path.join(path, "classes.txt")
-  if os.path.exists(classes_file):
-    with open(classes_file) as f:
-      lines = [line.strip() for line in f if line.strip()]
-    count_only = len(lines) == 1 and lines[0].isdigit()
-    classes, names = (int(lines[0]), None) if count_only else (len(lines), tuple(lines))
-  else:
-    labels = [entry.label for name in ("train.txt", "val.txt", "test.txt")
-              if os.path.exists(os.path.join(path, name))
-              for entry in lists.read_txt(os.path.join(path, name), path, None)]
-    if not labels:
-      raise ValueError(f"task={FOLDER_PREFIX}{path}: the folder has no train.txt, val.txt or "
-                       "test.txt.")
-    classes, names = max(labels) + 1, None
+  layout = layouts.detect(path)
+  classes, names = layouts.classes(path, layout)
   return Task(FOLDER_PREFIX + path, path, classes, CUSTOM, Region("train"), Region("val"), "test",
-              sources=("folder",), folder=path, class_names=names)
+              sources=("folder",), folder=path, class_names=names, layout=layout)
 
 
 def short_name(name: str) -> str:
@@ -305,6 +308,38 @@ def with_split_dir(task: Task, split_dir: str | None) -> Task:
   """A many-shot task's record with the folder of PETL_Vision's split files (config.data.
   split_dir); any other task as it is."""
   return dataclasses.replace(task, split_dir=split_dir) if task.group == MANY_SHOT else task
+
+
+EVALUATE_ON = ("test", "val")
+
+
+def with_data_settings(task: Task, data) -> Task:
+  """A custom folder's record with config.data's split settings (val_fraction, test_fraction,
+  split_seed, evaluate_on; unset ones keep SplitSettings' defaults); any other task as it is,
+  after refusing settings only custom folders have."""
+  defaults = SplitSettings()
+  settings = SplitSettings(
+      float(_or(data.get("val_fraction"), defaults.val_fraction)),
+      float(_or(data.get("test_fraction"), defaults.test_fraction)),
+      int(_or(data.get("split_seed"), defaults.seed)),
+      _or(data.get("evaluate_on"), defaults.evaluate_on))
+  if settings.evaluate_on not in EVALUATE_ON:
+    raise ValueError(f"data.evaluate_on={settings.evaluate_on!r} must be 'test' or 'val' (a "
+                     "folder without a test split).")
+  if task.group != CUSTOM:
+    if settings.evaluate_on != "test":
+      raise ValueError(f"data.evaluate_on=val is for custom folders (task={FOLDER_PREFIX}<path>);"
+                       f" {task.name} has its own test split.")
+    return task
+  if not (0 < settings.val_fraction < 1 and 0 <= settings.test_fraction < 1
+          and settings.val_fraction + settings.test_fraction < 1):
+    raise ValueError(f"data.val_fraction={settings.val_fraction} and data.test_fraction="
+                     f"{settings.test_fraction} must be in (0, 1) and [0, 1), with a sum below 1.")
+  return dataclasses.replace(task, splits=settings)
+
+
+def _or(value, default):
+  return default if value is None else value
 
 
 def by_group(group: str) -> tuple[str, ...]:
@@ -369,7 +404,7 @@ def phase_subsets(task: Task, phase: str, split: int | None = None) -> tuple[str
   """(train, eval) subsets of a phase: VTAB-1k's train800 -> val200 and train800val200 -> test;
   FGVC's train -> val and train -> test (KMnP/vpt train.py get_loaders trains FGVC on train.json
   alone), few-shot ImageNet's likewise (PETL_Vision experiment/run.py final_run); a custom
-  folder's train -> val and train + val -> test."""
+  folder's train -> val and train + val -> test (train -> val with data.evaluate_on=val)."""
   if phase not in ("final", "search"):
     raise ValueError(f"phase={phase!r} must be 'final' or 'search'.")
   if task.group == MANY_SHOT:  # PETL_Vision's trainval_combined -> test, trainval_split.
@@ -377,8 +412,9 @@ def phase_subsets(task: Task, phase: str, split: int | None = None) -> tuple[str
     return many_shot.phase_subsets(task, phase, split)
   if task.group in (FGVC, IMAGENET):  # PETL_Vision's final run also trains on train alone.
     return ("train", "test") if phase == "final" else ("train", "val")
-  if task.group == CUSTOM:
-    return ("trainval", "test") if phase == "final" else ("train", "val")
+  if task.group == CUSTOM:  # evaluate_on="val": a folder without test data, scored on val.
+    final = ("train", "val") if task.splits.evaluate_on == "val" else ("trainval", "test")
+    return final if phase == "final" else ("train", "val")
   return ("train800val200", "test") if phase == "final" else ("train800", "val200")
 
 

@@ -96,11 +96,8 @@ def _dataset(dataset_builder, split: str, task, resolution: int, resize_method: 
              shift: str | None = None):
   ds = dataset_builder.as_dataset(split=split, shuffle_files=False)
   ds = ds.map(preprocess_fn(task, resolution, resize_method), num_parallel_calls=tf.data.AUTOTUNE)
-  if shift:  # The same images, corrupted: keyed by their position, so deterministic.
-    corrupt = shifts.corrupt_fn(shift, resolution)
-    ds = ds.enumerate().map(lambda i, ex: {**ex, "image": corrupt(i, ex["image"])},
-                            num_parallel_calls=tf.data.AUTOTUNE)
-  return ds
+  # The same images, corrupted: keyed by their position, so deterministic.
+  return shifts.shifted(ds, shift, resolution) if shift else ds
 
 
 def prepare(task: tasks_lib.Task, data_dir: str | None) -> None:

@@ -202,8 +202,10 @@ def _stages(config, dtype, num_classes: int, workdir: str) -> tuple[StageSpec, .
 
 def from_resolved(config, workdir: str) -> RunSpec:
   """The spec of a config that `recipes.resolve` already filled."""
-  # A many-shot task with where PETL_Vision's split files are.
-  task = tasks_lib.with_split_dir(tasks_lib.get(config.task), config.data.get("split_dir"))
+  # A many-shot task with where PETL_Vision's split files are; a custom folder with how its
+  # missing splits are carved and what its final run is scored on.
+  task = tasks_lib.with_data_settings(
+      tasks_lib.with_split_dir(tasks_lib.get(config.task), config.data.get("split_dir")), config.data)
   dtype = _dtype(config.dtype)
   # VPT-or-FT's KITTI configs train a 196-way head on 4 classes (docs/protocol.md).
   head_classes = config.model.get("head_classes") or task.num_classes
