@@ -129,7 +129,7 @@ def setting_of(setting: str, task: str) -> str:
 
 
 def subsets(setting: str, phase: str, seed: int, kshot_per_seed: bool = False,
-            task: str | None = None, split: int | None = None) -> tuple[str, str]:
+            task: str | None = None, split: int | None = None, data=None) -> tuple[str, str]:
   """(train subset, eval subset) of a run.
 
   k-shot (ChengHan111/VPT-or-FT DATA.EVEN_SEPARETE, src/data/datasets/tf_dataset.py): the search
@@ -141,7 +141,10 @@ def subsets(setting: str, phase: str, seed: int, kshot_per_seed: bool = False,
   final = phase == "final"
   # FGVC and few-shot ImageNet: train -> val, train -> test.
   if setting in (tasks_lib.FGVC, tasks_lib.CUSTOM, tasks_lib.IMAGENET):
-    return tasks_lib.phase_subsets(tasks_lib.get(task), phase)
+    # A custom folder's split settings (config.data, e.g. evaluate_on) decide its subsets.
+    record = tasks_lib.get(task)
+    return tasks_lib.phase_subsets(tasks_lib.with_data_settings(record, data) if data is not None
+                                   else record, phase)
   if setting == tasks_lib.MANY_SHOT:  # PETL_Vision's split files (search split `split`).
     return tasks_lib.phase_subsets(tasks_lib.get(task), phase, split)
   if setting == "vtab1k":
@@ -333,7 +336,7 @@ class Planner:
       config_lib.set_path(config, field, value)
     config.data.train_subset, config.data.eval_subset = subsets(
         run.setting, run.phase, run.seed, self.config.sweep.kshot_per_seed, run.task,
-        config.data.get("split"))
+        config.data.get("split"), config.data)
     # A two-stage method's first stage trains with the setting this sweep selected for that
     # method on the same task, when there is one (else its recipe's default).
     for stage in methods.stage_names(run.method)[:-1]:

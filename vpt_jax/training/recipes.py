@@ -589,8 +589,9 @@ def resolve(config):
       name: _merge(_merge(settings["stage_model"][name], given["model"]),
                    stage_model.get(name, {}))
       for name in stages[:-1]}
-  train_subset, eval_subset = tasks_lib.phase_subsets(tasks_lib.get(tasks[0]), resolved["phase"],
-                                                      resolved["data"].get("split"))
+  train_subset, eval_subset = tasks_lib.phase_subsets(
+      tasks_lib.with_data_settings(tasks_lib.get(tasks[0]), resolved["data"]), resolved["phase"],
+      resolved["data"].get("split"))
   resolved["data"]["train_subset"] = resolved["data"]["train_subset"] or train_subset
   resolved["data"]["eval_subset"] = resolved["data"]["eval_subset"] or eval_subset
   validate(resolved, stages)
