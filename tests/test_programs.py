@@ -37,12 +37,15 @@ def test_a_grid_and_its_seeds_compile_the_train_step_once(fake_data_dir, tiny_ba
   programs._programs.clear()
   counts = sweep.run_protocol(str(tmp_path / "sweep"), planner, runner, log=quiet)
   assert counts["ran"] == 6  # 4 grid points, then 2 seeds.
-  # Two programs: the grid trains on train800, the seeds on train800val200 (other shapes).
-  assert len(programs._programs) == 2
-  for program in programs._programs.values():
-    assert program.train_step._cache_size() == 1
-  # Everything a run needs compiles with its program's first run; the others compile nothing.
+  # One program: the grid trains on the first 800 rows of the train800val200 array the seeds
+  # train on, so search and final runs share its train step and its evaluation step.
+  [program] = programs._programs.values()
+  assert program.train_step._cache_size() == 1
+  assert program.evaluator._step_logits._cache_size() == 1
+  # Everything a run needs compiles with the first run; the others compile nothing but the
+  # final runs' permutation of 1,000 (the search runs permute 800).
   assert compiles[0] > 0 and compiles[1:4] == [0, 0, 0] and compiles[5] == 0, compiles
+  assert compiles[4] == 1, compiles
 
 
 def test_the_persistent_compilation_cache(tmp_path):

@@ -440,25 +440,28 @@ def test_steps_match_the_pytorch_reference(name, fake_data_dir, tiny_backbone, t
   run = spec.from_resolved(config, str(tmp_path / "w"))
   [stage] = run.stages
   mesh = sharding.make_mesh()
-  images, labels = programs.train_arrays(run.data, run.data.train_subset, mesh)
+  training = programs.training_set(run.data, mesh)  # scale400_train: inside scale400_trainval.
+  images, labels, n = training.images, training.labels, training.examples
   setup, member, state = train.create_train_state(run, stage, programs.backbone(run), None, mesh,
-                                                  len(images), lambda *_: None)
+                                                  training, lambda *_: None)
+  extent = np.asarray([n, member.extent.steps_per_epoch], np.int32)
   initial = {k: np.asarray(v) for k, v in paths.flatten(jax.device_get(
       paths.merge(state["trainable"], member.frozen))).items()}
 
   # Our steps, epoch by epoch, as train.fit runs them; the same batches for the reference.
-  batch, n = stage.optim.batch_size, len(images)
-  host_images = np.asarray(device.normalize(images, config.data.normalization))
-  host_labels = np.asarray(labels)
+  batch = stage.optim.batch_size
+  # The run's own examples, in its order (the array may hold them inside scale400_trainval).
+  host_images = np.asarray(device.normalize(images, config.data.normalization))[training.host_rows]
+  host_labels = np.asarray(labels)[training.host_rows]
   trainable, opt_state = state["trainable"], state["opt_state"]
   ours, batches, step = [], [], 0
   for epoch in range(3):
-    permutation = device.epoch_permutation(member.rngs["data"], epoch, n)
-    order = np.asarray(permutation)
+    permutation = device.epoch_permutation(member.rngs["data"], epoch, n, training.capacity)
+    order = np.asarray(permutation)[:n]
     batches.append([])
-    for s in range(setup.steps_per_epoch):
+    for s in range(member.extent.steps_per_epoch):
       trainable, opt_state, out = setup.train_step(
-          trainable, opt_state, member.frozen, images, labels, permutation, step,
+          trainable, opt_state, member.frozen, images, labels, training.rows, permutation, extent, step,
           member.rngs["train"], member.rngs["flip"])
       ours.append(float(out["loss"][0]))  # A pack of one: metrics per member.
       chosen = order[s * batch:(s + 1) * batch]
@@ -472,7 +475,7 @@ def test_steps_match_the_pytorch_reference(name, fake_data_dir, tiny_backbone, t
                                         if method in ("vpt_deep", "mixed") else 0)
   theirs = torch_reference.train(reference, method, stage.optim.peak_lr, weight_decay, 3,
                                  1, batches)
-  assert len(ours) == len(theirs) == 3 * setup.steps_per_epoch
+  assert len(ours) == len(theirs) == 3 * member.extent.steps_per_epoch
   np.testing.assert_allclose(ours, theirs, rtol=2e-5, atol=2e-6)
   final = paths.flatten(jax.device_get(paths.merge(trainable, member.frozen)))
   expected = torch_reference.to_flax_names(reference)

@@ -177,8 +177,9 @@ def test_a_run_starts_from_the_side_checkpoint(monkeypatch, fake_data_dir, tiny_
     config_lib.set_path(config, key, value)
   run = spec.resolve_run(config, str(tmp_path / "run"))
   assert run.stages[0].optim.name == "sgd" and run.stages[0].optim.batch_size == 32
-  _, _, state = train.create_train_state(run, run.stages[0], programs.backbone(run), None,
-                                         sharding.make_mesh(), 64, lambda *_: None)
+  mesh = sharding.make_mesh()
+  _, _, state = train.create_train_state(run, run.stages[0], programs.backbone(run), None, mesh,
+                                         programs.training_set(run.data, mesh), lambda *_: None)
   expected = alexnet.convert(alexnet.read(path))
   for i in range(5):
     np.testing.assert_array_equal(state["trainable"]["side"][f"conv_{i}"]["kernel"],

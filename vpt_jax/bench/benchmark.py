@@ -186,8 +186,9 @@ def build(setting: Setting, data: tuple[np.ndarray, np.ndarray] | None = None):
   images, labels = (sharding.put_global(array, replicated) for array in data)
   permutation = sharding.put_global(np.arange(examples, dtype=np.int32), replicated)
   rng = jax.random.PRNGKey(1)
-  step_fn = train_steps.make_device_step(model, tx, mesh, steps_per_epoch, setting.batch,
-                                         recipe["normalization"])
+  step_fn = train_steps.make_device_step(model, tx, mesh, setting.batch, recipe["normalization"])
+  extent = sharding.put_global(np.asarray([examples, steps_per_epoch], np.int32), replicated)
+  rows = sharding.put_global(np.arange(examples, dtype=np.int32), replicated)
   if setting.pack > 1:
     stacked = lambda tree: jax.tree.map(lambda x: jnp.stack([x] * setting.pack), tree)
     trainable, opt_state = stacked(trainable), stacked(opt_state)
@@ -195,7 +196,7 @@ def build(setting: Setting, data: tuple[np.ndarray, np.ndarray] | None = None):
     state_shardings = (_stacked_shardings(trainable_sharding), _stacked_shardings(opt_sharding),
                        frozen_sharding)
   step_fn = train_steps.jit_step(step_fn, mesh, state_shardings, packed=setting.pack > 1)
-  args = [trainable, opt_state, frozen, images, labels, permutation, 0, rng, rng]
+  args = [trainable, opt_state, frozen, images, labels, rows, permutation, extent, 0, rng, rng]
   return step_fn, args, model
 
 
@@ -216,13 +217,13 @@ def time_steps(compiled, args: list, steps: int, rounds: int = 3) -> tuple[list[
   to back and waits once (blocking on every step would time the host's round trips, not the
   device). Returns (per-step seconds of each round, the last metrics)."""
   trainable, opt_state, *rest = args
-  frozen, images, labels, permutation, _, train_rng, flip_rng = rest
+  frozen, images, labels, rows, permutation, extent, _, train_rng, flip_rng = rest
   seconds, step, out = [], 0, None
   for _ in range(rounds):
     started = time.perf_counter()
     for _ in range(steps):
       trainable, opt_state, out = compiled(trainable, opt_state, frozen, images, labels,
-                                           permutation, step, train_rng, flip_rng)
+                                           rows, permutation, extent, step, train_rng, flip_rng)
       step += 1
     jax.block_until_ready(out["loss"])
     seconds.append((time.perf_counter() - started) / steps)

@@ -80,11 +80,11 @@ def train(setting: benchmark.Setting, steps: int, precision: str | None = None):
   with jax.default_matmul_precision(precision or "default"):
     step_fn, args, _ = benchmark.build(setting, learnable_data(4 * setting.batch,
                                                                setting.image_size))
-    trainable, opt_state, frozen, images, labels, permutation, _, rng, flip = args
+    trainable, opt_state, frozen, images, labels, rows, permutation, extent, _, rng, flip = args
     losses = []
     for step in range(steps):
       trainable, opt_state, out = step_fn(trainable, opt_state, frozen, images, labels,
-                                          permutation, step, rng, flip)
+                                          rows, permutation, extent, step, rng, flip)
       losses.append(out["loss"])
     return np.asarray(jax.device_get(jnp.stack(losses)), np.float64), jax.device_get(trainable)
 

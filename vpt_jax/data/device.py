@@ -42,21 +42,30 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   return -(-num_examples // batch_size)
 
 
-def epoch_permutation(rng, epoch, num_examples: int):
-  return jax.random.permutation(jax.random.fold_in(rng, epoch), num_examples)
+def epoch_permutation(rng, epoch, num_examples: int, capacity: int | None = None):
+  """The epoch's order of a set of `num_examples`, padded with zeros to `capacity` entries (the
+  rows of the array the set is held in)."""
+  order = jax.random.permutation(jax.random.fold_in(rng, epoch), num_examples)
+  return order if capacity is None else jnp.pad(order, (0, capacity - num_examples))
 
 
 def take_batch(images, labels, permutation, step_in_epoch, batch_size: int, flip_rng=None,
                crop_size: int | None = None, crop_rng=None, epoch=None, crop_flip: bool = False,
-               augment: str | None = None, vertical_flip: bool = False):
+               augment: str | None = None, vertical_flip: bool = False, num_examples=None,
+               rows=None):
   """The `step_in_epoch`-th batch of the permuted set, and a mask that is False on the padding
   of a short last batch (shapes stay fixed, so one compiled step serves); optional flips.
+  `num_examples` (a runtime value; None: the permutation's length): the set is the first that
+  many entries of `permutation`, the rest padding. `rows` (None: the identity): the row of
+  `images` that holds each example of the set (a search set held inside its final set).
   `crop_size`: every example is cropped to it, keyed by (`crop_rng`, `epoch`, the example's
   index in the set): by `augment` (AUGMENTATIONS; None is "random_crop"), then flipped
   horizontally with `crop_flip` and vertically with `vertical_flip`, each with probability 1/2."""
+  examples = permutation.shape[0] if num_examples is None else num_examples
   positions = step_in_epoch * batch_size + jnp.arange(batch_size)
-  indices = permutation[positions % permutation.shape[0]]
-  batch_images, batch_labels = images[indices], labels[indices]
+  indices = permutation[positions % examples]
+  held = indices if rows is None else rows[indices]
+  batch_images, batch_labels = images[held], labels[held]
   if crop_size is not None:
     keys = example_keys(crop_rng, epoch, indices)
     if augment == "random_resized_crop":
@@ -68,7 +77,7 @@ def take_batch(images, labels, permutation, step_in_epoch, batch_size: int, flip
   elif flip_rng is not None:
     flip = jax.random.bernoulli(flip_rng, 0.5, (batch_size, 1, 1, 1))
     batch_images = jnp.where(flip, batch_images[:, :, ::-1], batch_images)
-  return batch_images, batch_labels, positions < permutation.shape[0]
+  return batch_images, batch_labels, positions < examples
 
 
 # data.augment: how a training set held at data.crop_from px becomes data.resolution px.
@@ -154,11 +163,13 @@ def random_resized_crop(images, keys, size: int, horizontal_flip: bool, vertical
   return jax.vmap(one)(images, keys)
 
 
-def batch_keys(rng, epoch, permutation, step_in_epoch, batch_size: int, purpose: int):
+def batch_keys(rng, epoch, permutation, step_in_epoch, batch_size: int, purpose: int,
+               num_examples=None):
   """Per-example keys of `take_batch`'s batch for one more augmentation: (the run's key, the
   epoch, the example's index) folded with `purpose`, so the crop's keys stay as they were."""
   positions = step_in_epoch * batch_size + jnp.arange(batch_size)
-  keys = example_keys(rng, epoch, permutation[positions % permutation.shape[0]])
+  examples = permutation.shape[0] if num_examples is None else num_examples
+  keys = example_keys(rng, epoch, permutation[positions % examples])
   return jax.vmap(lambda key: jax.random.fold_in(key, purpose))(keys)
 
 

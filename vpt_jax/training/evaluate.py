@@ -60,15 +60,17 @@ class Evaluator:
       result.update(logits=np.concatenate(logits), labels=np.concatenate(labels))
     return result
 
-  def arrays(self, params, images, labels, batch_size: int, keep_logits: bool = False) -> dict:
+  def arrays(self, params, images, labels, batch_size: int, keep_logits: bool = False,
+             rows: np.ndarray | None = None) -> dict:
     """As `stream`, over device-resident arrays (the last batch repeats the last example, masked
-    out)."""
-    n = images.shape[0]
+    out); `rows`: only these rows, in this order (a search run's examples in a larger set)."""
+    rows = np.arange(images.shape[0]) if rows is None else rows
+    n = len(rows)
     sums, logits = None, []
     for start in range(0, n, batch_size):
       indices = np.arange(start, start + batch_size)
       mask = indices < n
-      batch_images, batch_labels = self._gather(images, labels, np.minimum(indices, n - 1))
+      batch_images, batch_labels = self._gather(images, labels, rows[np.minimum(indices, n - 1)])
       args = (params, batch_images, batch_labels, sharding.put_batch(self._mesh, mask))
       if keep_logits:
         out, batch_logits = self._step_logits(*args)
@@ -78,7 +80,7 @@ class Evaluator:
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     result = self._finish(sums)
     if keep_logits:
-      result.update(logits=np.concatenate(logits), labels=np.asarray(jax.device_get(labels)))
+      result.update(logits=np.concatenate(logits), labels=np.asarray(jax.device_get(labels))[rows])
     return result
 
 

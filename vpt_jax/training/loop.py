@@ -68,6 +68,7 @@ class Member:
   clock: object  # train.Clock
   frozen: dict
   backbone_count: int
+  extent: programs.Extent  # How much it trains (every member of a pack the same).
   started: dict = dataclasses.field(default_factory=timing.snapshot)
 
 
@@ -94,7 +95,7 @@ def _restore(program: programs.Program, member: Member, state: dict, checkpointe
       {"trainable": program.shardings[0], "opt_state": program.shardings[1]})
   step, restored = checkpointer.restore_latest(abstract)
   if restored is not None:
-    log(f"Resuming {member.stage.method.name} from step {step} of {program.total_steps} "
+    log(f"Resuming {member.stage.method.name} from step {step} of {member.extent.total_steps} "
         f"({member.stage.workdir}).")
     return step, restored
   return 0, state
@@ -127,7 +128,8 @@ def _diverged(member: Member, epoch: int, bad: tuple[int, float], finished, chec
 
 
 def _epoch_row(program: programs.Program, member: Member, trainable, learning_rate, epoch: int,
-               step: int, losses: np.ndarray, accuracies: np.ndarray, images, labels) -> dict:
+               step: int, losses: np.ndarray, accuracies: np.ndarray,
+               training: programs.TrainingSet) -> dict:
   """The metrics line of an epoch (with train and held-out evaluation when it is due);
   `trainable` gives the member's trainable parameters when asked."""
   row = {"epoch": epoch + 1, "train_loss_running": float(losses.mean()),
@@ -137,10 +139,11 @@ def _epoch_row(program: programs.Program, member: Member, trainable, learning_ra
   run = member.run
   # Early stopping evaluates every epoch (PETL_Vision's eval_freq 1).
   every = 1 if _stops_early(member) else run.eval.every_epochs
-  if every and ((epoch + 1) % every == 0 or step == program.total_steps):
+  if every and ((epoch + 1) % every == 0 or step == member.extent.total_steps):
     params = paths.merge(trainable(), member.frozen)
     with timing.phase("eval"):
-      on_train = program.evaluator.arrays(params, images, labels, run.eval.batch_size)
+      on_train = program.evaluator.arrays(params, training.images, training.labels,
+                                          run.eval.batch_size, rows=training.host_rows)
     held_out = evaluate(program, run.data, run.eval.batch_size, params, run.data.eval_subset)
     row.update(train_loss=on_train["loss"], train_accuracy=on_train["accuracy"],
                eval_loss=held_out["loss"], eval_accuracy=held_out["accuracy"])
@@ -161,8 +164,8 @@ def _stop_record(stopper: EarlyStop, epoch: int | None) -> dict:
           "patience": stopper.patience}
 
 
-def fit(program: programs.Program, members: list[Member], states: list[dict], images, labels,
-        log) -> list[dict]:
+def fit(program: programs.Program, members: list[Member], states: list[dict],
+        training: programs.TrainingSet, log) -> list[dict]:
   """Trains a pack of members (one program, one step) from their newest readable checkpoints (or
   `states`) to the end; returns their final states. Their trainable and optimizer states are
   stacked on a leading axis and advanced by one compiled step.
@@ -177,20 +180,21 @@ def fit(program: programs.Program, members: list[Member], states: list[dict], im
                    for m in members]
   writers = [metrics.MetricWriter(m.stage.workdir) for m in members]
   try:
-    return _fit(program, members, states, images, labels, checkpointers, writers, log)
+    return _fit(program, members, states, training, checkpointers, writers, log)
   finally:
     for closing in checkpointers + writers:
       closing.close()
 
 
-def _needs_state(program: programs.Program, member: Member, epoch: int, step: int) -> bool:
+def _needs_state(member: Member, epoch: int, step: int) -> bool:
   """Whether epoch `epoch` (0-based, ending at `step`) uses the member's parameters as they are
   at its end (an evaluation, a checkpoint, early stopping, the last epoch): then the epoch is
   finished before the next one is dispatched. Other epochs are finished one epoch late, while
   the device already runs the next, so their losses reach the host without a stall."""
   every = 1 if _stops_early(member) else member.run.eval.every_epochs
-  evaluates = bool(every) and ((epoch + 1) % every == 0 or step == program.total_steps)
-  return evaluates or _checkpoint_due(member, epoch, step, program.total_steps)
+  total_steps = member.extent.total_steps
+  evaluates = bool(every) and ((epoch + 1) % every == 0 or step == total_steps)
+  return evaluates or _checkpoint_due(member, epoch, step, total_steps)
 
 
 @dataclasses.dataclass
@@ -198,12 +202,12 @@ class _Epoch:
   """A dispatched epoch whose losses are on their way to the host."""
   index: int  # 0-based.
   step: int  # The step it ends at.
-  losses: object
-  accuracies: object
+  losses: list  # Per step, (K,) device arrays.
+  accuracies: list
   learning_rates: object
 
 
-def _fit(program, members, states, images, labels, checkpointers, writers, log) -> list[dict]:
+def _fit(program, members, states, training, checkpointers, writers, log) -> list[dict]:
   k = len(members)
   restored = [_restore(program, m, s, c, log) for m, s, c in zip(members, states, checkpointers)]
   if len({step for step, _ in restored}) > 1:
@@ -218,8 +222,11 @@ def _fit(program, members, states, images, labels, checkpointers, writers, log) 
   state_of = lambda i: {"trainable": pack.member(trainable, i),
                         "opt_state": pack.member(opt_state, i)}
   frozen = members[0].frozen
-  stage, total_steps = members[0].stage, program.total_steps
-  steps_per_epoch = program.steps_per_epoch
+  extent = members[0].extent
+  if any(m.extent != extent for m in members):
+    raise ValueError("Packed runs must train on one training set.")
+  stage, total_steps, steps_per_epoch = members[0].stage, extent.total_steps, extent.steps_per_epoch
+  extent_values = program.replicate(np.asarray([extent.examples, steps_per_epoch], np.int32))
   score_last_epoch = stage.optim.on_non_finite == "score_last_epoch"
   copy_members = lambda: [jax.tree.map(jnp.copy, pack.member(trainable, i)) for i in range(k)]
   # Each member's parameters at the end of recent epochs {epoch: [per member]} (epoch -1: where
@@ -240,7 +247,8 @@ def _fit(program, members, states, images, labels, checkpointers, writers, log) 
   def finish_epoch(epoch: _Epoch) -> None:
     """Divergence, the metrics row, early stopping and the checkpoint of a dispatched epoch."""
     with timing.phase("train", excludes_compile=True):
-      losses, accuracies = jax.device_get((epoch.losses, epoch.accuracies))
+      losses, accuracies = (np.stack(jax.device_get(values))
+                            for values in (epoch.losses, epoch.accuracies))
     learning_rates = jax.device_get(epoch.learning_rates)
     for i, member in enumerate(members):
       if done[i] is not None:
@@ -251,7 +259,7 @@ def _fit(program, members, states, images, labels, checkpointers, writers, log) 
         continue
       trainable_i = lambda: pack.member(trainable, i)
       row = _epoch_row(program, member, trainable_i, pack.member(learning_rates, i), epoch.index,
-                       epoch.step, losses[:, i], accuracies[:, i], images, labels)
+                       epoch.step, losses[:, i], accuracies[:, i], training)
       with timing.phase("write"):
         writers[i].write(epoch.step, **row)
         member.clock.save()
@@ -273,19 +281,22 @@ def _fit(program, members, states, images, labels, checkpointers, writers, log) 
     while step < total_steps and not all(d is not None for d in done):
       epoch = step // steps_per_epoch
       with timing.phase("train", excludes_compile=True):
-        permutation = pack.values([program.permutation(m.rngs["data"], epoch) for m in members])
+        permutation = pack.values([program.permutation(m.rngs["data"], epoch, extent.examples)
+                                   for m in members])
         losses, accuracies = [], []
         for _ in range(min(steps_per_epoch, total_steps - step)):
           trainable, opt_state, step_metrics = pack.step(
-              trainable, opt_state, frozen, images, labels, permutation, step, rngs["train"],
-              rngs["flip"])
+              trainable, opt_state, frozen, training.images, training.labels, training.rows,
+              permutation, extent_values, step, rngs["train"], rngs["flip"])
           losses.append(step_metrics["loss"])
           accuracies.append(step_metrics["accuracy"])
           step += 1
-        dispatched = _Epoch(epoch, step, jnp.stack(losses), jnp.stack(accuracies),
-                            optim.current_lr(program.schedule, opt_state, step - 1))
-        for array in (dispatched.losses, dispatched.accuracies):
+        # Each step's (K,) metrics on their way to the host as they finish: stacked there, so
+        # epochs of other lengths (a search and a final run) compile nothing more.
+        for array in losses + accuracies:
           array.copy_to_host_async()
+        dispatched = _Epoch(epoch, step, losses, accuracies,
+                            optim.current_lr(program.schedule, opt_state, step - 1))
       if pending is not None:
         finish_epoch(pending)
         pending = None
@@ -293,7 +304,7 @@ def _fit(program, members, states, images, labels, checkpointers, writers, log) 
         snapshots[epoch] = copy_members()
       if all(d is not None for d in done):
         break
-      if any(_needs_state(program, m, epoch, step) for m in members) or step == total_steps:
+      if any(_needs_state(m, epoch, step) for m in members) or step == total_steps:
         finish_epoch(dispatched)
       else:
         pending = dispatched

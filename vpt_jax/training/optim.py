@@ -30,8 +30,10 @@ import optax
 from vpt_jax.models import peft
 from vpt_jax.utils import paths
 
-# (step, peak learning rate) -> learning rate of that step (step = updates taken before it).
-Schedule = Callable[[jax.Array, jax.Array], jax.Array]
+# (step, peak learning rate[, steps per epoch]) -> learning rate of that step (step = updates
+# taken before it). The steps per epoch are a runtime value of the optimizer state (see `make`),
+# so runs on training sets of other sizes share one compiled step; per-step schedules ignore it.
+Schedule = Callable[..., jax.Array]
 
 
 def learning_rate(base_lr: float, batch_size: int) -> float:
@@ -47,7 +49,8 @@ def warmup_cosine(warmup_steps: int, total_steps: int) -> Schedule:
                      f"({total_steps} steps): lower the warm-up or train longer.")
   decay_steps = total_steps - warmup_steps
 
-  def schedule(step, peak):
+  def schedule(step, peak, steps_per_epoch=None):
+    del steps_per_epoch  # Counted in steps: its length is part of the program.
     cosine = 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(step - warmup_steps, decay_steps)
                                 / decay_steps))
     decayed = peak * cosine
@@ -58,16 +61,20 @@ def warmup_cosine(warmup_steps: int, total_steps: int) -> Schedule:
   return schedule
 
 
-def warmup_cosine_epochs(warmup_epochs: int, epochs: int, steps_per_epoch: int) -> Schedule:
+def warmup_cosine_epochs(warmup_epochs: int, epochs: int,
+                         steps_per_epoch: int | None = None) -> Schedule:
   """Per epoch, as the VPT code's WarmupCosineSchedule stepped once per epoch (KMnP/vpt
   src/solver/lr_scheduler.py, src/engine/trainer.py): epoch e trains at peak * e / W for e < W,
-  else peak * 0.5 * (1 + cos(pi * (e - W) / (T - W))). So the first epoch trains at lr 0."""
+  else peak * 0.5 * (1 + cos(pi * (e - W) / (T - W))). So the first epoch trains at lr 0.
+  `steps_per_epoch` None: the schedule's third argument (the optimizer state's)."""
   if warmup_epochs >= epochs:
     raise ValueError(f"The warm-up ({warmup_epochs} epochs) must be shorter than training "
                      f"({epochs} epochs): lower optim.warmup_epochs or raise optim.epochs.")
+  fixed = steps_per_epoch
 
-  def schedule(step, peak):
-    epoch = (jnp.asarray(step) // steps_per_epoch).astype(jnp.float32)
+  def schedule(step, peak, steps_per_epoch=None):
+    # An integer division either way: the same epoch, so the same float arithmetic after it.
+    epoch = (jnp.asarray(step) // (fixed or steps_per_epoch)).astype(jnp.float32)
     warm = epoch / max(1.0, warmup_epochs)
     progress = (epoch - warmup_epochs) / max(1, epochs - warmup_epochs)
     decayed = jnp.maximum(0.0, 0.5 * (1.0 + jnp.cos(jnp.pi * progress)))
@@ -321,31 +328,37 @@ OPTIMIZERS = {"sgd": sgd, "adam": adam, "hf_adamw": hf_adamw, "galore_adamw": ga
 
 def make(name: str, trainable_groups, schedule: Schedule, grad_clip_norm: float | None = None,
          **kwargs) -> optax.GradientTransformation:
-  """The optimizer `name`; its hyper-parameters `peak_lr` and `weight_decay` start at 0: set them
-  in the state with `set_hyperparams` after `init`."""
+  """The optimizer `name`; its hyper-parameters `peak_lr`, `weight_decay` and `steps_per_epoch`
+  (what `schedule` counts epochs by) start at 0, 0 and 1: set them in the state with
+  `set_hyperparams` after `init`."""
   if name not in OPTIMIZERS:
     raise ValueError(f"optim.name={name!r} must be one of {', '.join(OPTIMIZERS)}.")
   groups = set(jax.tree.leaves(trainable_groups))
   if unknown := set(kwargs.get("lr_mults") or {}) - groups:
     raise ValueError(f"lr_mults names groups {sorted(unknown)} that this method does not train; "
                      f"its groups: {sorted(groups)}.")
-  factory = OPTIMIZERS[name](trainable_groups, schedule, **kwargs)
-  if grad_clip_norm:
-    inner = factory
-    factory = lambda peak_lr, weight_decay: optax.chain(
-        optax.clip_by_global_norm(grad_clip_norm), inner(peak_lr, weight_decay))
-  return optax.inject_hyperparams(factory)(peak_lr=0.0, weight_decay=0.0)
+
+  def factory(peak_lr, weight_decay, steps_per_epoch):
+    bound = lambda step, peak: schedule(step, peak, steps_per_epoch)
+    inner = OPTIMIZERS[name](trainable_groups, bound, **kwargs)(peak_lr, weight_decay)
+    return optax.chain(optax.clip_by_global_norm(grad_clip_norm), inner) if grad_clip_norm else inner
+  return optax.inject_hyperparams(factory)(peak_lr=0.0, weight_decay=0.0, steps_per_epoch=1)
 
 
-def set_hyperparams(opt_state, *, peak_lr: float, weight_decay: float):
-  """`opt_state` of `make` with these hyper-parameters (float32 scalars in the state)."""
+def set_hyperparams(opt_state, *, peak_lr: float, weight_decay: float,
+                    steps_per_epoch: int | None = None):
+  """`opt_state` of `make` with these hyper-parameters (float32 scalars in the state; the steps
+  per epoch an int32, kept as they are when not given)."""
   hyperparams = dict(opt_state.hyperparams)
   hyperparams["peak_lr"] = jnp.asarray(peak_lr, jnp.float32)
   hyperparams["weight_decay"] = jnp.asarray(weight_decay, jnp.float32)
+  if steps_per_epoch is not None:
+    hyperparams["steps_per_epoch"] = jnp.asarray(steps_per_epoch, jnp.int32)
   return opt_state._replace(hyperparams=hyperparams)
 
 
 def current_lr(schedule: Schedule, opt_state, step) -> float:
   """The learning rate step `step` trains with (group multiplier 1)."""
-  return schedule(step, opt_state.hyperparams["peak_lr"])
+  return schedule(step, opt_state.hyperparams["peak_lr"],
+                  opt_state.hyperparams.get("steps_per_epoch"))
 

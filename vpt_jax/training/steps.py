@@ -69,16 +69,19 @@ def make_eval_step(model, class_subset: tuple[int, ...] | None = None):
   return eval_step
 
 
-def make_device_step(model, tx, mesh, steps_per_epoch: int, batch_size: int,
+def make_device_step(model, tx, mesh, batch_size: int,
                      normalization: str, flip: bool = False, crop_size: int | None = None,
                      augment: str | None = None, vertical_flip: bool = False,
                      rand_augment: str = "", random_erasing: float = 0.0):
   """The step on device-resident data: (trainable, opt_state, frozen, images, labels,
-  permutation, step, train_rng, flip_rng) -> (trainable, opt_state, metrics).
+  rows, permutation, extent, step, train_rng, flip_rng) -> (trainable, opt_state, metrics).
 
   The whole uint8 train set and the epoch's permutation are device arrays: the step gathers its
   own batch, normalises it and splits it over the data axis. Random keys are arguments, so runs
-  with other seeds reuse the compiled step. `crop_size`: the set is stored larger and each
+  with other seeds reuse the compiled step. So are `extent` (int32 [examples, steps per epoch])
+  and `rows` (int32, the row of `images` that holds each of the run's examples): a search run on
+  train800 and a final run on train800val200 share the step and the train800val200 array.
+  `crop_size`: the set is stored larger and each
   example is randomly cropped (and flipped, with `flip`) by a key of `flip_rng`, the epoch and
   its index (device.take_batch), as `augment` says (a random crop, RandomResizedCrop, or the
   centre), with a vertical flip too where `vertical_flip`. `rand_augment` (timm's string, e.g.
@@ -91,15 +94,16 @@ def make_device_step(model, tx, mesh, steps_per_epoch: int, batch_size: int,
   batch = sharding.batch_sharded(mesh)
   train_step = make_train_step(model, tx)
 
-  def step_fn(trainable, opt_state, frozen, images, labels, permutation, step, train_rng,
-              flip_rng):
+  def step_fn(trainable, opt_state, frozen, images, labels, rows, permutation, extent, step,
+              train_rng, flip_rng):
+    examples, steps_per_epoch = extent[0], extent[1]
     batch_images, batch_labels, mask = device.take_batch(
         images, labels, permutation, step % steps_per_epoch, batch_size,
         jax.random.fold_in(flip_rng, step) if flip and crop_size is None else None,
         crop_size=crop_size, crop_rng=flip_rng, epoch=step // steps_per_epoch, crop_flip=flip,
-        augment=augment, vertical_flip=vertical_flip)
+        augment=augment, vertical_flip=vertical_flip, num_examples=examples, rows=rows)
     keys = lambda purpose: device.batch_keys(flip_rng, step // steps_per_epoch, permutation,
-                                             step % steps_per_epoch, batch_size, purpose)
+                                             step % steps_per_epoch, batch_size, purpose, examples)
     if ra_spec is not None:
       batch_images = device.rand_augment_batch(batch_images, keys(1), ra_spec, ra_fill)
     batch_images = device.normalize(batch_images, normalization)
@@ -121,12 +125,12 @@ def jit_step(step_fn, mesh, state_shardings, packed: bool = False):
   trainable_sharding, opt_sharding, frozen_sharding = state_shardings
   replicated = sharding.replicated(mesh)
   if packed:
-    step_fn = jax.vmap(step_fn, in_axes=(0, 0, None, None, None, 0, None, 0, 0),
+    step_fn = jax.vmap(step_fn, in_axes=(0, 0, None, None, None, None, 0, None, None, 0, 0),
                        axis_name=optim.PACK_AXIS)
   return jax.jit(
       step_fn, donate_argnums=(0, 1),
       in_shardings=(trainable_sharding, opt_sharding, frozen_sharding, replicated, replicated,
-                    replicated, replicated, replicated, replicated),
+                    replicated, replicated, replicated, replicated, replicated, replicated),
       out_shardings=(trainable_sharding, opt_sharding, replicated))
 
 
@@ -146,10 +150,10 @@ def jit_pack_step(step_fn, mesh, state_shardings, members: int):
   return jit_step(single_fn, mesh, state_shardings)
 
 
-def build_train_step(model, tx, mesh, state_shardings, steps_per_epoch: int, batch_size: int,
+def build_train_step(model, tx, mesh, state_shardings, batch_size: int,
                      normalization: str, flip: bool = False, crop_size: int | None = None,
                      augment: str | None = None, vertical_flip: bool = False):
   """The jit-compiled step of `make_device_step` (see there)."""
-  return jit_step(make_device_step(model, tx, mesh, steps_per_epoch, batch_size, normalization,
+  return jit_step(make_device_step(model, tx, mesh, batch_size, normalization,
                                    flip, crop_size, augment, vertical_flip), mesh,
                   state_shardings)

@@ -118,10 +118,12 @@ def run_keys(seed: int):
 
 
 def create_train_state(run: spec.RunSpec, stage: spec.StageSpec, backbone, previous_params, mesh,
-                       num_examples: int, log) -> tuple[programs.Program, loop.Member, dict]:
+                       training: programs.TrainingSet, log
+                       ) -> tuple[programs.Program, loop.Member, dict]:
   """The stage's (shared, compiled) program, the run as a member of it, and its initial state
   {"trainable", "opt_state"}."""
-  program = programs.get(run, stage, num_examples, mesh)
+  program = programs.get(run, stage, training, mesh)
+  extent = program.extent_of(training.examples)
   init_rng, train_rng, data_rng, flip_rng = run_keys(run.seed)
   params = programs.initial_params(program, backbone, init_rng)
   if stage.method.side_checkpoint:  # Sidetune's pre-trained side network (torchvision's AlexNet).
@@ -139,10 +141,11 @@ def create_train_state(run: spec.RunSpec, stage: spec.StageSpec, backbone, previ
   # Copies: the step donates (overwrites) them, and the backbone they come from is kept for
   # later runs of this process.
   trainable = jax.device_put(trainable, program.shardings[0], may_alias=False)
-  opt_state = program.init_opt(trainable, stage.optim.peak_lr, stage.optim.decay)
+  opt_state = program.init_opt(trainable, stage.optim.peak_lr, stage.optim.decay,
+                               extent.steps_per_epoch)
   member = loop.Member(run, stage, dict(train=train_rng, data=data_rng, flip=flip_rng),
                        Clock(stage.workdir), jax.device_put(frozen, program.shardings[2]),
-                       backbone_count)
+                       backbone_count, extent)
   return program, member, {"trainable": trainable, "opt_state": opt_state}
 
 
@@ -174,7 +177,7 @@ def finish(program: programs.Program, member: loop.Member, state: dict) -> tuple
       "optimizer": o.name, "base_lr": o.base_lr, "lr": o.peak_lr,
       "weight_decay": o.weight_decay, "applied_weight_decay": o.decay,
       "batch_size": o.batch_size, "epochs": o.epochs if stage.method.trains else 0,
-      "steps": program.total_steps if stage.method.trains else 0,
+      "steps": member.extent.total_steps if stage.method.trains else 0,
       "schedule": o.schedule, "dropout": stage.model.dropout,
       f"{eval_name}_accuracy": evaluation["accuracy"], f"{eval_name}_loss": evaluation["loss"],
       "eval_examples": evaluation["examples"],
@@ -200,12 +203,12 @@ def _run_stage(run: spec.RunSpec, stage: spec.StageSpec, backbone, previous_para
                started: dict):
   """Trains and finishes one stage; `started`: the timing snapshot its phases count from (taken
   before the backbone and the images were read, so their time counts as "data")."""
-  images, labels = programs.train_arrays(run.data, run.data.train_subset, mesh)
+  training = programs.training_set(run.data, mesh)
   program, member, state = create_train_state(run, stage, backbone, previous_params, mesh,
-                                              len(images), log)
+                                              training, log)
   member.started = started
   if stage.method.trains:  # zero_shot: evaluated as it starts.
-    [state] = loop.fit(program, [member], [state], images, labels, log)
+    [state] = loop.fit(program, [member], [state], training, log)
   return finish(program, member, state)
 
 
@@ -321,8 +324,8 @@ def train_and_evaluate_packed(configs: list, workdirs: list[str], log=print) -> 
     first = runs[todo[0]]
     started = timing.snapshot()
     backbone = programs.backbone(first)
-    images, labels = programs.train_arrays(first.data, first.data.train_subset, mesh)
-    built = [create_train_state(runs[i], runs[i].stages[0], backbone, None, mesh, len(images),
+    training = programs.training_set(first.data, mesh)
+    built = [create_train_state(runs[i], runs[i].stages[0], backbone, None, mesh, training,
                                 log) for i in todo]
     for _, member, _ in built:
       member.started = started
@@ -337,7 +340,7 @@ def train_and_evaluate_packed(configs: list, workdirs: list[str], log=print) -> 
     for group in groups:
       finals = [built[j][2] for j in group]
       if first.stages[0].method.trains:  # One program: one method for all.
-        finals = loop.fit(program, [built[j][1] for j in group], finals, images, labels, log)
+        finals = loop.fit(program, [built[j][1] for j in group], finals, training, log)
       for j, state in zip(group, finals):
         result, _ = finish(program, built[j][1], state)
         if jax.process_index() == 0:
