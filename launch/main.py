@@ -108,7 +108,7 @@ def main(argv):
     configs = [config] if len(pairs) == 1 else [planner.base(t, m) for t, m in pairs]
     # Every run is resolved and its data and checkpoint checked before the first trains.
     for run_config, run_dir in zip(configs, run_dirs):
-      train.check_inputs(spec.resolve_run(run_config, run_dir))
+      train.check_inputs(spec.resolve_run(run_config, run_dir), log)
     platform = f"{jax.device_count()} {jax.devices()[0].platform} device(s)"
     results = []
     for (task, method), run_config, run_dir in zip(pairs, configs, run_dirs):

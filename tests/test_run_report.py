@@ -185,3 +185,38 @@ def test_loss_curves_of_a_sweep_with_its_own_seeds(tmp_path):
   drawn = plots.loss_curves(str(tmp_path), str(tmp_path / "loss.png"))
   assert [r["train_loss"] for r in drawn["dtd"]["full"]] == [42.0, 21.0, 14.0]
   _png(tmp_path / "loss.png")
+
+
+def test_a_class_folder_tree_is_carved_recorded_and_refused_when_damaged(tmp_path):
+  """One <class>/<image> tree: carved into train/val/test, the lists written into the run
+  folder; a truncated image stops the next run in one line before any workdir exists."""
+  from PIL import Image
+  rng = np.random.default_rng(2)
+  for label, name in enumerate(("daisy", "rose", "tulip")):
+    (tmp_path / "tree" / name).mkdir(parents=True)
+    for i in range(10):
+      pixels = rng.integers(0, 80, (36, 44, 3))
+      pixels[..., label] += 160
+      Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / "tree" / name / f"{i}.jpg")
+  args = ("--config.optim.epochs=2", "--config.optim.warmup_epochs=1", "--config.eval_shifts=()")
+  process = _main(f"--config=configs/demo.py:task=folder:{tmp_path / 'tree'},method=linear",
+                  f"--workdir={tmp_path / 'run'}", *args, env_cache=tmp_path / "cache")
+  assert process.returncode == 0, process.stderr[-3000:]
+  splits = {name: (tmp_path / "run" / "splits" / f"{name}.txt").read_text().splitlines()
+            for name in ("train", "val", "test")}
+  assert {name: len(lines) for name, lines in splits.items()} == {"train": 18, "val": 6, "test": 6}
+  assert (tmp_path / "run" / "splits" / "classes.txt").read_text().split() == ["daisy", "rose",
+                                                                               "tulip"]
+  result = files.read_json(tmp_path / "run" / "result.json")
+  assert result["eval_examples"] == 6 and result["train_subset"] == "trainval"
+  assert [r["class"] for r in csv_rows(tmp_path / "run" / "report" / "per_class.csv")] == [
+      "daisy", "rose", "tulip"]
+  damaged = tmp_path / "tree" / "rose" / "3.jpg"
+  damaged.write_bytes(damaged.read_bytes()[:100])
+  process = _main(f"--config=configs/demo.py:task=folder:{tmp_path / 'tree'},method=linear",
+                  f"--workdir={tmp_path / 'again'}", *args, env_cache=tmp_path / "cache")
+  assert process.returncode == 1
+  assert process.stderr.strip().splitlines() == [
+      f"error: class folder {tmp_path / 'tree' / 'rose'}: image {damaged} cannot be decoded "
+      "(Truncated File Read)."], process.stderr
+  assert not (tmp_path / "again").exists()

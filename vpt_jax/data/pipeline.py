@@ -67,6 +67,15 @@ def _cache_path(cache_dir: str | None, task: tasks_lib.Task, version: str, subse
                       f"{version}_{subset}_{resolution}px_{resize_method}.npz")
 
 
+_said: set[str] = set()  # Notices already printed by this process (each run checks again).
+
+
+def _once(line: str, log) -> None:
+  if line not in _said:
+    _said.add(line)
+    log(line)
+
+
 def check_data(task: tasks_lib.Task, source: str = "tfds", data_dir: str | None = None,
                cache_dir: str | None = None, subsets=(), log=print) -> None:
   """Refuses bad data before anything trains, in one line naming the file (lists.BadDataError):
@@ -79,7 +88,7 @@ def check_data(task: tasks_lib.Task, source: str = "tfds", data_dir: str | None 
   if not data_source.image_files:
     return
   reader = data_source.reader()
-  version = reader.check(task, data_dir, tuple(subsets), log)
+  version = reader.check(task, data_dir, tuple(subsets), lambda line: _once(line, log))
   marker = os.path.join(_task_cache_dir(cache_dir, task), f"{version}_decoded")
   if os.path.exists(marker):
     return

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from vpt_jax import checkpoints, methods
+from vpt_jax.data import layouts, pipeline
 from vpt_jax.training import artifacts, checkpointing, loop, programs, sharding, spec, zero_shot
 from vpt_jax.utils import files, paths, timing
 
@@ -30,6 +31,7 @@ _NOT_RUN_SETTINGS = ("sweep.",)  # The sweep's grid: which runs exist, not how o
 
 PREDICTIONS = "test_logits.npz"  # A final run's test logits (float16) and labels, in split order.
 VAL_PREDICTIONS = "val_logits.npz"  # A search run's, on its validation subset.
+SPLITS = "splits"  # A custom folder's train/val/test lists and class names, in the run folder.
 
 
 def predictions_file(run: spec.RunSpec) -> str:
@@ -247,7 +249,7 @@ def train_and_evaluate(config, workdir: str, log=print) -> dict:
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ValueError(f"--workdir {workdir} is a file, not a directory: choose another workdir.")
   if not os.path.exists(os.path.join(workdir, "result.json")):
-    check_inputs(run)
+    check_inputs(run, log)
   lock = files.RunLock(workdir) if jax.process_index() == 0 else None
   if lock:
     lock.acquire()  # One owner at a time; the OS drops the lock if this process dies.
@@ -258,15 +260,21 @@ def train_and_evaluate(config, workdir: str, log=print) -> dict:
       lock.release()
 
 
-def check_inputs(run: spec.RunSpec) -> None:
+def check_inputs(run: spec.RunSpec, log=print) -> None:
   """What can refuse a run before it trains, done before its workdir is made (a user error
-  leaves nothing behind): the data's checks and the backbone's checkpoint, read (and kept for
-  the run) now."""
+  leaves nothing behind): the data's checks (an image-folder source's lists, layout and every
+  image, decoded once per data version) and the backbone's checkpoint, read (and kept for the
+  run) now."""
+  data = run.data
+  pipeline.check_data(data.task, data.source, data.data_dir, data.cache_dir,
+                      (data.train_subset, data.eval_subset), log)
   programs.backbone(run)
 
 
 def _train_and_evaluate(run: spec.RunSpec, workdir: str, log) -> dict:
   claim_workdir(run.record, workdir, log)
+  if jax.process_index() == 0:  # A custom folder's (carved) splits, as the run read them.
+    layouts.write_split_lists(run.task, run.data.data_dir, os.path.join(workdir, SPLITS))
   result_path = os.path.join(workdir, "result.json")
   if (result := finished_result(result_path, log)) is not None:
     log(f"{workdir} already holds a finished run; not retraining. Delete {result_path} to rerun.")
