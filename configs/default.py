@@ -64,8 +64,15 @@ def get_config():
   config.dtype = "float32"  # Compute dtype: float32 or bfloat16 (parameters stay float32).
   config.method_kwargs = ml_collections.ConfigDict(dict(
       prompt_tokens=unset(int), prompt_dropout=unset(float), prompt_project=unset(int),
+      # VPT's prompt forms (vit.Model): unset is KMnP/vpt's (prompts carried through every block,
+      # from block 0); recipe=mai sets prompt_carry False (PETL_Vision's: each set acts in the
+      # block it enters); prompt_layers k: prompts from block depth - k (PETL_Vision's vpt_layer).
+      prompt_carry=unset(bool), prompt_layers=unset(int),
       query_tokens=unset(int), query_dropout=unset(float),
       lora_rank=8, lora_alpha=8.0, adapter_dim=8, adapter_reduction=8, partial_k=1,
+      # LoRA's form: unset is Hu et al.'s q/v ("qv"); recipe=mai sets "petl" (PETL_Vision's
+      # model/lora.py: one down-projection shared by q, k, v, lora_alpha not read).
+      lora_form=unset(str),
       # Mai et al.'s methods at OSU-MLB/PETL_Vision main.py's defaults; tuned_blocks -1 is its
       # configs' block 11 of ViT-B.
       adapter_bottleneck=64, adapter_scaler=0.1, convpass_bottleneck=8, convpass_scaler=10.0,

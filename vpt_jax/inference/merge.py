@@ -31,8 +31,9 @@ class NotMergeableError(ValueError):
 
 
 # vit.Model fields that only a tuned model sets, and their plain values.
-METHOD_FIELDS = ("prompt_tokens", "prompt_deep", "prompt_dropout", "prompt_project", "query_tokens",
-                  "query_dropout", "peft", "projection_dim", "normalize_features", "head_init")
+METHOD_FIELDS = ("prompt_tokens", "prompt_deep", "prompt_dropout", "prompt_project", "prompt_carry",
+                 "prompt_layers", "query_tokens", "query_dropout", "peft", "projection_dim",
+                 "normalize_features", "head_init")
 _RUNTIME_FIELDS = ("dropout", "attn_out_dropout", "embedding_dropout", "drop_path", "attention_impl",
                    "remat", "dtype")
 
@@ -116,9 +117,21 @@ def _fold_lora(tree: dict, peft) -> None:
   for key, block in tree["Transformer"].items():
     if key.startswith("encoderblock_"):
       attention = block["MultiHeadDotProductAttention_0"]
+      if peft.lora_form == "petl":
+        _fold_shared_lora(attention)
+        continue
       for name in ("query", "value"):
         a, b = attention.pop(f"lora_{name}_a"), attention.pop(f"lora_{name}_b")
         attention[name]["kernel"] = attention[name]["kernel"] + scale * np.einsum("dr,rhk->dhk", a, b)
+
+
+def _fold_shared_lora(attention: dict) -> None:
+  """PETL_Vision's LoRA (merge_factor 1): down @ up's three width-sized slices into q, k, v."""
+  down, up = attention.pop("lora_down"), attention.pop("lora_up")
+  for i, name in enumerate(("query", "key", "value")):
+    kernel = attention[name]["kernel"]  # (width, heads, head_dim)
+    width = kernel.shape[0]
+    attention[name]["kernel"] = kernel + (down @ up[:, i * width:(i + 1) * width]).reshape(kernel.shape)
 
 
 def _fact_updates(fact: dict, fact_type: str, block: int, scale: float) -> dict:

@@ -142,21 +142,35 @@ def full(**_):
   return Method("full", (_HEAD, (".*", BACKBONE)))
 
 
-def _prompts(deep, prompt_tokens, prompt_dropout, prompt_project=None):
-  return dict(prompt_tokens=prompt_tokens, prompt_deep=deep, prompt_dropout=prompt_dropout,
-              prompt_project=prompt_project)
+def _prompts(deep, prompt_tokens, prompt_dropout, prompt_project=None, prompt_carry=True,
+             prompt_layers=None):
+  """vit.Model's prompt fields; PETL_Vision's forms (`prompt_carry` False, `prompt_layers`) only
+  where asked, so KMnP/vpt's VPT builds the model (and its compiled program) it always did."""
+  fields = dict(prompt_tokens=prompt_tokens, prompt_deep=deep, prompt_dropout=prompt_dropout,
+                prompt_project=prompt_project)
+  if not prompt_carry:
+    fields["prompt_carry"] = False
+  if prompt_layers is not None:
+    fields["prompt_layers"] = prompt_layers
+  return fields
 
 
 @register("prompts after the embedding (VPT-shallow) and the head")
-def vpt_shallow(*, prompt_tokens, prompt_dropout, prompt_project=None, **_):
+def vpt_shallow(*, prompt_tokens, prompt_dropout, prompt_project=None, prompt_carry=True,
+                prompt_layers=None, **_):
+  # prompt_carry False: PETL_Vision's VPT-shallow, whose prompts act in the first block only.
   return Method("vpt_shallow", (("prompt/.*", "prompt"), _HEAD, _REST_FROZEN),
-                _prompts(False, prompt_tokens, prompt_dropout, prompt_project))
+                _prompts(False, prompt_tokens, prompt_dropout, prompt_project, prompt_carry,
+                         prompt_layers))
 
 
 @register("prompts at every layer (VPT-deep) and the head")
-def vpt_deep(*, prompt_tokens, prompt_dropout, prompt_project=None, **_):
+def vpt_deep(*, prompt_tokens, prompt_dropout, prompt_project=None, prompt_carry=True,
+             prompt_layers=None, **_):
+  # prompt_layers k: PETL_Vision's vpt_layer, prompt sets in the last k blocks only.
   return Method("vpt_deep", (("prompt/.*", "prompt"), _HEAD, _REST_FROZEN),
-                _prompts(True, prompt_tokens, prompt_dropout, prompt_project))
+                _prompts(True, prompt_tokens, prompt_dropout, prompt_project, prompt_carry,
+                         prompt_layers))
 
 
 @register("deep prompts, the whole backbone and the head", moves_backbone=True)
@@ -188,10 +202,18 @@ def layernorm(**_):
   return Method("layernorm", (_HEAD, (r".*(LayerNorm_\d+|encoder_norm|fc_norm)/.*", "peft"), _REST_FROZEN))
 
 
-@register("low-rank updates of query and value (LoRA) and the head")
-def lora(*, lora_rank, lora_alpha=0.0, **_):
-  return Method("lora", (_HEAD, (r".*/lora_(query|value)_[ab]", "peft"), _REST_FROZEN),
-                dict(peft=vit.PeftModules(lora_rank=lora_rank, lora_alpha=lora_alpha)))
+_LORA_PARAMETERS = {"qv": r".*/lora_(query|value)_[ab]", "petl": r".*/lora_(down|up)"}
+
+
+@register("low-rank updates of query and value (LoRA; lora_form petl: PETL_Vision's shared q/k/v "
+          "form) and the head")
+def lora(*, lora_rank, lora_alpha=0.0, lora_form="qv", **_):
+  # lora_form "petl": OSU-MLB/PETL_Vision model/lora.py (vit.Attention), which recipe=mai trains.
+  if lora_form not in _LORA_PARAMETERS:
+    raise ValueError(f"lora_form={lora_form!r} must be one of {', '.join(_LORA_PARAMETERS)}.")
+  return Method("lora", (_HEAD, (_LORA_PARAMETERS[lora_form], "peft"), _REST_FROZEN),
+                dict(peft=vit.PeftModules(lora_rank=lora_rank, lora_alpha=lora_alpha,
+                                          lora_form=lora_form)))
 
 
 @register("the VPT code's (Pfeiffer) adapter after each MLP, width / adapter_reduction, and the head")

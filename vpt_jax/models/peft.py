@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 DROPOUT = 0.1
 INITS = ("lora_kaiming", "lora_xavier", "xavier")
-_TORCH_LINEAR = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")  # kaiming_uniform_(a=sqrt(5)).
+TORCH_LINEAR = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")  # kaiming_uniform_(a=sqrt(5)).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +45,7 @@ def _down_up_inits(init: str) -> tuple[dict, dict]:
     tiny = nn.initializers.normal(stddev=1e-6)
     return (dict(kernel_init=nn.initializers.xavier_uniform(), bias_init=tiny),
             dict(kernel_init=nn.initializers.xavier_uniform(), bias_init=tiny))
-  down = _TORCH_LINEAR if init == "lora_kaiming" else nn.initializers.xavier_uniform()
+  down = TORCH_LINEAR if init == "lora_kaiming" else nn.initializers.xavier_uniform()
   return dict(kernel_init=down, bias_init=zeros), dict(kernel_init=zeros, bias_init=zeros)
 
 
@@ -181,7 +181,7 @@ class FacTParams(nn.Module):
     d = self.dim
     if self.fact_type not in FACT_TYPES:
       raise ValueError(f"fact_type={self.fact_type!r} must be 'tk' or 'tt'.")
-    params = {"u": self.param("u", _TORCH_LINEAR, (width, d), jnp.float32),
+    params = {"u": self.param("u", TORCH_LINEAR, (width, d), jnp.float32),
               "v": self.param("v", nn.initializers.zeros, (d, width), jnp.float32)}
     if self.fact_type == "tk":
       # torch xavier_uniform_ on (d, d, d): fan_in = fan_out = d * d; on P (d, 12 depth) as a matrix.
@@ -191,7 +191,7 @@ class FacTParams(nn.Module):
     else:
       for i in range(self.depth):
         params[f"block_{i}"] = {
-            name: self.param(f"block_{i}_{name}", _TORCH_LINEAR, shape, jnp.float32)
+            name: self.param(f"block_{i}_{name}", TORCH_LINEAR, shape, jnp.float32)
             for name, shape in (("q", (d, d)), ("k", (d, d)), ("v", (d, d)), ("out", (d, d)),
                                 ("fc1", (d, 4 * d)), ("fc2", (4 * d, d)))}
     return params

@@ -42,6 +42,7 @@ _HEADS = {"mu": 2, "Ti": 3, "S": 6, "M": 8, "B": 12, "L": 16, "So400m": 16,
           "H": 16, "g": 16, "G": 16, "e": 16}
 SIZES = tuple(_WIDTH)
 POOL_TYPES = ("tok", "gap", "gap_fc_norm")  # See `Model.pool_type`.
+LORA_FORMS = ("qv", "petl")  # See `Attention`.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +176,12 @@ class Attention(nn.Module):
   """Multi-head self-attention with the parameter names of Linen's MultiHeadDotProductAttention.
 
   `lora_rank` > 0 adds a low-rank update `x A B * lora_alpha / lora_rank` to the query and value
-  projections (Hu et al. 2021); B starts at zero, so the output starts unchanged.
+  projections (Hu et al. 2021); B starts at zero, so the output starts unchanged. `lora_form`
+  "petl" is OSU-MLB/PETL_Vision's LoRA instead (model/lora.py): one down-projection `lora_down`
+  (width -> rank, torch Linear's kaiming_uniform(a=sqrt(5))) shared by query, key and value, read
+  through dropout 0.1, and one up-projection `lora_up` (rank -> 3 x width, from zero) whose three
+  width-sized slices are added to q, k and v, times merge_factor (1 in training; lora_alpha is
+  not read).
   `queries` (VQT, Tu et al. 2023) are extra tokens that attend to the tokens of `x` through the
   same projections while no token attends to them; their outputs come back apart, and the
   outputs of `x` are computed exactly as without them.
@@ -186,11 +192,13 @@ class Attention(nn.Module):
   lora_alpha: float = 0.0
   ssf: bool = False
   attention_impl: str | None = None
+  lora_form: str = "qv"
 
   @nn.compact
-  def __call__(self, x, return_weights=False, queries=None, fact=None):
+  def __call__(self, x, return_weights=False, queries=None, fact=None, train=False):
     """`fact(name, inputs)`: FacT's update of the query, key, value ("q", "k", "v") and output
-    ("out") projections, added to their outputs (PETL_Vision model/attention.py), or None."""
+    ("out") projections, added to their outputs (PETL_Vision model/attention.py), or None.
+    `train`: PETL_Vision's LoRA applies its dropout."""
     width = x.shape[-1]
     if width % self.num_heads:
       raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
@@ -198,15 +206,27 @@ class Attention(nn.Module):
     projections = {name: nn.DenseGeneral((self.num_heads, head_dim), dtype=self.dtype, name=name,
                                          kernel_init=nn.initializers.xavier_uniform())
                    for name in ("query", "key", "value")}
+    if self.lora_form not in LORA_FORMS:
+      raise ValueError(f"lora_form={self.lora_form!r} must be one of {', '.join(LORA_FORMS)}.")
+    qv_lora = self.lora_rank and self.lora_form == "qv"
     lora = {name: (self.param(f"lora_{name}_a", nn.initializers.he_uniform(),
                               (width, self.lora_rank), jnp.float32),
                    self.param(f"lora_{name}_b", nn.initializers.zeros,
                               (self.lora_rank, self.num_heads, head_dim), jnp.float32))
-            for name in ("query", "value")} if self.lora_rank else {}
+            for name in ("query", "value")} if qv_lora else {}
+    shared_lora = None
+    if self.lora_rank and self.lora_form == "petl":
+      down = self.param("lora_down", peft_lib.TORCH_LINEAR, (width, self.lora_rank), jnp.float32)
+      up = self.param("lora_up", nn.initializers.zeros, (self.lora_rank, 3 * width), jnp.float32)
+      lora_dropout = nn.Dropout(peft_lib.DROPOUT)
+
+      def shared_lora(inputs):  # (N, T, 3, H, D): the q, k and v updates of one dropout draw.
+        h = lora_dropout(inputs, deterministic=not train) @ down.astype(inputs.dtype)
+        return (h @ up.astype(inputs.dtype)).reshape(inputs.shape[:2] + (3, self.num_heads, head_dim))
     ssf = {name: ScaleShift(name=f"ssf_{name}") for name in ("query", "key", "value")
            } if self.ssf else {}
 
-    def project(name, inputs):
+    def project(name, inputs, shared_delta=None):
       y = projections[name](inputs)
       if name in lora:
         a, b = lora[name]
@@ -217,6 +237,8 @@ class Attention(nn.Module):
         y = ssf[name](y.reshape(y.shape[:2] + (width,))).reshape(y.shape)
       if fact is not None:
         y = y + fact(name[0], inputs).reshape(y.shape)
+      if shared_delta is not None:  # PETL_Vision adds it last, after SSF and FacT.
+        y = y + shared_delta[:, :, ("query", "key", "value").index(name)].astype(y.dtype)
       return y
 
     def explicit(q, k, v):
@@ -225,7 +247,8 @@ class Attention(nn.Module):
       weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
       return jnp.einsum("nhqk,nkhd->nqhd", weights.astype(v.dtype), v), weights
 
-    q, k, v = project("query", x), project("key", x), project("value", x)  # (N, T, H, D)
+    delta = None if shared_lora is None else shared_lora(x)
+    q, k, v = (project(name, x, delta) for name in ("query", "key", "value"))  # (N, T, H, D)
     weights = None
     if return_weights or self.attention_impl is None:
       y, weights = explicit(q, k, v)
@@ -240,7 +263,8 @@ class Attention(nn.Module):
       return z if fact is None else z + fact("out", y.reshape(y.shape[:2] + (width,)))
     query_outputs = None
     if queries is not None:
-      query_outputs = output(explicit(project("query", queries), k, v)[0])
+      query_delta = None if shared_lora is None else shared_lora(queries)
+      query_outputs = output(explicit(project("query", queries, query_delta), k, v)[0])
     return output(y), weights, query_outputs
 
 
@@ -255,6 +279,7 @@ class PeftModules:
   identity (random-initialised adapters do not)."""
   lora_rank: int = 0
   lora_alpha: float = 0.0
+  lora_form: str = "qv"  # "petl": PETL_Vision's shared q/k/v LoRA (`Attention`).
   adapter_dim: int = 0
   ssf: bool = False
   adapter_style: str = "houlsby"
@@ -307,7 +332,7 @@ class Encoder1DBlock(nn.Module):
     ssf_0 = _maybe_ssf(ssf, "LayerNorm_0")
     attention = Attention(self.num_heads, dtype=self.dtype, lora_rank=self.peft.lora_rank,
                           lora_alpha=self.peft.lora_alpha, ssf=ssf,
-                          attention_impl=self.attention_impl,
+                          attention_impl=self.attention_impl, lora_form=self.peft.lora_form,
                           name="MultiHeadDotProductAttention_0")
     pfeiffer = self.peft.adapter_style == "pfeiffer"
     adapter_attention = (Adapter(self.peft.adapter_dim, dtype=self.dtype, name="adapter_attention")
@@ -347,7 +372,7 @@ class Encoder1DBlock(nn.Module):
 
     def attend(normed):
       y, outputs["weights"], outputs["query_y"] = attention(
-          normed, return_attention, None if queries is None else ssf_0(norm_0(queries)), fact_0)
+          normed, return_attention, None if queries is None else ssf_0(norm_0(queries)), fact_0, train)
       return y
 
     y = peft_lib.petl_branch(petl_0, petl_module_0, attend, x, ssf_0(norm_0(x)), train)
@@ -384,6 +409,11 @@ def insert_prompts(x, prompts, start: int, replace: bool):
   return jnp.concatenate([x[:, :start], prompts.astype(x.dtype), rest], axis=1)
 
 
+def remove_prompts(x, start: int, count: int):
+  """The tokens of `x` without the `count` prompt outputs at token `start`."""
+  return jnp.concatenate([x[:, :start], x[:, start + count:]], axis=1)
+
+
 class Encoder(nn.Module):
   """Position embedding, blocks and final norm; optionally with visual prompts (VPT) or visual
   queries (VQT).
@@ -393,6 +423,10 @@ class Encoder(nn.Module):
   `registers` (N, R, D) or None: DINOv2's register tokens, inserted after the class token once the
   position embedding is added (they get none), as DINOv2's prepare_tokens_with_masks does. With more than one set
   (VPT-deep), set i replaces the prompt outputs of layer i-1 before layer i.
+  `prompt_from`: the block the first set enters (set j enters block prompt_from + j).
+  `prompt_carry` False: each set's outputs are removed after the block it entered, as
+  OSU-MLB/PETL_Vision's forward_features does (so a single set acts in one block only); True
+  (KMnP/vpt): they go on to the next block, where a later set replaces them.
   `queries` is (layers, N, Q, D) or None: set i goes through layer i beside its tokens (reading
   them, unread by them), and its outputs are returned per layer, without the final norm.
   """
@@ -415,6 +449,8 @@ class Encoder(nn.Module):
   # Stochastic depth: block i drops its branches at drop_path x i / (depth - 1), timm's
   # linear-in-depth rule (VisionTransformer: torch.linspace(0, drop_path_rate, depth)).
   drop_path: float = 0.0
+  prompt_from: int = 0
+  prompt_carry: bool = True
 
   @nn.compact
   def __call__(self, x, prompts=None, prompt_start=0, train=False, return_attention=False,
@@ -433,8 +469,11 @@ class Encoder(nn.Module):
                                        name="fact")(x.shape[-1]) if self.peft.fact_type else None)
     attentions, query_outputs = [], []
     for i in range(self.depth):
-      if prompts is not None and i < len(prompts):
-        x = insert_prompts(x, prompts[i], prompt_start, replace=i > 0)
+      entering = i - self.prompt_from
+      prompted = prompts is not None and 0 <= entering < len(prompts)
+      if prompted:
+        x = insert_prompts(x, prompts[entering], prompt_start,
+                           replace=self.prompt_carry and entering > 0)
       x, attention, query_output = block(
           self.mlp_dim, self.num_heads, self.dropout, dtype=self.dtype, peft=self.peft,
           attention_impl=self.attention_impl, attn_out_dropout=self.attn_out_dropout,
@@ -443,6 +482,8 @@ class Encoder(nn.Module):
           drop_path=self.drop_path * i / max(self.depth - 1, 1), block_index=i,
           name=f"encoderblock_{i}")(
               x, train, return_attention, None if queries is None else queries[i], fact_params)
+      if prompted and not self.prompt_carry:
+        x = remove_prompts(x, prompt_start, prompts.shape[2])
       attentions.append(attention)
       query_outputs.append(query_output)
     if self.final_norm:
@@ -527,6 +568,11 @@ class Model(nn.Module):
     depth: overrides the variant's depth (small models for tests and demos).
     prompt_tokens: number of visual prompt tokens (0: no prompts). Sequence: [CLS, prompts, patches].
     prompt_deep: a prompt set for every layer (VPT-deep) rather than one after the embedding.
+    prompt_carry: prompt outputs go on to the next block (KMnP/vpt's VPT, the VPT paper's) or,
+      False, are removed after the block their set entered (OSU-MLB/PETL_Vision's model/vpt.py
+      with vision_transformer.py forward_features: its VPT-shallow prompts act in block 0 only).
+    prompt_layers: prompts enter at block depth - prompt_layers, VPT-deep's sets one per block
+      from there (PETL_Vision's vpt_layer: the last k blocks); None: from block 0.
     prompt_dropout: dropout on the prompt tokens while training.
     prompt_project: prompt width before a learned projection to the model width (None: no
       projection).
@@ -576,6 +622,8 @@ class Model(nn.Module):
   prompt_deep: bool = False
   prompt_dropout: float = 0.0
   prompt_project: int | None = None
+  prompt_carry: bool = True
+  prompt_layers: int | None = None
   peft: PeftModules = PeftModules()
   attention_impl: str | None = None
   remat: bool = False
@@ -605,6 +653,14 @@ class Model(nn.Module):
   def has_class_token(self) -> bool:
     return self.pool_type in ("tok", "gap_fc_norm")
 
+  def _prompt_from(self, depth: int) -> int:
+    """The block the prompts enter (`prompt_layers`)."""
+    if self.prompt_layers is None:
+      return 0
+    if not 1 <= self.prompt_layers <= depth:
+      raise ValueError(f"prompt_layers={self.prompt_layers} must be between 1 and the model depth {depth}.")
+    return depth - self.prompt_layers
+
   @nn.compact
   def __call__(self, images, *, train=False, return_attention=False, example_mask=None):
     """`example_mask` (N,) bool, False on a padded batch's padding: the MLP head's BatchNorm
@@ -629,10 +685,10 @@ class Model(nn.Module):
                              (1, self.register_tokens, c), jnp.float32)
       registers = jnp.broadcast_to(registers, (n, self.register_tokens, c))
     prefix_tokens = int(self.has_class_token) + self.register_tokens
-    prompts = None
+    prompts, prompt_from = None, self._prompt_from(arch.depth)
     if self.prompt_tokens:
-      prompts = VisualPrompts(self.prompt_tokens, arch.depth if self.prompt_deep else 1, c,
-                              arch.patch_size, self.prompt_dropout, self.prompt_project,
+      prompts = VisualPrompts(self.prompt_tokens, arch.depth - prompt_from if self.prompt_deep else 1,
+                              c, arch.patch_size, self.prompt_dropout, self.prompt_project,
                               name="prompt")(n, train)
     queries = None
     if self.query_tokens:
@@ -649,7 +705,8 @@ class Model(nn.Module):
         gelu_approximate=self.gelu_approximate, embedding_dropout=self.embedding_dropout,
         final_norm=self.pool_type != "gap_fc_norm", layer_scale=self.layer_scale,
         norm_epsilon=self.norm_epsilon, quick_gelu=self.quick_gelu, pre_norm=self.pre_norm,
-        drop_path=self.drop_path or 0.0, name="Transformer")(
+        drop_path=self.drop_path or 0.0, prompt_from=prompt_from, prompt_carry=self.prompt_carry,
+        name="Transformer")(
             x, prompts, prefix_tokens, train, return_attention, queries, registers)
     x = _maybe_ssf(self.peft.ssf, "encoder_norm")(x)
     aux = {"encoded": x}
@@ -662,7 +719,7 @@ class Model(nn.Module):
     elif self.has_class_token:
       pooled = x[:, 0]
     else:
-      pooled = jnp.mean(x[:, self.prompt_tokens:], axis=1)
+      pooled = jnp.mean(x[:, self.prompt_tokens if self.prompt_carry else 0:], axis=1)
     if self.projection_dim:
       pooled = nn.Dense(self.projection_dim, use_bias=False, dtype=self.dtype, name="projection")(pooled)
     if self.representation_size:

@@ -38,6 +38,7 @@ from vpt_jax.data import augment, device, pipeline, shifts, sources
 from vpt_jax.data import tasks as tasks_lib
 from vpt_jax.checkpoints import alexnet as alexnet_checkpoint
 from vpt_jax.models import side as side_model
+from vpt_jax.models import vit
 from vpt_jax.models import backbones
 
 # VPT-deep prompt length per task. No published config lists them (KMnP/vpt keeps them in
@@ -340,9 +341,12 @@ MAI_LRS = (0.001, 0.01)
 MAI_WEIGHT_DECAYS = (0.0001, 0.001)
 MAI_SEEDS = (42,)
 # default_vtab_processed.yml L21-40: the modules' capacities and scales a run outside a search
-# takes (vpt_num 10 and vpt_dropout 0.1 too); tuned_blocks -1 is ViT-B's block 11.
+# takes (vpt_num 10 and vpt_dropout 0.1 too); tuned_blocks -1 is ViT-B's block 11. Its VPT
+# removes each prompt set after the block it entered (model/vision_transformer.py
+# forward_features L223-241), its LoRA is model/lora.py's shared q/k/v form (lora_form "petl").
 MAI_METHOD_KWARGS = dict(
-    prompt_tokens=10, prompt_dropout=0.1, adapter_bottleneck=64, adapter_scaler=0.1,
+    prompt_tokens=10, prompt_dropout=0.1, prompt_carry=False, lora_form="petl",
+    adapter_bottleneck=64, adapter_scaler=0.1,
     convpass_bottleneck=8, convpass_scaler=10.0, convpass_xavier_init=False,
     repadapter_bottleneck=8, repadapter_scaler=1.0, repadapter_group=2, fact_dim=8,
     fact_scaler=1.0, tuned_blocks=(-1,))
@@ -353,6 +357,7 @@ _SCALERS = (0.01, 0.1, 1.0, 10.0)
 MAI_METHOD_GRIDS = {
     "vpt_shallow": (("method_kwargs.prompt_tokens", (5, 10, 50, 100, 200)),),
     "vpt_deep": (("method_kwargs.prompt_tokens", (5, 10, 50, 100)),),
+    "lora": (("method_kwargs.lora_rank", (1, 8, 16, 32)),),  # lora.yml's lora_bottleneck.
     "adaptformer": (("method_kwargs.adapter_bottleneck", (4, 16, 32)),
                     ("method_kwargs.adapter_scaler", (0.05, 0.1, 0.2))),
     "convpass": (("method_kwargs.convpass_scaler", _SCALERS + (100.0,)),
@@ -742,6 +747,7 @@ def _validate_method_kwargs(config: dict, kwargs: dict, stages: set) -> None:
       _check(_is_number(value) and (value >= 0 if zero_ok else value > 0),
              f"method_kwargs.{field}", value,
              "a number ≥ 0 (0: scale 1)" if zero_ok else "a number > 0")
+  _validate_prompt_and_lora_forms(kwargs, stages, depth)
   if "repadapter" in stages:
     groups, bottleneck = kwargs["repadapter_group"], kwargs["repadapter_bottleneck"]
     _check(bottleneck % groups == 0 and width % groups == 0, "method_kwargs.repadapter_group",
@@ -764,6 +770,23 @@ def _validate_method_kwargs(config: dict, kwargs: dict, stages: set) -> None:
     resolution = config["data"]["resolution"]
     _check(resolution >= side_model.MIN_IMAGE_SIZE, "data.resolution", resolution,
            f"≥ {side_model.MIN_IMAGE_SIZE} for sidetune (its AlexNet pools the image three times)")
+
+
+_PROMPT_FORM_METHODS = {"vpt_shallow", "vpt_deep"}
+
+
+def _validate_prompt_and_lora_forms(kwargs: dict, stages: set, depth: int) -> None:
+  """prompt_carry, prompt_layers and lora_form, where a method the run trains reads them."""
+  if _PROMPT_FORM_METHODS & stages:
+    carry, layers = kwargs.get("prompt_carry"), kwargs.get("prompt_layers")
+    _check(carry is None or isinstance(carry, bool), "method_kwargs.prompt_carry", carry,
+           "True (KMnP/vpt's: prompts go through every block), False (PETL_Vision's) or unset")
+    _check(layers is None or (_is_int(layers) and 1 <= layers <= depth), "method_kwargs.prompt_layers",
+           layers, f"an integer in [1, {depth}] (prompts in the last k blocks) or unset (every block)")
+  if "lora" in stages:
+    form = kwargs.get("lora_form")
+    _check(form in (None,) + vit.LORA_FORMS, "method_kwargs.lora_form", form,
+           "'qv' (Hu et al.'s query/value LoRA), 'petl' (PETL_Vision's shared q/k/v form) or unset")
 
 
 def _has_field(config: dict, dotted: str) -> bool:
