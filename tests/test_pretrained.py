@@ -298,4 +298,4 @@ def test_inspect_command_reports_parity(checkpoint_dir):
                           capture_output=True, text=True, timeout=300,
                           cwd=os.path.dirname(os.path.dirname(__file__)))
   assert failed.returncode == 1
-  assert failed.stderr.strip().splitlines()[-1].startswith("error: Checkpoint 'nope.npz' is neither")
+  assert failed.stderr.strip().splitlines()[-1] == "error: Checkpoint file nope.npz does not exist."

@@ -24,6 +24,7 @@ def checkpoint_format(name_or_path: str) -> str:
   published = None if os.path.exists(name_or_path) else backbones.find(name_or_path)
   if published is not None:
     return published.checkpoint_format
+  pretrained.refuse_missing_file(name_or_path, published)
   suffix = next((s for s in _SUFFIXES if name_or_path.endswith(s)), None)
   if suffix is None:
     raise pretrained.CheckpointError(

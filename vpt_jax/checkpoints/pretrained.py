@@ -50,6 +50,15 @@ def read(path: str) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------------------------
 # Published names and downloads.
 
+def refuse_missing_file(name_or_path: str, published) -> None:
+  """A path (a folder in it, or a checkpoint file's suffix) that does not exist, said first and
+  in one short line, not as an unknown published name followed by every name."""
+  looks_like_path = os.sep in name_or_path or re.search(r"\.(npz|pth|pth\.tar|pt|bin|safetensors)$",
+                                                       name_or_path)
+  if published is None and looks_like_path and not os.path.exists(name_or_path):
+    raise CheckpointError(f"Checkpoint file {name_or_path} does not exist.")
+
+
 def resolve(name_or_path: str, cache_dir: str | None = None, base_url: str | None = None,
             check=read) -> str:
   """Returns a local path: an existing file as is, a published name (vpt_jax/models/backbones.py)
@@ -62,6 +71,7 @@ def resolve(name_or_path: str, cache_dir: str | None = None, base_url: str | Non
   if os.path.exists(name_or_path):
     return name_or_path
   published = backbones.find(name_or_path)
+  refuse_missing_file(name_or_path, published)
   if published is None:
     raise CheckpointError(
         f"Checkpoint {name_or_path!r} is neither a file nor a published name; published names: "

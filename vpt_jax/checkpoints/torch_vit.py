@@ -262,9 +262,26 @@ def resample_posemb_bicubic(posemb: np.ndarray, grid: int) -> np.ndarray:
   return np.concatenate([posemb[:, :1], patches], axis=1)
 
 
+_SWIN_BLOCK = re.compile(r"layers\.(\d+)\.blocks\.(\d+)\.attn\.relative_position_bias_table")
+
+
+def _refuse_swin(path: str, state: dict[str, np.ndarray]) -> None:
+  """A Swin file (window attention's relative position tables) given to a ViT model: said in one
+  line with the file's geometry, rather than as a list of every key that does not fit."""
+  blocks = [tuple(map(int, m.groups())) for m in map(_SWIN_BLOCK.fullmatch, state) if m]
+  if not blocks:
+    return
+  depths = [1 + max(j for s, j in blocks if s == stage) for stage in range(1 + max(s for s, _ in blocks))]
+  width = state["patch_embed.proj.weight"].shape[0] if "patch_embed.proj.weight" in state else "?"
+  raise pretrained.CheckpointError(
+      f"{path} is a Swin checkpoint (embed width {width}, stage depths {'-'.join(map(str, depths))}), "
+      "not a ViT: use a Swin model variant, e.g. --config.model.variant=swin_B/4/w7.")
+
+
 def load(path: str, model, image_size: int = 224, keep_head: bool = False) -> dict:
   """`model`'s parameters from a PyTorch ViT file (checkpoints.load resolves names to files)."""
   state = read(path)
+  _refuse_swin(path, state)
   flat = to_model_layout(state, model)
   grid = image_size // model.architecture.patch_size[0]
   if is_dinov2(state) and _POSEMB in flat and flat[_POSEMB].shape[1] != grid * grid + 1:
