@@ -167,9 +167,9 @@ def test_galore_state_size_is_the_formula():
   shapes = {path: optim.galore_matrix_shape(path, leaf.shape) if chosen[path] else
             int(np.prod(leaf.shape)) for path, leaf in paths.flatten(trainable).items()}
   assert sum(isinstance(s, tuple) for s in shapes.values()) == 2 * 6  # q, k, v, out, 2 MLP.
-  # Scalars besides: the injected hyper-parameters (peak lr, decay) and their step count, a step
-  # count per group (head, backbone), an unused 0-d projector per unprojected leaf.
-  counters = 3 + 2 + sum(not isinstance(s, tuple) for s in shapes.values())
+  # Scalars besides: the injected hyper-parameters (peak lr, decay, steps per epoch) and their step
+  # count, a step count per group (head, backbone), an unused 0-d projector per unprojected leaf.
+  counters = 4 + 2 + sum(not isinstance(s, tuple) for s in shapes.values())
   assert paths.count(state) - counters == galore_state_size(shapes, recipes.GALORE["galore_rank"])
   adamw = jax.eval_shape(optim.make("hf_adamw", methods.split(groups, groups)[0],
                                     optim.warmup_cosine(1, 10)).init, trainable)

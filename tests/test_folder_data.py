@@ -308,7 +308,9 @@ def test_fgvc_trains_and_evaluates_through_main(tmp_path, tiny_backbone):
   result = json.loads((tmp_path / "run" / "result.json").read_text())
   assert result["eval_examples"] == 200 and 0 <= result["test_accuracy"] <= 1
   cached = sorted(os.listdir(tmp_path / "cache" / "cub"))
-  assert cached == [f"{lists.json_version(tasks_lib.get('cub'), str(folder))}_train_40px_short_side.npz"]
+  version = lists.json_version(tasks_lib.get('cub'), str(folder))
+  # The training arrays, and the marker that every listed image of this version decoded once.
+  assert cached == [f"{version}_decoded", f"{version}_train_40px_short_side.npz"]
 
 
 def test_fgvc_sweep_selects_and_reports_with_the_published_rows(tmp_path, tiny_backbone):

@@ -281,7 +281,7 @@ def test_early_stop_is_petl_visions_and_resumes_from_the_metrics(tmp_path):
     final_run: bool = False
 
   member = loop.Member(Run(type("E", (), {"early_stop_patience": 2})), type(
-      "S", (), {"workdir": str(tmp_path)}), {}, None, {}, 0)
+      "S", (), {"workdir": str(tmp_path)}), {}, None, {}, 0, None)
   replayed = loop._early_stop(member, 20)  # Rows after the restart step are not replayed.
   assert (replayed.best, replayed.worse) == (0.7, 0) and loop._early_stop(member, 30).worse == 1
   member.run.final_run = True  # Final runs never stop early (PETL_Vision's early_patience 100).

@@ -296,7 +296,7 @@ def test_group_learning_rates(backbone):
 def test_coupled_weight_decay_and_momentum():
   params = {"w": jnp.array([1.0, -2.0]), "b": jnp.array([0.5])}
   groups = {"w": "head", "b": "head"}
-  tx = sgd(groups, lambda step, peak: peak, 0.1, 0.01, decay_rules=(("b", False), (".*", True)))
+  tx = sgd(groups, lambda step, peak, _: peak, 0.1, 0.01, decay_rules=(("b", False), (".*", True)))
   state = tx.init(params)
   grads = {"w": jnp.array([0.3, 0.4]), "b": jnp.array([0.2])}
   w, b, buf_w, buf_b = np.array([1.0, -2.0]), np.array([0.5]), 0.0, 0.0

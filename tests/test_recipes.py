@@ -208,7 +208,7 @@ def test_hf_adamw_follows_the_reference_class():
       np.float32)}
   groups = {"w": "g", "b": "g"}
   lrs = [0.0, 0.01, 0.02, 0.005]  # An epoch at lr 0 first, as the per-epoch schedule has it.
-  tx = optim.make("hf_adamw", groups, lambda step, peak: jnp.asarray(lrs)[step] * peak,
+  tx = optim.make("hf_adamw", groups, lambda step, peak, _: jnp.asarray(lrs)[step] * peak,
                   decay_rules=(("b", False), (".*", True)))
   state = optim.set_hyperparams(tx.init(params), peak_lr=1.0, weight_decay=0.01)
   p = {k: v.astype(np.float64) for k, v in params.items()}

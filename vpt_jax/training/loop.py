@@ -229,6 +229,10 @@ def _fit(program, members, states, training, checkpointers, writers, log) -> lis
   extent_values = program.replicate(np.asarray([extent.examples, steps_per_epoch], np.int32))
   score_last_epoch = stage.optim.on_non_finite == "score_last_epoch"
   copy_members = lambda: [jax.tree.map(jnp.copy, pack.member(trainable, i)) for i in range(k)]
+  # XLA:CPU runs a program's shards on one small thread pool: copies queued behind steps whose
+  # collectives are still gathering take its threads and the collective never completes (it aborts
+  # after 40 s). On several CPU devices the copies wait for the epoch's last step instead.
+  wait_before_copies = jax.default_backend() == "cpu" and program.mesh.size > 1
   # Each member's parameters at the end of recent epochs {epoch: [per member]} (epoch -1: where
   # this attempt started), what a divergence found in the next epoch is scored with.
   snapshots = {step // steps_per_epoch - 1: copy_members() if step else [None] * k} \
@@ -301,6 +305,8 @@ def _fit(program, members, states, training, checkpointers, writers, log) -> lis
         finish_epoch(pending)
         pending = None
       if score_last_epoch:  # Copies: the next step overwrites (donates) the pack's state.
+        if wait_before_copies:
+          jax.block_until_ready(trainable)
         snapshots[epoch] = copy_members()
       if all(d is not None for d in done):
         break

@@ -253,8 +253,8 @@ def backbone_family(backbone: str | None) -> str | None:
 
 
 def paper(method: str, task: str, requested: dict) -> dict:
-  """Each method as the papers' code trained it (KMnP/vpt, ChengHan111/VPT-or-FT, andytu28/VQT),
-  on the backbone `requested` names (config.backbone)."""
+  """Each method as the papers' code trained it (KMnP/vpt, ChengHan111/VPT-or-FT, andytu28/VQT).
+  The backbone `requested` names (config.backbone) decides what their code changed for it."""
   backbone = requested.get("backbone")
   family = backbone_family(backbone)
   if family is None:
@@ -379,9 +379,10 @@ MAI_METHOD_GRIDS = {
 
 
 def mai(method: str, task: str, requested: dict) -> dict:
-  """Mai et al.'s VTAB-1k recipe as OSU-MLB/PETL_Vision runs it (experiment/config/
-  default_vtab_processed.yml, engine/optimizer.py, engine/trainer.py, data/dataset/vtab_processed.py,
-  experiment/run.py): torch's AdamW over every tuned parameter (one group, decay on all, lr as
+  """Mai et al.'s recipe as OSU-MLB/PETL_Vision runs it (AdamW, batch 64, 100 epochs, drop-path
+  0.1, each method's PETL_Vision sizes and grids; many-shot and few-shot ImageNet settings too).
+  On VTAB-1k (experiment/config/default_vtab_processed.yml, engine/optimizer.py,
+  engine/trainer.py, data/dataset/vtab_processed.py, experiment/run.py): torch's AdamW over every tuned parameter (one group, decay on all, lr as
   given), batch 64, 100 epochs with 10 warm-up epochs and a cosine stepped once per epoch, timm's
   ViT with exact GELU, no dropout and drop-path 0.1, images resized to 224 and fed in [0, 1]
   (normalized: False), selection on the last epoch's validation accuracy, one final seed (42).
@@ -424,8 +425,8 @@ MAI_IMAGENET_CROP_FROM = 256  # int((256 / 224) * crop_size).
 MAI_IMAGENET_RAND_AUGMENT = "rand-m9-mstd0.5-inc1"
 MAI_IMAGENET_RANDOM_ERASING = 0.25
 MAI_IMAGENET_PATIENCE = 10  # clip_fs_imagenet.yml early_patience, eval_freq 1.
-# method-imagenet/<name>.yml of the methods with released ImageNet results (published_tables.md
-# A3): vpt_deep_50, lora_32, adaptformer_32, convpass_32, fact_tk_32, rand_h_adapter_32,
+# method-imagenet/<name>.yml of the methods with released ImageNet results (PETL_Vision
+# tune_output/clip_fs_imagenet/): vpt_deep_50, lora_32, adaptformer_32, convpass_32, fact_tk_32, rand_h_adapter_32,
 # lora_p_adapter_32, repadapter; their scalars, no grid (the grid is the drop-path's).
 MAI_IMAGENET_METHOD_KWARGS = {
     "vpt_deep": dict(prompt_tokens=50),
@@ -501,6 +502,7 @@ def _mai_many_shot(settings: dict, task, requested: dict) -> None:
     settings["model"]["drop_path"] = 0.0
     settings["data"].update(normalization="imagenet", resize="bilinear", flip=False)
     settings["sweep"]["weight_decays"] = (0.0001,)
+    settings["sweep"]["grid"] = None  # Its scripts search the lr alone: no method capacity axis.
   else:
     data = requested.get("data", {})
     train_subset = data.get("train_subset") or tasks_lib.phase_subsets(
