@@ -13,6 +13,13 @@ schedule of 12 epochs. Expected: both methods above chance on every task (chance
 16.7, 12.5%), full fine-tuning ahead on this 2-layer backbone, then both on shifted copies of
 the test sets (config.eval_shifts), in about 4 minutes on 2 CPU cores.
 Arguments: task, method (names joined by +), recipe, phase, seed, as in configs/vtab.py.
+
+Learning rates: base_lr 0.1 for the methods that keep the backbone frozen and 0.001 for those
+that move it. The paper recipe applies KMnP/vpt's rule lr = base_lr x batch / 256 to its SGD
+methods (tune_vtab.py setup()), so VPT-deep (batch 64) trains at a peak of 0.025 and the linear
+probe (base-linear.yaml's batch 1024) at 0.4. A training set smaller than 1,024 images (the
+demo's 1,000, most own folders) gives the linear probe one step per epoch at that rate, and its
+loss can swing from epoch to epoch; `--config.optim.base_lr=0.025` (0.1 applied) is steadier.
 """
 
 import os

@@ -21,10 +21,10 @@ rows and the WiSE curve figure.
 Arguments as configs/vtab.py's (method, recipe, phase, backbone, seed, fsdp, bf16); task is
 `imagenet` (the shifted sets are evaluation sets only).
 
-Expected top-1 (the authors' released result files, /work/shared/reference/published_tables.md
-A3; not the paper's printed table): full fine-tuning ImageNet 74.95, V2 62.83, Sketch 36.43,
-A 18.43, R 52.32; LoRA-32 76.56, 66.95, 46.31, 40.29, 70.2; VPT-deep 75.04, 65.23, 46.11, 38.31,
-71.01; the zero-shot model 67.69, 61.09, 47.75, 48.89, 76.95.
+Expected top-1 (the authors' released result files, OSU-MLB/PETL_Vision
+tune_output/clip_fs_imagenet/, commit c4b0227; not the paper's printed table): full fine-tuning
+ImageNet 74.95, V2 62.83, Sketch 36.43, A 18.43, R 52.32; LoRA-32 76.56, 66.95, 46.31, 40.29,
+70.2; VPT-deep 75.04, 65.23, 46.11, 38.31, 71.01; the zero-shot model 67.69, 61.09, 47.75, 48.89, 76.95.
 """
 
 from configs import default, vtab

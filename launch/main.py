@@ -1,10 +1,17 @@
 """Train and evaluate one run, or one run per task and method when the config names several.
 
-  python launch/main.py --config=configs/vtab.py:task=dtd,method=vpt_deep --workdir=runs/dtd
-  python launch/main.py --config=configs/vtab.py:task=dtd --config.optim.base_lr=2.5 --workdir=...
   python launch/main.py --config=configs/demo.py      # offline demo: 5 tasks x (VPT, FT), table
+  python launch/main.py --config=configs/vtab.py:task=dtd,method=vpt_deep --workdir=runs/dtd
+  python launch/main.py --config=configs/demo.py:task=folder:/data/pets,method=linear+vpt_deep+full
+      # your own images: class subfolders (train/<class>/, optional val/ and test/), one
+      # <class>/ tree, train/val/test.json or train/val/test.txt lists; docs/data.md
+  python launch/main.py --config=configs/vtab.py:task=dtd --config.optim.base_lr=2.5 --workdir=...
+      # any config field: --config.<field>=<value> (a misspelt field is an error)
   python launch/main.py --list     # every task, data source, backbone, method and recipe
 
+Afterwards: launch/predict.py --run=<run folder> <images> classifies new images with a finished
+run; launch/export.py --run=<run folder> --out=<dir> writes it as safetensors/npz files other
+tools load (docs/predict_export.md); launch/sweep.py runs the papers' protocol (docs/studies.md).
 The config file's docstring says what it runs and what to expect. Running the same command again
 resumes an interrupted run from its last checkpoint; a finished run is reported, not retrained.
 --workdir defaults to config.workdir, else runs/<config name>_<arguments>.

@@ -25,11 +25,16 @@ def test_list_shows_every_entry_of_every_registry():
                           capture_output=True, timeout=300)
   assert listed.returncode == 0, listed.stderr
   assert listed.stdout.splitlines() == catalog.lines()
-  names = [line.split()[0] for line in catalog.lines() if line.startswith("  ")]
+  rows = [line for line in catalog.lines() if line.startswith("  ")]
+  names = [line.split()[0] for line in rows if not line.startswith("  demo (shipped)")]
   expected = [*tasks_lib.TASKS, *sources.SOURCES, *backbones.BACKBONES, *methods.names(),
               *recipes.RECIPES]
   assert names == expected
-  assert all(len(line.split()) > 1 for line in catalog.lines() if line.startswith("  "))
+  assert all(len(line.split()) > 1 for line in rows)
+  assert "task=folder:<path>" in listed.stdout.splitlines()[0]
+  assert [line for line in rows if "demo_vit_ti8_depth2.npz" in line][0].startswith("  demo (shipped)")
+  recipe_rows = rows[-len(recipes.RECIPES):]
+  assert all(line.endswith(".") and len(line) < 250 for line in recipe_rows), recipe_rows  # Whole sentences.
 
 
 def _configs_in(value, seen=None) -> list:

@@ -29,8 +29,8 @@ COLUMNS = ("imagenet",) + tasks_lib.IMAGENET_SHIFTS
 SHORT = {"imagenet": "ImageNet", "imagenet_v2": "V2", "imagenet_sketch": "Sketch",
          "imagenet_a": "A", "imagenet_r": "R"}
 
-# Released raw results of OSU-MLB/PETL_Vision (shared/reference/published_tables.md A3: each
-# method folder's <set>_result.json avg_acc; A4: merge_result.json, in stored order, which is
+# Released raw results of OSU-MLB/PETL_Vision (tune_output/clip_fs_imagenet/fs/imagenet/, commit
+# c4b0227: each method folder's <set>_result.json avg_acc; A4: merge_result.json, in stored order, which is
 # presumably alpha = 0, 0.1, ..., 1). Not the paper's printed table (none was reachable). Keys:
 # our method names; the folder names carry their capacity (lora_32, fact_tk_32, ...).
 SOURCE = "PETL_Vision released results (A3)"

@@ -57,7 +57,7 @@ def tables(cells: dict, with_published: bool = False) -> tuple[str, list[dict]]:
       notes += [f"? {row.method} (released) {t}: {why}" for t, why in row.uncertain.items()
                 if t in tasks]
     notes.insert(0, f"(released): {published.SOURCE_MAI_MANY_SHOT}, not the paper's printed "
-                    "tables (shared/reference/published_tables.md Appendix A2).")
+                    "tables (OSU-MLB/PETL_Vision tune_output/, commit c4b0227).")
   if any(cell.diverged for cell in cells.values()):
     notes.append("† a run's loss turned non-finite; it is scored at its last finished epoch.")
   notes = list(dict.fromkeys(notes))

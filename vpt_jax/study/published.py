@@ -86,7 +86,7 @@ ROWS = (
     _row(SOURCE_HAN_ONE_SHOT, "vpt_deep", "1shot", "54.6 78.4 37.4 94.9 70.5 11.6 51.2 68.4 45.6 41.1 "
          "34.7 21.5 22.1 18.7 37.0 6.7 7.5 6.2 14.9", None, SUPERVISED_HAN),
     # FGVC per task (the VPT paper's appendix), secondary like every VPT number here
-    # (shared/reference/published_tables.md 1.3): full and VPT-deep as two sources give them (a
+    # (its per-task FGVC table, read from reprints): full and VPT-deep as two sources give them (a
     # note extracted from the paper, and Han et al. Table 19, which reprints them); VPT-shallow
     # from that note alone, its entries averaging 84.66 where the paper's mean is 84.62.
     _row(SOURCE_VPT_FGVC, "full", "fgvc", "87.3 82.7 98.8 89.4 84.5"),
@@ -95,7 +95,7 @@ ROWS = (
          {task: "one secondary source; the row averages 84.66, the printed mean is 84.62"
           for task in FGVC_ORDER}),
     # Han et al.'s appendix C, their own 5-run means on the VPT paper's other backbones
-    # (shared/reference/published_tables.md 2.7-2.9, from the camera-ready text). Swin-B
+    # (Tables 7-15 of the camera-ready text). Swin-B
     # (Tables 7-9): the VPT row's Natural entries average 82.49 where the paper prints 78.78.
     _row(SOURCE_HAN_SWIN, "full", "vtab1k", "72.2 88.0 71.2 98.3 89.5 89.4 45.0 86.6 96.9 87.7 "
          "73.6 75.7 59.8 54.6 78.6 79.4 53.6 34.6 40.9", None, ("swinb_imagenet22k_224",)),
@@ -114,7 +114,7 @@ ROWS = (
     _row(SOURCE_HAN_MOCO, "vpt_deep", "vtab1k", "70.1 88.3 65.9 88.4 85.6 57.8 35.7 83.1 91.0 81.2 "
          "74.0 48.5 55.8 37.2 64.6 52.3 26.5 19.4 34.8", None, ("mocov3_vitb16",)),
     # The VPT paper's Tables 2 (Swin-B) and 4 (MAE, MoCo v3): group means only, through
-    # secondary copies (published_tables.md 1.4, 1.5: a note extracted from the paper, S1, and
+    # secondary copies (a note extracted from the paper, S1, and
     # VFPT's reprint, S2); where they disagree or only one gives a cell, it is marked.
     *(_groups(SOURCE_VPT_SWIN, method, numbers, ("swinb_imagenet22k_224",), uncertain)
       for method, numbers, uncertain in (
@@ -186,7 +186,7 @@ VPT_PAPER = {row.method: row.accuracies for row in ROWS if row.source == SOURCE_
 
 # Mai et al.'s many-shot results: the authors' released raw results (OSU-MLB/PETL_Vision
 # tune_output/<config>/<dataset>/<size>/<method>/final_result.json, field avg_acc, from commit
-# c4b0227; shared/reference/published_tables.md Appendix A2), not the paper's printed tables.
+# c4b0227), not the paper's printed tables.
 # Columns: the many-shot tasks; their folder per column is MANY_SHOT_FOLDERS. Where a method's
 # folders carry a capacity suffix (lora_8, fact_tk_8, rand_h_adapter_64), the one at this
 # project's default capacity is taken (method_kwargs lora_rank 8, fact_dim 8, adapter_bottleneck

@@ -382,15 +382,16 @@ def mai(method: str, task: str, requested: dict) -> dict:
   """Mai et al.'s recipe as OSU-MLB/PETL_Vision runs it (AdamW, batch 64, 100 epochs, drop-path
   0.1, each method's PETL_Vision sizes and grids; many-shot and few-shot ImageNet settings too).
   On VTAB-1k (experiment/config/default_vtab_processed.yml, engine/optimizer.py,
-  engine/trainer.py, data/dataset/vtab_processed.py, experiment/run.py): torch's AdamW over every tuned parameter (one group, decay on all, lr as
-  given), batch 64, 100 epochs with 10 warm-up epochs and a cosine stepped once per epoch, timm's
-  ViT with exact GELU, no dropout and drop-path 0.1, images resized to 224 and fed in [0, 1]
-  (normalized: False), selection on the last epoch's validation accuracy, one final seed (42).
-  Each method's capacity and scale as default_vtab_processed.yml sets them (MAI_METHOD_KWARGS),
-  searched over its method/<name>.yml lists with lr and wd (MAI_METHOD_GRIDS).
-  Not reproduced: timm's schedule floor and start (lr_min 1e-5, warmup_lr_init 1e-6, and its
-  first two epochs both at warmup_lr_init), PIL's bicubic resize (bilinear here) and timm's
-  truncated-normal head (zeros here); docs/protocol.md lists each with its file."""
+  engine/trainer.py, data/dataset/vtab_processed.py, experiment/run.py): torch's AdamW over every
+  tuned parameter (one group, decay on all, lr as given), batch 64, 100 epochs with 10 warm-up
+  epochs and a cosine stepped once per epoch, timm's ViT with exact GELU, no dropout and drop-path
+  0.1, images resized to 224 and fed in [0, 1] (normalized: False), selection on the last epoch's
+  validation accuracy, one final seed (42). Each method's capacity and scale as
+  default_vtab_processed.yml sets them (MAI_METHOD_KWARGS), searched over its method/<name>.yml
+  lists with lr and wd (MAI_METHOD_GRIDS). Not reproduced: timm's schedule floor and start (lr_min
+  1e-5, warmup_lr_init 1e-6, and its first two epochs both at warmup_lr_init), PIL's bicubic
+  resize (bilinear here) and timm's truncated-normal head (zeros here); docs/protocol.md lists
+  each with its file."""
   optim_settings = dict(name="adamw", base_lr=0.001, weight_decay=0.0001, momentum=None,
                         batch_size=64, epochs=100, warmup_epochs=10, schedule="epoch",
                         scale_lr=False, grad_clip_norm=None, decay_rules=((".*", True),),
