@@ -1,6 +1,8 @@
 """Offline mini-VTAB demo: VPT-deep and full fine-tuning of a tiny pre-trained ViT on 5 tasks.
 
   python launch/main.py --config=configs/demo.py            # workdir runs/demo
+  python launch/main.py --config=configs/demo.py:task=folder:/data/pets,method=linear+full
+      # your own images with the demo's backbone: workdir runs/demo_task_folder_data_pets_...
 
 Everything is on the machine: the backbone (ViT-Ti/8, depth 2, pre-trained on rendered shapes by
 launch/pretrain.py, in Google's npz layout) ships in vpt_jax/assets/, and the tasks are generated
@@ -54,5 +56,7 @@ def get_config(arg=None):
   config.eval_batch_size = 250
   config.eval_shifts = ("gaussian_noise:3", "gaussian_blur:3", "contrast:3", "jpeg:3")
   config.checkpoint_every_epochs, config.checkpoints_to_keep = 6, 1
-  config.workdir = "runs/demo"
+  # The demo's own runs in runs/demo; any other arguments (a folder of your own, other methods) in
+  # a workdir named after them (launch/main.py's default), so no command overwrites another's table.
+  config.workdir = "runs/demo" if not arg else ""
   return config

@@ -101,7 +101,9 @@ def test_single_tree_is_carved_into_train_val_and_test(tmp_path):
   assert len(set(paths)) == len(paths) == 30
   notices = []
   check(task, cache=str(tmp_path / "cache"), log=notices.append)
-  assert notices == [f"task=folder:{tmp_path}: skipped 1 non-image file(s) among the images (first: "
+  assert notices == [f"task=folder:{tmp_path}: one class tree, 3 classes; train 15, val 6, test 9 (test and "
+                     "val carved: data.test_fraction=0.3, val_fraction=0.2, split_seed=0).",
+                     f"task=folder:{tmp_path}: skipped 1 non-image file(s) among the images (first: "
                      f"{tmp_path}/README.md)."]
   assert layouts.subsets(task_of(tmp_path, test_fraction=0.0)) == ("train", "val")
 
@@ -201,7 +203,9 @@ def test_non_images_skipped_in_folders_refused_in_lists(tmp_path):
   (tmp_path / "train" / "cat" / "labels.csv").write_text("x")
   notices = []
   check(task_of(tmp_path), cache=str(tmp_path / "cache"), log=notices.append)
-  assert notices == [f"task=folder:{tmp_path}: skipped 1 non-image file(s) among the images (first: "
+  assert notices == [f"task=folder:{tmp_path}: class subfolders, 3 classes; train 9, val 3, test 6 (val "
+                     "carved: data.val_fraction=0.2, split_seed=0).",
+                     f"task=folder:{tmp_path}: skipped 1 non-image file(s) among the images (first: "
                      f"{tmp_path}/train/cat/labels.csv)."]
   listed = tmp_path / "lists"
   image(str(listed / "a.png"))

@@ -326,9 +326,30 @@ def check(task: tasks_lib.Task, subsets_used=(), log=print) -> None:
     raise lists.BadDataError(_missing_test(task))
   _check_disjoint(resolved.entries)
   _check_classes(task, resolved.entries)
+  log(describe(task, resolved))
   if resolved.skipped:
     log(f"task=folder:{task.folder}: skipped {len(resolved.skipped)} non-image file(s) among the "
         f"images (first: {resolved.skipped[0]}).")
+
+
+_LAYOUT_NAMES = {LISTS: "list files", JSON: "JSON lists", CLASS_FOLDERS: "class subfolders",
+                 TREE: "one class tree"}
+
+
+def describe(task: tasks_lib.Task, resolved: Splits) -> str:
+  """One line: the folder's layout, classes and split sizes, and what was carved with which
+  settings, e.g. "task=folder:/data/pets: one class tree, 2 classes; train 60, val 20, test 20
+  (test and val carved: data.test_fraction=0.2, val_fraction=0.2, split_seed=0)"."""
+  sizes = ", ".join(f"{split} {len(resolved.entries[split])}" for split in SPLITS
+                    if split in resolved.entries)
+  line = (f"task=folder:{task.folder}: {_LAYOUT_NAMES[task.layout]}, {task.num_classes} classes; "
+          f"{sizes}")
+  if resolved.carved:
+    fractions = ", ".join(f"{split}_fraction={getattr(task.splits, split + '_fraction')}"
+                          for split in resolved.carved)
+    line += (f" ({' and '.join(resolved.carved)} carved: data.{fractions}, "
+             f"split_seed={task.splits.seed})")
+  return line + "."
 
 
 def write_split_lists(task: tasks_lib.Task, data_dir: str | None, directory: str) -> list[str]:
