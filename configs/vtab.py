@@ -23,25 +23,19 @@ vpt_jax/study/published.py).
 """
 
 from configs import default
+from vpt_jax import checkpoints
 from vpt_jax.models import backbones
 from vpt_jax.utils import config_lib
 
 
 def set_backbone(config, name: str):
-  """The published backbone `name` with the model fields its record gives."""
-  record = backbones.BACKBONES.get(name)
-  if record is None:
+  """The published backbone `name` with the model fields and normalization its record gives
+  (checkpoints.set_backbone; no file is read). A file goes in --config.backbone, whose model
+  fields the launchers then take from the file (checkpoints.configure)."""
+  if name not in backbones.BACKBONES:
     raise ValueError(f"backbone={name!r} is not a published backbone; choose from: "
                      f"{', '.join(backbones.BACKBONES)} (a file goes in --config.backbone).")
-  config.backbone = name
-  config.model.variant, config.model.pool_type = record.variant, record.pool_type
-  for field, value in record.model:  # LayerScale, registers, CLIP's ln_pre and projection, ...
-    config.model[field] = value
-  # Google's backbones are normalised as each recipe says (the VPT code used ImageNet's
-  # statistics for them too); any other backbone sees the inputs its pre-training saw.
-  if record.normalization != "inception":
-    config.data.normalization = record.normalization
-  return config
+  return checkpoints.set_backbone(config, name)
 
 
 def get_config(arg=None):

@@ -40,6 +40,13 @@ def is_clip(state: dict) -> bool:
   return _VISUAL + "class_embedding" in state
 
 
+def is_openai(state: dict) -> bool:
+  """OpenAI's TorchScript archives keep input_resolution (and the text tower's context_length and
+  vocab_size) as tensors beside the weights; open_clip's state dicts do not. OpenAI's models all
+  use QuickGELU, open_clip's layout holds either form."""
+  return is_clip(state) and "input_resolution" in state
+
+
 def is_text_tower(key: str) -> bool:
   return key in _TEXT_KEYS or key.startswith(_TEXT_PREFIXES)
 

@@ -122,8 +122,13 @@ def from_state(path: str, state: dict[str, np.ndarray], quick_gelu: bool, embed_
 def load(name_or_path: str, image_model, num_heads: int | None = None, cache_dir: str | None = None,
          base_url: str | None = None) -> TextTower:
   """The text tower of a published CLIP name (models/backbones.py) or file, for `image_model`, the
-  vit.Model of its image tower: the text tower shares its activation (QuickGELU in OpenAI's
-  models) and its projection width."""
+  vit.Model of its image tower: the text tower shares its projection width and its activation,
+  which an OpenAI archive decides (QuickGELU, whatever `image_model` says) and open_clip's layout,
+  which holds either form, leaves to `image_model`."""
   path = pretrained.resolve(name_or_path, cache_dir, base_url, check=torch_vit.read)
-  return from_state(path, torch_vit.read_state(path), image_model.quick_gelu, image_model.projection_dim,
-                    num_heads)
+  state = torch_vit.read_state(path)
+  quick_gelu = image_model.quick_gelu or clip.is_openai(state)
+  if quick_gelu and not image_model.quick_gelu:
+    logging.warning("%s is OpenAI's CLIP: its text tower runs with QuickGELU although the image model "
+                    "has quick_gelu=False.", path)
+  return from_state(path, state, quick_gelu, image_model.projection_dim, num_heads)

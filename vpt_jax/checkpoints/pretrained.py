@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.ndimage
 
+from vpt_jax.checkpoints import description as description_lib
 from vpt_jax.utils import files
 from vpt_jax.models import backbones, vit
 
@@ -35,6 +36,16 @@ _POSEMB = "Transformer/posembed_input/pos_embedding"
 
 class CheckpointError(ValueError):
   """A checkpoint that cannot be used as asked; the message says what to do."""
+
+
+class MismatchError(CheckpointError):
+  """A file whose keys or shapes do not fit the model (`fit`): `listing` names up to 8 of each
+  kind, `summary` counts them and names the first two."""
+
+  def __init__(self, path: str, listing: str, summary: str):
+    super().__init__(f"Checkpoint {path} does not fit the model: {listing}. Check the variant, "
+                     "pool_type and representation_size against the checkpoint.")
+    self.path, self.listing, self.summary = path, listing, summary
 
 
 def read(path: str) -> dict[str, np.ndarray]:
@@ -192,6 +203,37 @@ def describe(flat: dict[str, np.ndarray]) -> dict:
   return kwargs
 
 
+def description(path: str, raw: dict[str, np.ndarray]) -> description_lib.Description:
+  """What a Google-layout (or vpt_jax-exported) .npz file is. The heads are in the weights (a
+  query kernel is (width, heads, head dim)); the GELU form and LayerNorm epsilon are not: the
+  VPT code runs Google's weights with exact GELU, Google's code with tanh, so the recipe picks."""
+  layout = "big_vision" if any(k.startswith("params/") for k in raw) else "vision_transformer"
+  flat = to_model_layout(raw, has_class_token=True)
+  block = "Transformer/encoderblock_0/"
+  try:
+    patch, _, _, width = flat["embedding/kernel"].shape
+    mlp_dim = flat[block + "MlpBlock_0/Dense_0/kernel"].shape[1]
+    heads = flat[block + "MultiHeadDotProductAttention_0/query/kernel"].shape[1]
+  except (KeyError, ValueError) as e:
+    raise CheckpointError(f"Checkpoint {path} is not a ViT checkpoint: no usable {e} entry.") from None
+  pooling = ("map" if any(k.startswith("MAPHead") for k in flat) else "cls" if "cls" in flat else "gap")
+  return description_lib.Description(
+      path=path, family="vit", layout=layout, width=width, patch=patch, heads=heads, mlp_dim=mlp_dim,
+      depth=len({k.split("/")[1] for k in flat if k.startswith("Transformer/encoderblock_")}),
+      pooling=pooling, fc_norm="fc_norm/scale" in flat,
+      layer_scale=any("/LayerScale_" in k for k in flat),
+      registers=flat["registers"].shape[1] if "registers" in flat else 0,
+      pre_norm="Transformer/pre_encoder_norm/scale" in flat,
+      projection=flat["projection/kernel"].shape[1] if "projection/kernel" in flat else None,
+      embedding_bias="embedding/bias" in flat)
+
+
+def load_state(path: str, raw: dict[str, np.ndarray], model, image_size: int = 224,
+               keep_head: bool = False) -> dict:
+  """`model`'s parameters from the arrays `read` gave for `path` (checkpoints.load reads once)."""
+  return fit(path, to_model_layout(raw, model.has_class_token), model, image_size, keep_head)
+
+
 def resample_posemb(posemb: np.ndarray, num_tokens: int, has_class_token: bool) -> np.ndarray:
   """Bilinearly resamples the square grid to hold `num_tokens` rows; the class-token row is kept."""
   cls_row, grid = (posemb[:, :1], posemb[0, 1:]) if has_class_token else (posemb[:, :0], posemb[0])
@@ -208,28 +250,34 @@ def resample_posemb(posemb: np.ndarray, num_tokens: int, has_class_token: bool) 
   return np.concatenate([cls_row, grid.astype(posemb.dtype)], axis=1)
 
 
-def _describe_mismatch(path, flat, expected) -> str:
+def mismatches(flat, expected) -> tuple[list[str], list[str], list[str]]:
+  """The missing, unexpected and mis-shaped keys of `flat` against the model's `expected` shapes."""
   missing = sorted(set(expected) - set(flat))
   unexpected = sorted(set(flat) - set(expected))
   mismatched = sorted(k for k in set(flat) & set(expected) if flat[k].shape != expected[k].shape)
-  if not (missing or unexpected or mismatched):
-    return ""
+  return missing, unexpected, mismatched
+
+
+def _describe_mismatch(flat, expected) -> tuple[str, str]:
+  """(listing, summary) of the keys of `flat` that do not fit `expected`; ("", "") if all do."""
+  missing, unexpected, mismatched = mismatches(flat, expected)
+  kinds = [("missing", missing, lambda k: tuple(expected[k].shape)),
+           ("unexpected", unexpected, lambda k: tuple(flat[k].shape)),
+           ("mismatched", mismatched, lambda k: f"{tuple(flat[k].shape)} vs model {tuple(expected[k].shape)}")]
+  kinds = [(title, keys, shape_of) for title, keys, shape_of in kinds if keys]
+  if not kinds:
+    return "", ""
 
   def listing(title, keys, shape_of):
     shown = ", ".join(f"{k} {shape_of(k)}" for k in keys[:8])
     more = f" and {len(keys) - 8} more" if len(keys) > 8 else ""
     return f"{len(keys)} {title} ({shown}{more})"
 
-  parts = []
-  if missing:
-    parts.append(listing("missing", missing, lambda k: tuple(expected[k].shape)))
-  if unexpected:
-    parts.append(listing("unexpected", unexpected, lambda k: tuple(flat[k].shape)))
-  if mismatched:
-    parts.append(listing("mismatched", mismatched,
-                         lambda k: f"{tuple(flat[k].shape)} vs model {tuple(expected[k].shape)}"))
-  return (f"Checkpoint {path} does not fit the model: " + "; ".join(parts) +
-          ". Check the variant, pool_type and representation_size against the checkpoint.")
+  # The two shortest names: the embedding, the class token and the norms say most in least space.
+  shortest = sorted(((k, shape_of) for _, keys, shape_of in kinds for k in keys), key=lambda e: len(e[0]))[:2]
+  summary = (", ".join(f"{len(keys)} {title}" for title, keys, _ in kinds) + " keys, e.g. "
+             + "; ".join(f"{k} {shape_of(k)}" for k, shape_of in shortest))
+  return "; ".join(listing(*kind) for kind in kinds), summary
 
 
 def model_param_shapes(model, image_size: int) -> dict[str, jax.ShapeDtypeStruct]:
@@ -250,7 +298,7 @@ def load(name_or_path: str, model, image_size: int = 224, keep_head: bool = Fals
     keep_head: keep the checkpoint's head when its shape fits; otherwise the head is zeros.
   """
   path = resolve(name_or_path, cache_dir, base_url)
-  return fit(path, to_model_layout(read(path), model.has_class_token), model, image_size, keep_head)
+  return load_state(path, read(path), model, image_size, keep_head)
 
 
 def fit(path: str, flat: dict[str, np.ndarray], model, image_size: int, keep_head: bool) -> dict:
@@ -277,8 +325,9 @@ def fit(path: str, flat: dict[str, np.ndarray], model, image_size: int, keep_hea
     flat.pop("head/kernel", None)
     flat.pop("head/bias", None)
 
-  if error := _describe_mismatch(path, flat, expected):
-    raise CheckpointError(error)
+  listing, summary = _describe_mismatch(flat, expected)
+  if listing:
+    raise MismatchError(path, listing, summary)
   params = {k: jnp.asarray(v, dtype=expected[k].dtype) for k, v in flat.items()}
   return flax.traverse_util.unflatten_dict(params, sep="/")
 

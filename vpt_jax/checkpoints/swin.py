@@ -17,6 +17,7 @@ import re
 
 import numpy as np
 
+from vpt_jax.checkpoints import description as description_lib
 from vpt_jax.checkpoints import pretrained, torch_vit
 from vpt_jax.models import swin
 
@@ -58,14 +59,58 @@ def to_model_layout(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return flat
 
 
-def load(path: str, model, image_size: int = 224, keep_head: bool = False) -> dict:
-  """`model`'s parameters from a Swin `.pth` file (checkpoints.load resolves names to files)."""
+_TABLE = re.compile(r"layers\.(\d+)\.blocks\.(\d+)\.attn\.relative_position_bias_table")
+
+
+def is_swin(state: dict[str, np.ndarray]) -> bool:
+  """Window attention's relative position tables: a Swin file, whatever its suffix says."""
+  return any(map(_TABLE.fullmatch, state))
+
+
+def description(path: str, state: dict[str, np.ndarray]) -> description_lib.Description:
+  """What a Swin file is: the stem's width and patch, blocks per stage, and each stage's heads and
+  window from its relative position tables ((2 window - 1)^2 rows, one column per head)."""
+  blocks = {}
+  for key, value in state.items():
+    if match := _TABLE.fullmatch(key):
+      stage, block = map(int, match.groups())
+      blocks.setdefault(stage, {})[block] = value.shape
+  stages = range(1 + max(blocks))
+  depths = tuple(1 + max(blocks.get(stage, {-1: None})) for stage in stages)
+  heads = tuple(next(iter(blocks[stage].values()))[1] if stage in blocks else 0 for stage in stages)
+  rows = next(iter(blocks[0].values()))[0] if 0 in blocks else 0
+  proj = state.get("patch_embed.proj.weight")
+  width, patch = (proj.shape[0], proj.shape[2]) if proj is not None and proj.ndim == 4 else (0, 0)
+  return description_lib.Description(
+      path=path, family="swin", layout="swin", width=width, depth=sum(depths), patch=patch,
+      heads=heads[0], mlp_dim=swin.MLP_RATIO * width, pooling="gap", gelu="erf", gelu_forms=("erf",),
+      norm_epsilon=swin.NORM_EPSILON, stage_depths=depths, stage_heads=heads,
+      window=(int(round(np.sqrt(rows))) + 1) // 2)
+
+
+def refuse_vit_model(path: str, described: description_lib.Description) -> None:
+  """A Swin file given to a ViT model: said in one line with the file's geometry, rather than as
+  a list of every key that does not fit."""
+  variant = described.variant or "swin_B/4/w7"
+  raise pretrained.CheckpointError(
+      f"{path} is a Swin checkpoint (embed width {described.width}, stage depths "
+      f"{'-'.join(map(str, described.stage_depths))}), not a ViT: use a Swin model variant, "
+      f"{'' if described.variant else 'e.g. '}--config.model.variant={variant}.")
+
+
+def load_state(path: str, state: dict[str, np.ndarray], model, image_size: int = 224,
+               keep_head: bool = False) -> dict:
+  """`model`'s parameters from the tensors `read` gave for `path` (checkpoints.load reads once)."""
   if not isinstance(model, swin.Model):
-    raise pretrained.CheckpointError(f"{path} is a Swin checkpoint: use a Swin model variant "
-                                     "(e.g. model.variant='swin_B/4/w7'), not a ViT.")
+    refuse_vit_model(path, description(path, state))
   window = model.architecture.window
   if image_size != IMAGE_SIZE or window != WINDOW:
     raise pretrained.CheckpointError(
         f"Swin checkpoints are supported at {IMAGE_SIZE} px with {WINDOW}x{WINDOW} windows (the "
         f"papers' geometry), not {image_size} px with window {window}: set data.resolution=224.")
-  return pretrained.fit(path, to_model_layout(read(path)), model, image_size, keep_head)
+  return pretrained.fit(path, to_model_layout(state), model, image_size, keep_head)
+
+
+def load(path: str, model, image_size: int = 224, keep_head: bool = False) -> dict:
+  """`model`'s parameters from a Swin `.pth` file (checkpoints.load resolves names to files)."""
+  return load_state(path, read(path), model, image_size, keep_head)

@@ -43,6 +43,8 @@ import zipfile
 import numpy as np
 
 from vpt_jax.checkpoints import clip, pretrained
+from vpt_jax.checkpoints import description as description_lib
+from vpt_jax.models import vit
 
 _BLOCK = "Transformer/encoderblock_{}/"
 _POSEMB = "Transformer/posembed_input/pos_embedding"
@@ -225,7 +227,8 @@ def to_model_layout(state: dict[str, np.ndarray], model) -> dict[str, np.ndarray
     logging.info("Dropping DINOv2's mask_token: it replaces masked patches in pre-training only.")
     unused.add("mask_token")
   if "proj" in state and not model.projection_dim:
-    logging.info("Dropping CLIP's projection (proj): the model has no projection_dim.")
+    logging.warning("Dropping CLIP's projection (proj): the model has no projection_dim, so its "
+                    "features are ln_post's output, not CLIP's image embedding.")
     unused.add("proj")
   flat = {}
   for key, value in state.items():
@@ -262,28 +265,69 @@ def resample_posemb_bicubic(posemb: np.ndarray, grid: int) -> np.ndarray:
   return np.concatenate([posemb[:, :1], patches], axis=1)
 
 
-_SWIN_BLOCK = re.compile(r"layers\.(\d+)\.blocks\.(\d+)\.attn\.relative_position_bias_table")
-
-
 def _refuse_swin(path: str, state: dict[str, np.ndarray]) -> None:
-  """A Swin file (window attention's relative position tables) given to a ViT model: said in one
-  line with the file's geometry, rather than as a list of every key that does not fit."""
-  blocks = [tuple(map(int, m.groups())) for m in map(_SWIN_BLOCK.fullmatch, state) if m]
-  if not blocks:
-    return
-  depths = [1 + max(j for s, j in blocks if s == stage) for stage in range(1 + max(s for s, _ in blocks))]
-  width = state["patch_embed.proj.weight"].shape[0] if "patch_embed.proj.weight" in state else "?"
-  raise pretrained.CheckpointError(
-      f"{path} is a Swin checkpoint (embed width {width}, stage depths {'-'.join(map(str, depths))}), "
-      "not a ViT: use a Swin model variant, e.g. --config.model.variant=swin_B/4/w7.")
+  """A Swin file given to a ViT model: one line with the file's geometry (swin.refuse_vit_model)."""
+  from vpt_jax.checkpoints import swin  # swin reads its files through this module.
+  if swin.is_swin(state):
+    swin.refuse_vit_model(path, swin.description(path, state))
 
 
-def load(path: str, model, image_size: int = 224, keep_head: bool = False) -> dict:
-  """`model`'s parameters from a PyTorch ViT file (checkpoints.load resolves names to files)."""
-  state = read(path)
+def _heads(width: int, mlp_dim: int) -> int:
+  """A PyTorch file's head count, which its weights do not hold (the fused qkv is (3 width,
+  width) whatever the split): the named size of that width and MLP (vit.py's, which follow the
+  published configs: timm's, DINOv2's and OpenAI's build_model give width // 64 heads up to L,
+  ViT-H 16), else width // 64."""
+  return next((arch.num_heads for arch in map(vit.decode_variant, (f"{s}/1" for s in vit.SIZES))
+               if (arch.width, arch.mlp_dim) == (width, mlp_dim)), max(width // 64, 1))
+
+
+def description(path: str, raw: dict[str, np.ndarray]) -> description_lib.Description:
+  """What a PyTorch ViT file (`read_state`'s tensors) is. The family fixes what the weights do
+  not: DINOv2 trains with exact GELU and LayerNorm epsilon 1e-6, CLIP with epsilon 1e-5 and
+  QuickGELU in OpenAI's archives (which keep input_resolution beside the weights) or either form
+  in open_clip's layout (its LAION models GELU, its copies of OpenAI's QuickGELU). A timm-layout
+  file does not say (MAE and MoCo v3 train with exact GELU; vpt_jax's exports hold any model)."""
+  is_clip = clip.is_clip(raw)
+  state = clip.to_timm_names(raw) if is_clip else raw
+  try:
+    width, _, patch, _ = state["patch_embed.proj.weight"].shape
+    mlp_dim = state["blocks.0.mlp.fc1.weight"].shape[0]
+  except (KeyError, ValueError) as e:
+    raise pretrained.CheckpointError(
+        f"Checkpoint {path} is not a ViT in a layout vpt_jax reads (timm's, DINOv2's, CLIP's): no "
+        f"usable {e} entry.") from None
+  family = "clip" if is_clip else "dinov2" if is_dinov2(state) else "vit"
+  openai = clip.is_openai(raw)
+  gelu, gelu_forms, epsilon = {"clip": ("quick" if openai else "erf", ("quick",) if openai else ("erf", "quick"), 1e-5),
+                               "dinov2": ("erf", ("erf",), 1e-6),
+                               "vit": (None, description_lib.GELU_FORMS, None)}[family]
+  proj = state.get("proj")
+  return description_lib.Description(
+      path=path, family=family, layout="openai" if openai else "open_clip" if is_clip else "timm",
+      width=width, depth=len({m.group(1) for m in map(re.compile(r"blocks\.(\d+)\.").match, state) if m}),
+      patch=patch, heads=_heads(width, mlp_dim), mlp_dim=mlp_dim,
+      pooling="cls" if "cls_token" in state else "gap", fc_norm="fc_norm.weight" in state,
+      layer_scale=any(re.fullmatch(r"blocks\.\d+\.ls[12]\.gamma", k) for k in state),
+      registers=state["register_tokens"].shape[1] if "register_tokens" in state else 0,
+      pre_norm="norm_pre.weight" in state,
+      projection=proj.shape[1] if proj is not None and proj.ndim == 2 else None,
+      embedding_bias="patch_embed.proj.bias" in state, gelu=gelu, gelu_forms=gelu_forms,
+      norm_epsilon=epsilon)
+
+
+def load_state(path: str, raw: dict[str, np.ndarray], model, image_size: int = 224,
+               keep_head: bool = False) -> dict:
+  """`model`'s parameters from the tensors `read_state` gave for `path` (checkpoints.load reads
+  the file once)."""
+  state = clip.to_timm_names(raw) if clip.is_clip(raw) else raw
   _refuse_swin(path, state)
   flat = to_model_layout(state, model)
   grid = image_size // model.architecture.patch_size[0]
   if is_dinov2(state) and _POSEMB in flat and flat[_POSEMB].shape[1] != grid * grid + 1:
     flat[_POSEMB] = resample_posemb_bicubic(flat[_POSEMB], grid)
   return pretrained.fit(path, flat, model, image_size, keep_head)
+
+
+def load(path: str, model, image_size: int = 224, keep_head: bool = False) -> dict:
+  """`model`'s parameters from a PyTorch ViT file (checkpoints.load resolves names to files)."""
+  return load_state(path, read_state(path), model, image_size, keep_head)

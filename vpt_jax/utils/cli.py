@@ -8,6 +8,7 @@ import re
 import sys
 
 from absl import app, flags
+from ml_collections import config_flags
 
 
 def _last_line(text: str) -> str:
@@ -42,13 +43,19 @@ def run(main) -> None:
 
 
 def config_value(config_flag):
-  """The parsed config; a config file that cannot be loaded is one line, not a traceback."""
+  """The parsed config; a config file that cannot be loaded is one line, not a traceback. A
+  checkpoint file as config.backbone gives the model the fields the file needs, and an option
+  set on the command line that contradicts it is one line (checkpoints.configure)."""
   try:
     config = config_flag.value
     config.keys()  # ml_collections defers a missing file's error to the first access.
-    return config
   except Exception as e:
     sys.exit(f"error: {describe(e)}")
+  from vpt_jax import checkpoints  # The readers import JAX; a flag error need not wait for it.
+  overridden = config_flags.get_override_values(flags.FLAGS[config_flag.name])
+  with errors(ValueError):  # checkpoints.CheckpointError is one.
+    checkpoints.configure(config, {k.removeprefix("model.") for k in overridden if k.startswith("model.")})
+  return config
 
 
 @contextlib.contextmanager
