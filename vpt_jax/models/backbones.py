@@ -3,7 +3,8 @@
 A record says what the weights are (architecture and pooling for `vit.Model`), which checkpoint
 reader understands their file (vpt_jax/checkpoints/), how their pre-training normalised images,
 and where their owners host the file (downloaded once into $VPT_JAX_CACHE/checkpoints). A path to
-a file works as well as a name; config.model then says the architecture.
+a file works as well as a name; the architecture is then read off the file
+(vpt_jax.checkpoints.describe).
 """
 
 import dataclasses
