@@ -25,6 +25,7 @@ import itertools
 import json
 import os
 import queue
+import threading
 import time
 from concurrent import futures
 from typing import Callable
@@ -424,10 +425,16 @@ def execute(sweep_dir: str, runs: list[Run], runner: Runner, parallel: int = 1,
     set_aside_stale(sweep_dir, run, expected(run) if expected else None, log)
     return outcome_of.get(status(sweep_dir, run, log))
 
+  started = {"runs": 0, "of": 0}  # Which of this call's runs to train a run is, for its header.
+  started_lock = threading.Lock()
+
   def one(run) -> str:
     workdir = os.path.join(sweep_dir, run.workdir)
     slot = free_slots.get()
     try:
+      with started_lock:
+        started["runs"] += 1
+        log(f"== [{started['runs']}/{started['of']}] {run.workdir}")
       env = slot_environment(slot, parallel, device_ids)
       try:
         runner(run, workdir, log=log, env=env)
@@ -456,6 +463,7 @@ def execute(sweep_dir: str, runs: list[Run], runner: Runner, parallel: int = 1,
     return ["ran"] * len(batch)
 
   def run_all(todo):
+    started["of"] += len(todo)
     if pack > 1 and pack_key is not None and hasattr(runner, "pack"):
       outcomes, by_key = {}, {}
       for run in todo:
