@@ -187,6 +187,22 @@ def test_loss_curves_of_a_sweep_with_its_own_seeds(tmp_path):
   _png(tmp_path / "loss.png")
 
 
+def test_loss_curves_of_runs_without_per_epoch_evaluation(tmp_path):
+  """A sweep's final runs that never evaluated per epoch (the default) still get their training
+  curves, from the running loss every epoch logs; the test curve is drawn only where logged."""
+  workdir = tmp_path / "vtab1k" / "demo_count" / "full" / "final" / "seed42"
+  workdir.mkdir(parents=True)
+  with open(workdir / "metrics.jsonl", "w") as f:
+    for epoch, loss in ((1, 3.0), (2, 2.0)):
+      f.write(json.dumps({"step": epoch, "epoch": epoch, "train_loss_running": loss,
+                          "train_accuracy_running": 0.5, "learning_rate": 0.1}) + "\n")
+    f.write(json.dumps({"step": 2, "test_accuracy": 0.5}) + "\n")  # A row without an epoch.
+  drawn = plots.loss_curves(str(tmp_path), str(tmp_path / "loss.png"))
+  assert drawn == {"demo_count": {"full": [{"epoch": 1, "train_loss": 3.0, "eval_loss": None},
+                                           {"epoch": 2, "train_loss": 2.0, "eval_loss": None}]}}
+  _png(tmp_path / "loss.png")
+
+
 def test_a_class_folder_tree_is_carved_recorded_and_refused_when_damaged(tmp_path):
   """One <class>/<image> tree: carved into train/val/test, the lists written into the run
   folder; a truncated image stops the next run in one line before any workdir exists."""

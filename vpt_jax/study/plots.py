@@ -40,18 +40,24 @@ def _color(method):
 
 def loss_curves(sweep_dir: str, out_path: str, setting: str = "vtab1k",
                 methods=("full", PROMPT_METHOD)) -> dict | bool:
-  """Per task, train and test loss per epoch of each method's first final run (its smallest
-  seed: seed42 under the paper's seeds) that logged them (over-fitting).
+  """Per task, the training loss per epoch of each method's first final run (its smallest seed:
+  seed42 under the paper's seeds), and its test loss where the run logged one
+  (eval_every_epochs > 0): over-fitting at a glance. The training loss is the epoch's running
+  mean (`train_loss_running`, every run logs it), or the loss of an evaluation pass over the
+  training set where one was logged (`train_loss`).
 
-  Needs runs made with eval_every_epochs > 0; returns the rows drawn {task: {method: rows}}, or
-  False (and draws nothing) without them.
+  Returns the rows drawn {task: {method: [{"epoch", "train_loss", "eval_loss" (or None)}]}}, or
+  False (and draws nothing) when no final run has logged an epoch.
   """
   curves = {}
   seed = lambda workdir: int(re.sub(r"\D", "", os.path.basename(workdir)) or 0)
   for method in methods:
     for group in glob.glob(os.path.join(sweep_dir, setting, "*", method)):
       for workdir in sorted(glob.glob(os.path.join(group, "final", "seed*")), key=seed):
-        rows = [r for r in metrics.read(workdir) if "eval_loss" in r]
+        rows = [{"epoch": r["epoch"], "train_loss": r.get("train_loss", r.get("train_loss_running")),
+                 "eval_loss": r.get("eval_loss")}
+                for r in metrics.read(workdir) if "epoch" in r]
+        rows = [r for r in rows if r["train_loss"] is not None]
         if rows:
           curves.setdefault(os.path.basename(os.path.dirname(group)), {})[method] = rows
           break
@@ -61,16 +67,17 @@ def loss_curves(sweep_dir: str, out_path: str, setting: str = "vtab1k",
   fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.4), squeeze=False)
   for ax, task in zip(axes[0], tasks):
     for method, rows in curves[task].items():
-      epochs = [r["epoch"] for r in rows]
-      ax.plot(epochs, [r["train_loss"] for r in rows], "--", color=_color(method),
-              label=f"{method} train")
-      ax.plot(epochs, [r["eval_loss"] for r in rows], "-", color=_color(method),
-              label=f"{method} test")
+      ax.plot([r["epoch"] for r in rows], [r["train_loss"] for r in rows], "--",
+              color=_color(method), label=f"{method} train")
+      tested = [r for r in rows if r["eval_loss"] is not None]
+      if tested:
+        ax.plot([r["epoch"] for r in tested], [r["eval_loss"] for r in tested], "-",
+                color=_color(method), label=f"{method} test")
     ax.set_title(task)
     ax.set_xlabel("epoch")
     ax.set_ylabel("cross-entropy")
     ax.legend(fontsize=7)
-  fig.suptitle("Train (dashed) and test (solid) loss per epoch")
+  fig.suptitle("Loss per epoch\ntrain dashed, test solid (where evaluated)", fontsize=9)
   _save(fig, out_path, 110)
   return curves
 
