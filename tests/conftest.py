@@ -2,11 +2,20 @@
 and a guard against network access."""
 
 import functools
+import importlib.util
 import json
 import os
 import pathlib
 import socket
 import tempfile
+
+# torch's Linux wheels bring Triton, whose libtriton.so holds its own LLVM. TensorFlow loads its
+# libraries with RTLD_GLOBAL and exports LLVM symbols, which libtriton's static initialisers then
+# bind to: a Triton loaded after TensorFlow crashes the process (a segfault in
+# llvm::DebugCounter), and torchvision, torch._dynamo and so timm and open_clip load Triton. Loaded
+# first, each keeps its own LLVM (libtriton is RTLD_LOCAL), whatever a worker imports after.
+if importlib.util.find_spec("triton") is not None:
+  import triton  # noqa: F401
 
 # The suite's programs are tiny and compiled once each, so compiling dominates its time: LLVM's
 # lowest optimisation level (XLA:CPU's backend only; the HLO passes and so the programs' FLOP

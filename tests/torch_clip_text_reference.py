@@ -1,15 +1,14 @@
 """CLIP's text tower restated in PyTorch under its own parameter names, beside the image tower of
-torch_dinov2_clip_reference.py: the reference of vpt_jax's text tower and zero-shot head
-(float64, random weights).
+torch_dinov2_clip_reference.py (float64, random weights): it writes the CLIP files of the tests
+that assert no parity; the text tower's and zero-shot head's parity is tested against open_clip
+itself (tests/test_against_timm.py).
 
-Written from the facts of openai/CLIP model.py (encode_text, build_attention_mask), open_clip's
-TextTransformer and OSU-MLB/PETL_Vision's build_clip_zs_classifier.py, not from vpt_jax:
+Written from the facts of openai/CLIP model.py (encode_text, build_attention_mask) and open_clip's
+TextTransformer, not from vpt_jax:
   * token embedding + positional_embedding, then the residual blocks of the image tower
     (ln_1, torch.nn.MultiheadAttention, ln_2, c_fc, QuickGELU or GELU, c_proj) with an additive
     causal mask (-inf above the diagonal), then ln_final;
-  * the features of the token with the largest id (EOT) @ text_projection;
-  * the zero-shot head: per class, its template embeddings L2-normalised, averaged, normalised
-    again; logits = exp(logit_scale) * normalised image embedding @ those columns.
+  * the features of the token with the largest id (EOT) @ text_projection.
 """
 
 import math
@@ -63,16 +62,6 @@ class Clip(nn.Module):
 
   def forward(self, images):
     return self.visual(images)
-
-
-def normalize(x):
-  return x / x.norm(dim=-1, keepdim=True)
-
-
-def zero_shot_logits(model, images, tokens_per_class):
-  """images NCHW; tokens_per_class (classes, templates, context) -> logits (N, classes)."""
-  columns = [normalize(normalize(model.encode_text(tokens)).mean(dim=0)) for tokens in tokens_per_class]
-  return model.logit_scale.exp() * normalize(model.visual(images)) @ torch.stack(columns, dim=1)
 
 
 def random_clip(seed, image_size=32, patch=16, vision_width=32, vision_depth=1, vision_heads=2, embed_dim=24,

@@ -1,6 +1,7 @@
 """The ViTs of MAE and MoCo v3 as KMnP/vpt runs them, restated in PyTorch under timm's parameter
-names, and writers of their published checkpoint files: the reference of the torch_vit reader's
-parity tests.
+names, and writers of their published checkpoint files: the reference of VPT-deep's prompt
+insertion (which no library ships) and the writer of the files of the tests that assert no
+parity; the files' parity with timm's own ViT is tests/test_against_timm.py's.
 
 Written from the facts of facebookresearch/mae models_vit.py and KMnP/vpt
 src/models/vit_backbones/{vit_mae.py, vit_moco.py}, src/models/vit_prompt/{vit_mae.py,
@@ -13,9 +14,7 @@ vit_moco.py} and src/models/build_vit_backbone.py, not from vpt_jax:
   * VPT's prompts: set 0 goes after the class token, before the patches (after the position
     embedding); with deep prompts, set i replaces the outputs of set i-1 before block i.
   * Files: MAE {"model": encoder state dict} (its final `norm`, no `fc_norm`, no head); MoCo v3's
-    linear-probe file {"state_dict": ...} with `module.` prefixes and a head; MoCo v3's
-    pre-training file with `module.base_encoder.` (projection MLP as `head.*`),
-    `module.momentum_encoder.` and `module.predictor.`.
+    linear-probe file {"state_dict": ...} with `module.` prefixes and a head.
 """
 
 import torch
@@ -149,18 +148,3 @@ def save_mocov3_linear(model, path):
   state = {"module." + k: v for k, v in _float32(model.state_dict()).items()}
   torch.save({"epoch": 90, "arch": "vit_base", "state_dict": state, "best_acc1": 76.7,
               "optimizer": {"state": {}, "param_groups": [{"lr": 0.1, "params": [0, 1]}]}}, path)
-
-
-def save_mocov3_pretraining(model, path, seed=0):
-  """MoCo v3's pre-training file: base and momentum encoders with a projection MLP in `head`,
-  and the predictor."""
-  generator = torch.Generator().manual_seed(seed)
-  width = model.cls_token.shape[-1]
-  encoder = {k: v for k, v in _float32(model.state_dict()).items() if not k.startswith("head.")}
-  projector = {"head.0.weight": torch.randn(32, width, generator=generator),
-               "head.1.weight": torch.randn(32, generator=generator),
-               "head.1.running_mean": torch.zeros(32), "head.3.weight": torch.randn(16, 32)}
-  state = {f"module.base_encoder.{k}": v for k, v in {**encoder, **projector}.items()}
-  state.update({f"module.momentum_encoder.{k}": v + 1 for k, v in encoder.items()})
-  state["module.predictor.0.weight"] = torch.randn(32, 16, generator=generator)
-  torch.save({"epoch": 300, "arch": "vit_base", "state_dict": state}, path)
