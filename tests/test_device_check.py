@@ -58,6 +58,12 @@ def test_the_dry_run_saves_every_step_as_rows(dry_run):
   assert speed[("pack", "vpt_deep", 4, 4)]["trainable_parameters"] == (
       speed[("jax_b64", "vpt_deep", 4, 1)]["trainable_parameters"])
 
+  # The PyTorch rows (the test extra has torch and timm): timm's ViT at the dry run's tiny size,
+  # each row saved under its step.
+  torch_rows = {(r["step"], r["method"], r["batch"]) for r in rows if r.get("framework", "").startswith("torch")
+                and "error" not in r and r["images_per_s"] > 0}
+  assert torch_rows == {("torch_eager", m, b) for m in ("full", "vpt_deep") for b in (8, 4)} | {
+      ("torch_compile", m, 8) for m in ("full", "vpt_deep")}
   skipped = {r["step"]: r["skipped"] for r in rows if "skipped" in r}
   assert skipped["mini_sweep"].startswith("skipped: --dry_run")
   summary = (out / device_check.SUMMARY).read_text()

@@ -77,7 +77,7 @@ def _command(step: Step, args) -> list[str]:
     command = [sys.executable, "-m", "vpt_jax.bench.torch_reference",
                f"--out={os.path.join(args.out, ROWS)}", f"--batches={batches}",
                f"--steps={3 if args.dry_run else 10}", "--prompt_tokens=4" if args.dry_run
-               else "--prompt_tokens=50"]
+               else "--prompt_tokens=50", f"--step={step.name}"]
     if args.dry_run:
       command += ["--variant=mu/8", "--depth=1", "--image_size=16", "--dtype=float32"]
     return command + (["--compile"] if step.name == "torch_compile" else [])

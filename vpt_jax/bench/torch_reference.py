@@ -54,7 +54,18 @@ def build(variant: str, depth, image_size: int, num_classes: int, method: str,
                 proj_drop_rate=dropout)
   if depth is not None:
     kwargs["depth"] = depth
-  vit = timm.create_model(_TIMM_NAMES[size].format(p=patch), **kwargs)
+  if size in _TIMM_NAMES:
+    vit = timm.create_model(_TIMM_NAMES[size].format(p=patch), **kwargs)
+  else:  # A size timm does not name (the dry run's "mu"): timm's ViT class at vit.py's geometry.
+    from timm.models.vision_transformer import VisionTransformer
+    from vpt_jax.models import vit as vit_lib
+    width = vit_lib._WIDTH[size]
+    kwargs.pop("pretrained")
+    kwargs["act_layer"] = torch.nn.GELU if not gelu_approximate else (
+        lambda: torch.nn.GELU(approximate="tanh"))
+    vit = VisionTransformer(patch_size=int(patch), embed_dim=width, num_heads=vit_lib._HEADS[size],
+                            mlp_ratio=vit_lib._MLP_DIM[size] / width,
+                            **{"depth": vit_lib._DEPTH[size], **kwargs})
   for block in vit.blocks:  # timm's proj_drop_rate also drops the attention output.
     block.attn.proj_drop = torch.nn.Identity()
   if method == "full":
@@ -174,9 +185,10 @@ def measure(variant: str, depth, image_size: int, method: str, batch: int, dtype
 
 
 def run_rows(out: str, variant: str, depth, image_size: int, dtype: str, methods: list[str],
-             batches: list[int], compile_model: bool, prompt_tokens: int, steps: int) -> None:
+             batches: list[int], compile_model: bool, prompt_tokens: int, steps: int,
+             step_name: str | None = None) -> None:
   """Measures every (method, batch), appending each row (or its named failure) to `out` as it
-  comes."""
+  comes; `step_name` (the device check's step) goes into each row as "step"."""
   import torch
   for method in methods:
     for batch in batches:
@@ -190,6 +202,8 @@ def run_rows(out: str, variant: str, depth, image_size: int, dtype: str, methods
       except Exception as e:  # Named and saved; the next row runs.
         row = rows_lib.error_row(fields, e)
       row["wall_s"] = time.perf_counter() - started
+      if step_name:
+        row["step"] = step_name
       row["versions"] = versions()
       rows_lib.append_row(out, row)
       print(f"{row['framework']} {method} b{batch}: "
@@ -211,12 +225,13 @@ def main(argv=None) -> None:
   parser.add_argument("--prompt_tokens", type=int, default=50)
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--compile", action="store_true", help="torch.compile, static batch.")
+  parser.add_argument("--step", default=None, help="The device check's step these rows belong to.")
   args = parser.parse_args(argv)
   if not available():
     raise SystemExit("error: the PyTorch rows need torch and timm (pip install torch timm).")
   run_rows(args.out, args.variant, args.depth, args.image_size, args.dtype,
            args.methods.split(","), [int(b) for b in args.batches.split(",")], args.compile,
-           args.prompt_tokens, args.steps)
+           args.prompt_tokens, args.steps, args.step)
 
 
 if __name__ == "__main__":
