@@ -83,8 +83,8 @@ def test_a_divergence_found_one_epoch_late_is_scored_as_one_found_at_once(
   run that diverges in epoch 3 stops and scores epoch 2's parameters either way."""
   monkeypatch.setattr(steps, "make_train_step", _nan_in_epoch(3, 32))
   results, trained = [], []
+  monkeypatch.setattr(programs, "_programs", {})  # Compiled anew with the patched step, once for both.
   for every in (1, 0):
-    monkeypatch.setattr(programs, "_programs", {})
     config = tiny_config(fake_data_dir, tiny_backbone, tmp_path, **{
         "optim.epochs": 5, "checkpoint_every_epochs": every})
     workdir = tmp_path / f"every{every}"
