@@ -100,17 +100,11 @@ def refuse_vit_model(path: str, described: description_lib.Description) -> None:
 
 def load_state(path: str, state: dict[str, np.ndarray], model, image_size: int = 224,
                keep_head: bool = False) -> dict:
-  """`model`'s parameters from the tensors `read` gave for `path` (checkpoints.load reads once)."""
-  if not isinstance(model, swin.Model):
-    refuse_vit_model(path, description(path, state))
+  """`model`'s parameters from the tensors `read` gave for `path` (checkpoints.load reads once and
+  refuses a ViT model before)."""
   window = model.architecture.window
   if image_size != IMAGE_SIZE or window != WINDOW:
     raise pretrained.CheckpointError(
         f"Swin checkpoints are supported at {IMAGE_SIZE} px with {WINDOW}x{WINDOW} windows (the "
         f"papers' geometry), not {image_size} px with window {window}: set data.resolution=224.")
   return pretrained.fit(path, to_model_layout(state), model, image_size, keep_head)
-
-
-def load(path: str, model, image_size: int = 224, keep_head: bool = False) -> dict:
-  """`model`'s parameters from a Swin `.pth` file (checkpoints.load resolves names to files)."""
-  return load_state(path, read(path), model, image_size, keep_head)

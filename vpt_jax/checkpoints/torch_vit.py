@@ -265,13 +265,6 @@ def resample_posemb_bicubic(posemb: np.ndarray, grid: int) -> np.ndarray:
   return np.concatenate([posemb[:, :1], patches], axis=1)
 
 
-def _refuse_swin(path: str, state: dict[str, np.ndarray]) -> None:
-  """A Swin file given to a ViT model: one line with the file's geometry (swin.refuse_vit_model)."""
-  from vpt_jax.checkpoints import swin  # swin reads its files through this module.
-  if swin.is_swin(state):
-    swin.refuse_vit_model(path, swin.description(path, state))
-
-
 def _heads(width: int, mlp_dim: int) -> int:
   """A PyTorch file's head count, which its weights do not hold (the fused qkv is (3 width,
   width) whatever the split): the named size of that width and MLP (vit.py's, which follow the
@@ -320,14 +313,8 @@ def load_state(path: str, raw: dict[str, np.ndarray], model, image_size: int = 2
   """`model`'s parameters from the tensors `read_state` gave for `path` (checkpoints.load reads
   the file once)."""
   state = clip.to_timm_names(raw) if clip.is_clip(raw) else raw
-  _refuse_swin(path, state)
   flat = to_model_layout(state, model)
   grid = image_size // model.architecture.patch_size[0]
   if is_dinov2(state) and _POSEMB in flat and flat[_POSEMB].shape[1] != grid * grid + 1:
     flat[_POSEMB] = resample_posemb_bicubic(flat[_POSEMB], grid)
   return pretrained.fit(path, flat, model, image_size, keep_head)
-
-
-def load(path: str, model, image_size: int = 224, keep_head: bool = False) -> dict:
-  """`model`'s parameters from a PyTorch ViT file (checkpoints.load resolves names to files)."""
-  return load_state(path, read_state(path), model, image_size, keep_head)
